@@ -1,0 +1,48 @@
+# The README's two commands live here: `make check` and `make demo`.
+# Everything else (build directories, sanitizer builds, fuzzing, benchmarks) hangs off them.
+
+BUILD    ?= build
+SANITIZE ?= 0
+TSAN     ?= 0
+JOBS     ?= $(shell nproc)
+CTEST_ARGS ?=
+
+ifeq ($(SANITIZE),1)
+BUILD := build-asan
+CMAKE_FLAGS += -DWP_SANITIZE=ON
+endif
+ifeq ($(TSAN),1)
+BUILD := build-tsan
+CMAKE_FLAGS += -DWP_TSAN=ON
+endif
+
+.PHONY: all deps build check demo fuzz bench format clean
+
+all: build
+
+deps:
+	./scripts/deps.sh
+
+$(BUILD)/CMakeCache.txt:
+	cmake -S . -B $(BUILD) -DCMAKE_BUILD_TYPE=RelWithDebInfo $(CMAKE_FLAGS)
+
+build: deps $(BUILD)/CMakeCache.txt
+	cmake --build $(BUILD) -j $(JOBS)
+
+check: build
+	cd $(BUILD) && ctest --output-on-failure -j $(JOBS) $(CTEST_ARGS)
+
+demo: build
+	./scripts/demo.sh $(BUILD)
+
+fuzz: deps
+	./scripts/fuzz.sh
+
+bench: build
+	./bench/run.sh $(BUILD)
+
+format:
+	clang-format -i cmd/waypoint/*.c lib/*.c lib/*.h test/unit/*.c test/integration/*.c test/support/*.c test/support/*.h
+
+clean:
+	rm -rf build build-asan build-tsan build-fuzz

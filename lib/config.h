@@ -1,0 +1,118 @@
+/*
+ * config: the waypoint.toml loader (spec section 10).
+ *
+ * The file is the TOML-shaped subset of the spec, parsed with inih. A loaded wp_config is
+ * an immutable snapshot: workers take a reference (cfg_ref) when they start and drop it
+ * when they end; SIGHUP loads a new snapshot and swaps it in for new connections only.
+ * All durations are milliseconds, all sizes bytes.
+ */
+#ifndef WP_CONFIG_H
+#define WP_CONFIG_H
+
+#include <stdatomic.h>
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <stdio.h>
+
+typedef enum { CFG_TLS_OFF = 0, CFG_TLS_OPTIONAL, CFG_TLS_REQUIRE } cfg_tls_mode;
+typedef enum {
+    CFG_BTLS_DISABLE = 0,
+    CFG_BTLS_PREFER,
+    CFG_BTLS_REQUIRE,
+    CFG_BTLS_VERIFY_FULL
+} cfg_backend_tls;
+
+typedef struct cfg_limits {
+    int64_t max_conns_per_user;   /* 0 = unlimited */
+    int64_t max_conn_duration_ms; /* 0 = unlimited */
+    int64_t max_bytes_per_conn;   /* 0 = unlimited */
+} cfg_limits;
+
+typedef struct cfg_listener {
+    char *name;
+    char *listen_host; /* "" = all addresses (":5432") */
+    int listen_port;
+    char *mode; /* always "postgres" after validation */
+    char *backend_host;
+    int backend_port;
+    cfg_tls_mode tls_mode;      /* default optional */
+    bool use_tailscale_tls;     /* default true */
+    char *cert_file;            /* NULL when unset; set together with key_file */
+    char *key_file;
+    cfg_backend_tls backend_tls; /* default prefer */
+    char *backend_ca_file;       /* NULL when unset */
+    int64_t max_connections;     /* concurrent client connections; default 1000 */
+
+    /* [listeners.postgres] */
+    char *admin_user;
+    char *admin_password; /* secret: never printed or logged */
+    char *admin_database; /* default "postgres" */
+    char *user_prefix;    /* default "wp_" */
+    int64_t user_ttl_ms;  /* default 24h */
+    int allow_raw_sql;    /* -1 = inherit [provisioning] allow_raw_sql, else 0/1 */
+
+    int line; /* line of the [[listeners]] header, for messages */
+} cfg_listener;
+
+typedef struct wp_config {
+    atomic_int refs;
+    char *path;
+
+    /* [tailscale] */
+    char *ts_socket;     /* default /var/run/tailscale/tailscaled.sock */
+    char *ts_capability; /* default redo.com/cap/waypoint */
+    int64_t whois_timeout_ms; /* default 2s */
+
+    /* [provisioning] */
+    bool allow_raw_sql;          /* default false */
+    int64_t cleanup_interval_ms; /* default 10m; 0 disables the periodic pass */
+
+    /* [revalidation] */
+    int64_t revalidation_interval_ms; /* default 1m; 0 disables */
+
+    /* [defaults.limits] */
+    cfg_limits default_limits;
+
+    /* [server] (Waypoint-C specific) */
+    int64_t startup_timeout_ms; /* default 10s: first packet through upstream login */
+    int64_t drain_timeout_ms;   /* default 30s */
+    char *log_level;            /* default "info" */
+
+    cfg_listener *listeners;
+    size_t nlisteners;
+} wp_config;
+
+/* Diagnostics collected while loading: each entry is a full line such as
+ * "waypoint.toml:12: key 'tls_mode': must be one of off, optional, require (got 'on')". */
+typedef struct cfg_diag {
+    char **errors;
+    size_t nerrors;
+    char **warnings;
+    size_t nwarnings;
+} cfg_diag;
+
+/* Loads and validates path. Returns NULL when there is any error (all of them are in
+ * diag). Warnings (ignored tsnet-edition keys) do not fail the load. */
+wp_config *cfg_load(const char *path, cfg_diag *diag);
+/* Same, from a string (unit tests); name is used in messages in place of a path. */
+wp_config *cfg_load_string(const char *text, const char *name, cfg_diag *diag);
+void cfg_diag_free(cfg_diag *diag);
+
+wp_config *cfg_ref(wp_config *cfg);
+void cfg_unref(wp_config *cfg);
+
+/* Effective allow_raw_sql for a listener (per-listener override or global). */
+bool cfg_listener_allow_raw_sql(const wp_config *cfg, const cfg_listener *l);
+
+/* Prints the effective configuration in the file's own syntax, secrets masked. */
+void cfg_print(const wp_config *cfg, FILE *out);
+
+/* Value parsers, exposed for tests and for other modules. Return 0 on success. */
+int cfg_parse_duration(const char *s, int64_t *ms_out);
+int cfg_parse_size(const char *s, int64_t *bytes_out);
+
+const char *cfg_tls_mode_str(cfg_tls_mode m);
+const char *cfg_backend_tls_str(cfg_backend_tls m);
+
+#endif

@@ -1,0 +1,65 @@
+/*
+ * provision: backend roles (spec sections 4, 5 and 9), through libpq.
+ *
+ * A prov_ctx owns the admin connections for one listener (one per target database,
+ * opened on demand, reused, reconnected after a backend restart) behind its own lock.
+ * prov_ensure_role() creates or refreshes the caller's role with a fresh password
+ * (set as a SCRAM/MD5 verifier, never plaintext), reconciles its grants in the target
+ * database, and returns a lease: the per-role lock (in-process + advisory lock) is held
+ * until the worker has logged in upstream and calls prov_lease_release().
+ */
+#ifndef WP_PROVISION_H
+#define WP_PROVISION_H
+
+#include <stdbool.h>
+#include <stdint.h>
+
+#include "config.h"
+#include "grant.h"
+#include "identity.h"
+#include "wp_error.h"
+
+typedef enum { PROV_DIALECT_POSTGRES = 0, PROV_DIALECT_COCKROACH } prov_dialect;
+
+typedef struct prov_settings {
+    const char *host;
+    int port;
+    const char *admin_user;
+    const char *admin_password;
+    const char *admin_database;
+    cfg_backend_tls backend_tls;
+    const char *backend_ca_file;
+    const char *user_prefix;
+    int64_t user_ttl_ms;
+    bool allow_raw_sql;
+    const char *listener_name; /* for log lines */
+} prov_settings;
+
+typedef struct prov_ctx prov_ctx;
+typedef struct prov_lease prov_lease;
+
+/* Copies settings; connects once as admin to admin_database to verify the login and
+ * detect the dialect. Failure: WP_ERR_BACKEND with a clear message. */
+wp_status prov_create(const prov_settings *s, prov_ctx **out, wp_error *err);
+void prov_destroy(prov_ctx *p);
+prov_dialect prov_get_dialect(const prov_ctx *p);
+
+/* Ensures the role for (id, database, grant); the scope (full grant or downgrade preset)
+ * comes from g->downgrade. Errors go to err with the client-facing SQLSTATE:
+ *   database missing -> WP_ERR_NOT_FOUND, err = PostgreSQL's own FATAL 3D000 text
+ *                       'database "x" does not exist'; no role is created;
+ *   raw SQL refused  -> WP_ERR_DENIED 28000; backend failure -> WP_ERR_BACKEND 08006. */
+wp_status prov_ensure_role(prov_ctx *p, const id_identity *id, const char *database,
+                           const grant_effective *g, prov_lease **out, wp_error *err);
+const char *prov_lease_role(const prov_lease *l);
+const char *prov_lease_password(const prov_lease *l);
+/* Releases the per-role lock (after upstream authentication finished, either way). */
+void prov_lease_release(prov_lease *l);
+
+/* On disconnect: VALID UNTIL now() + user_ttl. Best effort, logs failures. */
+void prov_touch_role(prov_ctx *p, const char *role);
+
+/* One cleanup pass (spec 5.5). *dropped gets the number of roles dropped. */
+wp_status prov_cleanup(prov_ctx *p, int *dropped, wp_error *err);
+
+#endif

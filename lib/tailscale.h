@@ -1,0 +1,42 @@
+/*
+ * tailscale: the LocalAPI client (spec section 2), libcurl over tailscaled's unix socket.
+ *
+ * Each call uses its own curl easy handle, so any number of worker threads may call in
+ * at once with no shared mutable state. Every failure mode maps to a distinct status;
+ * none of them ever means "allow".
+ */
+#ifndef WP_TAILSCALE_H
+#define WP_TAILSCALE_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include "identity.h"
+#include "wp_error.h"
+
+typedef struct ts_client {
+    char *socket_path;
+    char *capability;
+    int64_t timeout_ms;
+} ts_client;
+
+/* Call once at process start (curl_global_init), before threads. */
+wp_status ts_global_init(void);
+void ts_global_cleanup(void);
+
+ts_client *ts_client_new(const char *socket_path, const char *capability, int64_t timeout_ms);
+void ts_client_free(ts_client *c);
+
+/* addr is "ip:port" or "[ipv6]:port".
+ *   WP_OK            identified, *out set
+ *   WP_ERR_NOT_FOUND 404 "no match": not a tailnet peer
+ *   WP_ERR_TAILSCALE anything else (4xx, 5xx, bad JSON, socket missing); reason in err
+ *   WP_ERR_TIMEOUT   no answer within timeout_ms
+ * err->sqlstate is 28000 on every failure; err->detail holds the log-only reason. */
+wp_status ts_whois(const ts_client *c, const char *addr, id_identity **out, wp_error *err);
+
+/* GET /localapi/v0/cert/<domain>?type=pair: *pem gets key PEM followed by cert chain. */
+wp_status ts_cert_pair(const ts_client *c, const char *domain, char **pem, size_t *pem_len,
+                       wp_error *err);
+
+#endif

@@ -1,0 +1,45 @@
+/*
+ * upstream: the connection from Waypoint to the PostgreSQL backend (spec section 6).
+ *
+ * up_connect opens TCP (and TLS per backend_tls); up_login sends the StartupMessage and
+ * completes whatever authentication the backend asks for as the provisioned role. On
+ * success the backend has sent AuthenticationOk and the caller continues reading the
+ * ParameterStatus/BackendKeyData/ReadyForQuery stream itself.
+ */
+#ifndef WP_UPSTREAM_H
+#define WP_UPSTREAM_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include "config.h"
+#include "io.h"
+#include "pgwire.h"
+#include "wp_error.h"
+
+typedef struct up_conn {
+    wp_io io;
+    int fd;
+    void *tls; /* tls.c client state when the link is TLS, else NULL */
+    unsigned char cb_hash[64]; /* tls-server-end-point channel binding data */
+    size_t cb_len;             /* 0 when not TLS */
+} up_conn;
+
+/* TCP connect with timeout, then TLS according to mode/ca_file (server name = host).
+ * Failures: WP_ERR_BACKEND with SQLSTATE 08006 and a message naming host:port. */
+wp_status up_connect(up_conn *c, const char *host, int port, cfg_backend_tls mode,
+                     const char *ca_file, int64_t deadline_ms, wp_error *err);
+void up_close(up_conn *c);
+
+/* Sends StartupMessage(version, params) and authenticates as user/password.
+ * A backend ErrorResponse is copied to err (its own SQLSTATE, e.g. 28P01 or 3D000) and
+ * WP_ERR_BACKEND returned; unsupported methods are WP_ERR_UNSUPPORTED naming the method. */
+wp_status up_login(up_conn *c, uint32_t version, const pgw_param *params, size_t nparams,
+                   const char *user, const char *password, int64_t deadline_ms,
+                   wp_error *err);
+
+/* Sends a CancelRequest to host:port (new connection, per protocol). Best effort. */
+wp_status up_send_cancel(const char *host, int port, uint32_t pid, const unsigned char *key,
+                         size_t key_len, int64_t deadline_ms);
+
+#endif
