@@ -6,6 +6,7 @@ SANITIZE ?= 0
 TSAN     ?= 0
 JOBS     ?= $(shell nproc)
 CTEST_ARGS ?=
+FUZZ_SECONDS ?= 20
 
 ifeq ($(SANITIZE),1)
 BUILD := build-asan
@@ -36,7 +37,7 @@ demo: build
 	./scripts/demo.sh $(BUILD)
 
 fuzz: deps
-	./scripts/fuzz.sh
+	FUZZ_SECONDS=$(FUZZ_SECONDS) ./scripts/fuzz.sh
 
 bench: build
 	./bench/run.sh $(BUILD)
