@@ -1,0 +1,316 @@
+/*
+ * relay: the copy loop between a client and its backend.
+ *
+ * Design. One worker thread, two blocking sockets, one poll() per wake-up. Each
+ * direction has a fixed 64 KiB buffer allocated once; whatever is read is written in
+ * full to the other side before the loop reads again, so a slow reader pushes back on
+ * the writer through TCP instead of through memory. TLS layers can hold decrypted bytes
+ * poll() cannot see, so io_pending() is checked first and such a side is served without
+ * waiting.
+ *
+ * poll() sleeps until a socket is readable, the stop fd fires (server shutdown: the
+ * server closes the write end of a pipe, which wakes every relay at once), or the next
+ * timer is due (session deadline, revalidation tick, linger after the client's EOF).
+ * There is no periodic wake-up otherwise.
+ *
+ * Half-close: when the client closes, the backend gets shutdown(SHUT_WR) (and a TLS
+ * close_notify) and the loop keeps forwarding what the backend still sends until it
+ * closes too, bounded by linger_ms. When the backend closes, the session is over.
+ *
+ * Framing. Both streams are followed at the header level (relay_framer): the client side
+ * tells whether the client ended politely with Terminate, the backend side lets a
+ * stopping relay finish the message in flight so the session can append a FATAL
+ * ErrorResponse on a clean boundary.
+ */
+#include "relay.h"
+
+#include <errno.h>
+#include <poll.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/socket.h>
+
+#define RELAY_BOUNDARY_WAIT_MS 2000 /* time to finish a backend message when stopping */
+
+void relay_framer_init(relay_framer *f)
+{
+    memset(f, 0, sizeof(*f));
+}
+
+void relay_framer_feed(relay_framer *f, const unsigned char *p, size_t n)
+{
+    while (n > 0 && !f->broken) {
+        if (f->remaining > 0) {
+            size_t take = n < f->remaining ? n : (size_t)f->remaining;
+            f->remaining -= take;
+            p += take;
+            n -= take;
+            continue;
+        }
+        f->hdr[f->hdr_len++] = *p++;
+        n--;
+        if (f->hdr_len < 5)
+            continue;
+        uint32_t len = ((uint32_t)f->hdr[1] << 24) | ((uint32_t)f->hdr[2] << 16) |
+                       ((uint32_t)f->hdr[3] << 8) | (uint32_t)f->hdr[4];
+        f->hdr_len = 0;
+        f->last_type = (char)f->hdr[0];
+        if (len < 4) {
+            f->broken = 1;
+            return;
+        }
+        f->remaining = len - 4;
+    }
+}
+
+int relay_framer_at_boundary(const relay_framer *f)
+{
+    return !f->broken && f->hdr_len == 0 && f->remaining == 0;
+}
+
+size_t relay_framer_max_read(const relay_framer *f, size_t cap)
+{
+    if (f->broken)
+        return 0;
+    if (f->hdr_len > 0)
+        return 5 - f->hdr_len < cap ? 5 - f->hdr_len : cap;
+    if (f->remaining > 0)
+        return f->remaining < cap ? (size_t)f->remaining : cap;
+    return 0;
+}
+
+const char *relay_end_str(relay_end e)
+{
+    switch (e) {
+    case RELAY_CLIENT_CLOSED:
+        return "client_closed";
+    case RELAY_BACKEND_CLOSED:
+        return "backend_closed";
+    case RELAY_CLIENT_ERROR:
+        return "client_error";
+    case RELAY_BACKEND_ERROR:
+        return "backend_error";
+    case RELAY_STOPPED:
+        return "shutdown";
+    case RELAY_MAX_DURATION:
+        return "max_conn_duration";
+    case RELAY_MAX_BYTES:
+        return "max_bytes_per_conn";
+    case RELAY_TICK_STOP:
+        return "revoked";
+    case RELAY_NOMEM:
+        return "out_of_memory";
+    }
+    return "unknown";
+}
+
+void relay_opts_init(relay_opts *o)
+{
+    memset(o, 0, sizeof(*o));
+    o->stop_fd = -1;
+    o->linger_ms = 10000;
+}
+
+/* One side of the relay: where bytes come from, where they go, and their framing. */
+typedef struct relay_dir {
+    wp_io *from;
+    wp_io *to;
+    unsigned char *buf;
+    relay_framer framer;
+    uint64_t *count;
+    relay_end read_fail;  /* outcome when reading `from` fails */
+    relay_end write_fail; /* outcome when writing `to` fails */
+} relay_dir;
+
+typedef enum { MOVE_OK, MOVE_AGAIN, MOVE_EOF, MOVE_FAIL } move_status;
+
+/* Reads at most cap bytes from d->from (which poll() or pending says is ready) and writes
+ * them all to d->to. On MOVE_FAIL *fail_end says which side failed. */
+static move_status relay_move(relay_dir *d, size_t cap, int64_t write_deadline, relay_end *fail_end)
+{
+    ssize_t r = d->from->ops->read(d->from, d->buf, cap);
+    if (r == 0)
+        return MOVE_EOF;
+    if (r < 0) {
+        if (errno == EAGAIN || errno == EWOULDBLOCK || errno == EINTR)
+            return MOVE_AGAIN;
+        *fail_end = d->read_fail;
+        return MOVE_FAIL;
+    }
+    relay_framer_feed(&d->framer, d->buf, (size_t)r);
+    *d->count += (uint64_t)r;
+    wp_status st = io_write_all(d->to, d->buf, (size_t)r, write_deadline);
+    if (st != WP_OK) {
+        *fail_end = st == WP_ERR_TIMEOUT ? RELAY_MAX_DURATION : d->write_fail;
+        return MOVE_FAIL;
+    }
+    return MOVE_OK;
+}
+
+/* Stopping for a reason the client must hear about: finish the backend message in
+ * flight (never reading past it) so an ErrorResponse can follow on a boundary. */
+static int relay_finish_message(relay_dir *b2c)
+{
+    int64_t deadline = wp_now_ms() + RELAY_BOUNDARY_WAIT_MS;
+    size_t want;
+    while ((want = relay_framer_max_read(&b2c->framer, RELAY_BUF_SIZE)) > 0) {
+        if (io_wait_readable(b2c->from, deadline) != WP_OK)
+            return 0;
+        relay_end ignored;
+        move_status m = relay_move(b2c, want, deadline, &ignored);
+        if (m == MOVE_EOF || m == MOVE_FAIL)
+            return 0;
+    }
+    return relay_framer_at_boundary(&b2c->framer);
+}
+
+static int64_t earliest(int64_t a, int64_t b)
+{
+    if (a == 0)
+        return b;
+    if (b == 0)
+        return a;
+    return a < b ? a : b;
+}
+
+/* poll() timeout until the earliest of the given absolute deadlines (0 = none). */
+static int poll_timeout(int64_t deadline, int64_t now)
+{
+    if (deadline == 0)
+        return -1;
+    int64_t left = deadline - now;
+    if (left <= 0)
+        return 0;
+    return left > 1000000 ? 1000000 : (int)left;
+}
+
+typedef struct relay_loop {
+    const relay_opts *o;
+    relay_dir c2b, b2c;
+    int client_eof;
+    int64_t next_tick;
+    int64_t linger_end;
+    relay_result *res;
+} relay_loop;
+
+/* Checks the timers and limits; returns 0 to go on or the reason to stop. */
+static relay_end relay_check_limits(relay_loop *L, int64_t now)
+{
+    const relay_opts *o = L->o;
+    if (o->end_ms > 0 && now >= o->end_ms)
+        return RELAY_MAX_DURATION;
+    if (o->max_bytes > 0 && L->res->bytes_in + L->res->bytes_out > o->max_bytes)
+        return RELAY_MAX_BYTES;
+    if (L->linger_end > 0 && now >= L->linger_end)
+        return RELAY_CLIENT_CLOSED;
+    if (o->tick && L->next_tick > 0 && now >= L->next_tick) {
+        if (o->tick(o->tick_arg, &L->res->tick_err) != 0)
+            return RELAY_TICK_STOP;
+        L->next_tick = wp_now_ms() + o->tick_ms;
+    }
+    return 0;
+}
+
+static void relay_client_eof(relay_loop *L)
+{
+    L->client_eof = 1;
+    io_shutdown(L->c2b.to); /* TLS close_notify to the backend, if any */
+    shutdown(L->c2b.to->fd, SHUT_WR);
+    L->linger_end = wp_now_ms() + (L->o->linger_ms > 0 ? L->o->linger_ms : 1);
+}
+
+/* Serves one readable side. Returns 0 to go on or the reason to stop. */
+static relay_end relay_serve(relay_loop *L, relay_dir *d)
+{
+    relay_end fail = 0;
+    switch (relay_move(d, RELAY_BUF_SIZE, L->o->end_ms, &fail)) {
+    case MOVE_OK:
+    case MOVE_AGAIN:
+        return 0;
+    case MOVE_FAIL:
+        return fail;
+    case MOVE_EOF:
+        break;
+    }
+    if (d == &L->b2c) {
+        io_shutdown(L->b2c.to);
+        shutdown(L->b2c.to->fd, SHUT_WR);
+        return L->client_eof ? RELAY_CLIENT_CLOSED : RELAY_BACKEND_CLOSED;
+    }
+    relay_client_eof(L);
+    return 0;
+}
+
+/* One wake-up: serve buffered TLS bytes first, else poll. */
+static relay_end relay_step(relay_loop *L)
+{
+    if (!L->client_eof && io_pending(L->c2b.from) > 0)
+        return relay_serve(L, &L->c2b);
+    if (io_pending(L->b2c.from) > 0)
+        return relay_serve(L, &L->b2c);
+
+    struct pollfd p[3] = {
+        {.fd = L->client_eof ? -1 : L->c2b.from->fd, .events = POLLIN},
+        {.fd = L->b2c.from->fd, .events = POLLIN},
+        {.fd = L->o->stop_fd, .events = POLLIN},
+    };
+    int64_t now = wp_now_ms();
+    int64_t due = earliest(earliest(L->o->end_ms, L->linger_end), L->next_tick);
+    int r = poll(p, 3, poll_timeout(due, now));
+    if (r < 0)
+        return errno == EINTR ? 0 : RELAY_CLIENT_ERROR;
+    if (r == 0)
+        return 0;
+    if (p[2].revents)
+        return RELAY_STOPPED;
+    relay_end e = 0;
+    if (p[0].revents)
+        e = relay_serve(L, &L->c2b);
+    if (!e && p[1].revents)
+        e = relay_serve(L, &L->b2c);
+    return e;
+}
+
+static int relay_end_informs_client(relay_end e)
+{
+    return e == RELAY_STOPPED || e == RELAY_MAX_DURATION || e == RELAY_MAX_BYTES ||
+           e == RELAY_TICK_STOP;
+}
+
+void relay_run(wp_io *client, wp_io *backend, const relay_opts *o, relay_result *res)
+{
+    memset(res, 0, sizeof(*res));
+    relay_loop L = {.o = o, .res = res};
+    unsigned char *bufs = malloc(2 * (size_t)RELAY_BUF_SIZE);
+    if (!bufs) {
+        res->end = RELAY_NOMEM;
+        return;
+    }
+    L.c2b = (relay_dir){.from = client,
+                        .to = backend,
+                        .buf = bufs,
+                        .count = &res->bytes_in,
+                        .read_fail = RELAY_CLIENT_ERROR,
+                        .write_fail = RELAY_BACKEND_ERROR};
+    L.b2c = (relay_dir){.from = backend,
+                        .to = client,
+                        .buf = bufs + RELAY_BUF_SIZE,
+                        .count = &res->bytes_out,
+                        .read_fail = RELAY_BACKEND_ERROR,
+                        .write_fail = RELAY_CLIENT_ERROR};
+    if (o->tick && o->tick_ms > 0)
+        L.next_tick = wp_now_ms() + o->tick_ms;
+
+    relay_end e = 0;
+    while (!e) {
+        e = relay_check_limits(&L, wp_now_ms());
+        if (!e)
+            e = relay_step(&L);
+    }
+    res->end = e;
+    res->client_terminated = L.c2b.framer.last_type == 'X';
+    res->at_boundary = relay_end_informs_client(e) && !L.client_eof
+                           ? relay_finish_message(&L.b2c)
+                           : relay_framer_at_boundary(&L.b2c.framer);
+    free(bufs);
+}

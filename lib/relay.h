@@ -1,0 +1,78 @@
+/*
+ * relay: the copy loop between a client and its backend once startup is done.
+ *
+ * relay_run() moves bytes both ways with poll() until either side closes, a limit is
+ * reached, or the caller asks it to stop. It also follows the message framing of both
+ * streams (5-byte headers only, never the bodies) so that, when it stops for a reason
+ * the client must be told about, it first completes the backend message in flight: the
+ * caller can then append an ErrorResponse without corrupting the client's stream.
+ */
+#ifndef WP_RELAY_H
+#define WP_RELAY_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include "io.h"
+#include "wp_error.h"
+
+#define RELAY_BUF_SIZE (64 * 1024)
+
+/* Follows PostgreSQL message framing (type byte + 4-byte length) over a byte stream. */
+typedef struct relay_framer {
+    unsigned char hdr[5];
+    unsigned hdr_len;   /* header bytes seen of the current message (0..4) */
+    uint64_t remaining; /* body bytes still to come of the current message */
+    char last_type;     /* type byte of the last message whose header completed */
+    int broken;         /* a length < 4 was seen: framing is lost for good */
+} relay_framer;
+
+void relay_framer_init(relay_framer *f);
+void relay_framer_feed(relay_framer *f, const unsigned char *p, size_t n);
+int relay_framer_at_boundary(const relay_framer *f);
+/* How many bytes may be read without crossing the next message boundary (at most cap);
+ * 0 at a boundary or when the framing is broken. */
+size_t relay_framer_max_read(const relay_framer *f, size_t cap);
+
+typedef enum {
+    RELAY_CLIENT_CLOSED = 1, /* client closed (after Terminate: a normal end) */
+    RELAY_BACKEND_CLOSED,    /* backend closed */
+    RELAY_CLIENT_ERROR,      /* read/write on the client failed */
+    RELAY_BACKEND_ERROR,     /* read/write on the backend failed */
+    RELAY_STOPPED,           /* stop_fd became readable (server shutdown) */
+    RELAY_MAX_DURATION,      /* end_ms passed */
+    RELAY_MAX_BYTES,         /* max_bytes exceeded */
+    RELAY_TICK_STOP,         /* the tick callback asked to end the session */
+    RELAY_NOMEM,
+} relay_end;
+
+/* Called every tick_ms during the relay (revalidation). Return 0 to go on; non-zero to
+ * end the session with RELAY_TICK_STOP (fill err with what the client should see). */
+typedef int (*relay_tick_fn)(void *arg, wp_error *err);
+
+typedef struct relay_opts {
+    int64_t end_ms;     /* absolute wp_now_ms() deadline for the session; 0 = none */
+    uint64_t max_bytes; /* bytes in + out; 0 = unlimited */
+    int stop_fd;        /* readable => stop (server drain); -1 = none */
+    int64_t tick_ms;    /* 0 = no tick */
+    relay_tick_fn tick;
+    void *tick_arg;
+    int64_t linger_ms; /* after the client's EOF, wait this long for the backend */
+} relay_opts;
+
+typedef struct relay_result {
+    relay_end end;
+    uint64_t bytes_in;     /* client -> backend */
+    uint64_t bytes_out;    /* backend -> client */
+    int client_terminated; /* the client's last message was Terminate ('X') */
+    int at_boundary;       /* backend->client stream ends on a message boundary, so an
+                              ErrorResponse may be appended */
+    wp_error tick_err;     /* RELAY_TICK_STOP: what the tick callback reported */
+} relay_result;
+
+void relay_opts_init(relay_opts *o);
+/* Runs until the session ends; never closes either io. */
+void relay_run(wp_io *client, wp_io *backend, const relay_opts *o, relay_result *res);
+const char *relay_end_str(relay_end e);
+
+#endif
