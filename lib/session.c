@@ -1,0 +1,727 @@
+/*
+ * session: the lifecycle of one client connection, in the order of spec section 1.
+ *
+ * Design. sess_run() reads as the list of steps (see docs/architecture.md); each step is
+ * a function that returns 1 to go on or 0 when the connection is over, in which case it
+ * has already told the client why. All per-connection state lives in one `sess` on the
+ * worker's stack; shared objects (config snapshot, TLS and provisioning contexts, the
+ * cancel map) are reached through the sess_env the server handed in.
+ *
+ * Startup deadline. One deadline ([server] startup_timeout) covers everything from the
+ * first byte to the backend's first ReadyForQuery, so a silent or slow client, a slow
+ * tailscaled and a slow backend are all bounded by the same budget.
+ *
+ * Errors. Every refusal goes through sess_refuse(): it sends one FATAL ErrorResponse
+ * through the client stream in whatever state it is in (plain after 'N', inside TLS
+ * after 'S') and logs one `conn_refused` line. A connection that was relayed logs one
+ * `conn_end` line instead. Client-facing messages come from wp_error.message/hint only;
+ * wp_error.detail may carry log-only reasons (tailscaled's, provisioning's) and is never
+ * sent for errors Waypoint makes up itself.
+ *
+ * Protocol version. A client asking for 3.2 or for _pq_ options is answered with
+ * NegotiateProtocolVersion (newest minor 0, the options listed as unsupported) and the
+ * session continues at 3.0 on both legs; the backend is always spoken to at 3.0. That
+ * is the smallest correct behaviour: libpq 18 accepts it and carries on.
+ */
+#include "session.h"
+
+#include <arpa/inet.h>
+#include <netinet/in.h>
+#include <pthread.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <strings.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
+#include "grant.h"
+#include "identity.h"
+#include "log.h"
+#include "pgwire.h"
+#include "relay.h"
+#include "upstream.h"
+
+#define SESS_FINISH_WAIT_MS 2000 /* time to write a final ErrorResponse at the end */
+#define SESS_CANCEL_WAIT_MS 5000 /* time to deliver a CancelRequest to the backend */
+#define SESS_STARTUP_ROUNDS 4    /* SSLRequest, GSSENCRequest, ... before StartupMessage */
+#define SESS_FLUSH_AT (64 * 1024)
+
+typedef struct sess {
+    const sess_env *env;
+    const sess_listener *lsn;
+    const cfg_listener *lc;
+    int fd;
+    wp_io cio; /* client stream: plain, or TLS once negotiated */
+    int tls;
+    int over_cap;
+    char peer[80];
+    int64_t start_ms, deadline_ms;
+
+    pgw_startup su;
+    const char *database;
+    char *options; /* options with Waypoint's switches removed (NULL: none) */
+    grant_preset downgrade;
+    id_identity *id;
+    grant_effective *grant;
+    int user_counted;
+    char role[ID_ROLE_MAX + 1];
+    up_conn up;
+    int up_open;
+    uint32_t wp_pid; /* cancel key given to the client; 0 = none */
+
+    pgw_buf out; /* bytes for the client, flushed in batches */
+    pgw_buf msg;
+    relay_result rr;
+} sess;
+
+/* ---------------------------------------------------------------- helpers ---- */
+
+static const char *sess_login(const sess *s)
+{
+    return s->id ? s->id->login_name : "";
+}
+
+static const char *sess_node(const sess *s)
+{
+    return s->id ? s->id->node_name : "";
+}
+
+static const char *sess_preset(const sess *s)
+{
+    if (!s->grant)
+        return "";
+    return s->downgrade == GRANT_PRESET_NONE ? "full" : grant_preset_str(s->downgrade);
+}
+
+static wp_status sess_flush(sess *s)
+{
+    if (s->out.len == 0)
+        return WP_OK;
+    int64_t deadline = s->deadline_ms ? s->deadline_ms : wp_now_ms() + SESS_FINISH_WAIT_MS;
+    wp_status st = io_write_all(&s->cio, s->out.data, s->out.len, deadline);
+    pgw_buf_reset(&s->out);
+    return st;
+}
+
+/* The one place a refusal is logged. */
+static void sess_log_refusal(sess *s, const wp_error *e, const char *reason)
+{
+    char dur[24];
+    snprintf(dur, sizeof(dur), "%lld", (long long)(wp_now_ms() - s->start_ms));
+    log_kv(WP_LOG_INFO, "conn_refused", "listener", s->lc->name, "peer", s->peer, "user",
+           sess_login(s), "node", sess_node(s), "database", s->database ? s->database : "",
+           "sqlstate", e ? e->sqlstate : "", "message", e ? e->message : "", "reason",
+           reason && *reason ? reason : (e ? e->message : ""), "duration_ms", dur, (char *)NULL);
+}
+
+/* The one place a refusal is sent: one FATAL ErrorResponse (e may be NULL when the
+ * client cannot be answered any more, e.g. it vanished or TLS failed), one log line. */
+static int sess_refuse(sess *s, const wp_error *e, const char *reason)
+{
+    if (e) {
+        wp_error sent = *e;
+        if (!sent.sqlstate[0])
+            snprintf(sent.sqlstate, sizeof(sent.sqlstate), "%s", WP_SQLSTATE_INTERNAL);
+        if (!sent.message[0])
+            snprintf(sent.message, sizeof(sent.message), "connection refused");
+        if (pgw_build_error(&s->out, &sent) == WP_OK)
+            (void)sess_flush(s);
+        sess_log_refusal(s, &sent, reason);
+    } else {
+        sess_log_refusal(s, NULL, reason);
+    }
+    return 0;
+}
+
+/* Refusal with an error Waypoint made up: err.detail is log-only, so it is logged as
+ * the reason and stripped from what the client sees. */
+static int sess_refuse_private(sess *s, wp_error *e)
+{
+    char reason[sizeof(e->detail)];
+    snprintf(reason, sizeof(reason), "%s", e->detail);
+    e->detail[0] = '\0';
+    return sess_refuse(s, e, reason);
+}
+
+static int sess_refuse_msg(sess *s, const char *sqlstate, const char *reason, const char *msg)
+{
+    wp_error e;
+    wp_error_clear(&e);
+    wp_error_set(&e, sqlstate, "%s", msg);
+    return sess_refuse(s, &e, reason);
+}
+
+int sess_format_peer(const void *sa, size_t len, char *out, size_t outsz)
+{
+    const struct sockaddr *a = sa;
+    char ip[INET6_ADDRSTRLEN];
+    if (a->sa_family == AF_INET && len >= sizeof(struct sockaddr_in)) {
+        const struct sockaddr_in *v4 = sa;
+        inet_ntop(AF_INET, &v4->sin_addr, ip, sizeof(ip));
+        return snprintf(out, outsz, "%s:%u", ip, ntohs(v4->sin_port)) >= (int)outsz;
+    }
+    if (a->sa_family != AF_INET6 || len < sizeof(struct sockaddr_in6))
+        return -1;
+    const struct sockaddr_in6 *v6 = sa;
+    if (IN6_IS_ADDR_V4MAPPED(&v6->sin6_addr)) {
+        inet_ntop(AF_INET, &v6->sin6_addr.s6_addr[12], ip, sizeof(ip));
+        return snprintf(out, outsz, "%s:%u", ip, ntohs(v6->sin6_port)) >= (int)outsz;
+    }
+    inet_ntop(AF_INET6, &v6->sin6_addr, ip, sizeof(ip));
+    return snprintf(out, outsz, "[%s]:%u", ip, ntohs(v6->sin6_port)) >= (int)outsz;
+}
+
+/* ------------------------------------------------------ per-user counting ---- */
+
+/* Live connections per caller, for limits.max_conns_per_user. Process-wide and shared
+ * by all workers (the reason for the lock); a small list, as it holds one entry per
+ * caller with a live connection. */
+typedef struct sess_user_entry {
+    struct sess_user_entry *next;
+    long count;
+    char key[];
+} sess_user_entry;
+
+struct sess_users {
+    pthread_mutex_t mu;
+    sess_user_entry *head;
+};
+
+sess_users *sess_users_new(void)
+{
+    sess_users *u = calloc(1, sizeof(*u));
+    if (u && pthread_mutex_init(&u->mu, NULL) != 0) {
+        free(u);
+        return NULL;
+    }
+    return u;
+}
+
+void sess_users_free(sess_users *u)
+{
+    if (!u)
+        return;
+    while (u->head) {
+        sess_user_entry *n = u->head->next;
+        free(u->head);
+        u->head = n;
+    }
+    pthread_mutex_destroy(&u->mu);
+    free(u);
+}
+
+/* A user is a login; all tagged nodes share the login "tagged-devices", so for them
+ * the node is the user. */
+static const char *sess_user_key(const id_identity *id)
+{
+    return id_is_tagged(id) ? id->stable_id : id->login_name;
+}
+
+/* Counts one more connection for key unless that would exceed max (0 = unlimited).
+ * Returns 1 when counted. */
+static int sess_users_acquire(sess_users *u, const char *key, int64_t max)
+{
+    pthread_mutex_lock(&u->mu);
+    sess_user_entry *e = u->head;
+    while (e && strcmp(e->key, key) != 0)
+        e = e->next;
+    int ok = 0;
+    if (!e && (e = calloc(1, sizeof(*e) + strlen(key) + 1)) != NULL) {
+        strcpy(e->key, key);
+        e->next = u->head;
+        u->head = e;
+    }
+    if (e && (max <= 0 || e->count < max)) {
+        e->count++;
+        ok = 1;
+    }
+    pthread_mutex_unlock(&u->mu);
+    return ok;
+}
+
+static void sess_users_release(sess_users *u, const char *key)
+{
+    pthread_mutex_lock(&u->mu);
+    for (sess_user_entry **pp = &u->head; *pp; pp = &(*pp)->next) {
+        if (strcmp((*pp)->key, key) == 0) {
+            if (--(*pp)->count <= 0) {
+                sess_user_entry *dead = *pp;
+                *pp = dead->next;
+                free(dead);
+            }
+            break;
+        }
+    }
+    pthread_mutex_unlock(&u->mu);
+}
+
+/* -------------------------------------------------------------- cancel ---- */
+
+/* A CancelRequest: honoured only for the same Tailscale identity; never answered. */
+static int sess_cancel(sess *s)
+{
+    const char *result = "ignored";
+    id_identity *id = NULL;
+    wp_error e;
+    wp_error_clear(&e);
+    cancel_target t;
+    if (ts_whois(s->env->ts, s->peer, &id, &e) == WP_OK &&
+        cancel_lookup(s->env->cancel, s->su.cancel_pid, s->su.cancel_key, s->su.cancel_key_len,
+                      id->login_name, id->stable_id, &t) == WP_OK) {
+        wp_status st = up_send_cancel(t.host, t.port, t.backend_pid, t.backend_key,
+                                      t.backend_key_len, wp_now_ms() + SESS_CANCEL_WAIT_MS);
+        result = st == WP_OK ? "forwarded" : "backend_unreachable";
+    }
+    log_kv(WP_LOG_INFO, "cancel", "listener", s->lc->name, "peer", s->peer, "user",
+           id ? id->login_name : "", "node", id ? id->node_name : "", "result", result,
+           (char *)NULL);
+    id_free(id);
+    return 0;
+}
+
+/* -------------------------------------------------- 1. startup packet ---- */
+
+static int sess_tls_enabled(const sess *s)
+{
+    return !s->over_cap && s->lsn->tls && s->lc->tls_mode != CFG_TLS_OFF;
+}
+
+static int sess_answer(sess *s, char c)
+{
+    return io_write_all(&s->cio, &c, 1, s->deadline_ms) == WP_OK;
+}
+
+static int sess_start_tls(sess *s, int direct)
+{
+    wp_error e;
+    wp_error_clear(&e);
+    if (tls_server_accept(s->lsn->tls, s->fd, direct, s->deadline_ms, &s->cio, &e) != WP_OK)
+        return sess_refuse(s, NULL, e.message[0] ? e.message : "TLS handshake failed");
+    s->tls = 1;
+    return 1;
+}
+
+/* Reads packets until the StartupMessage, doing the SSL/GSS dance on the way. */
+static int sess_read_startup(sess *s)
+{
+    for (int round = 0; round < SESS_STARTUP_ROUNDS; round++) {
+        wp_error e;
+        wp_error_clear(&e);
+        pgw_startup_free(&s->su);
+        wp_status st = pgw_read_startup(&s->cio, s->deadline_ms, &s->su, &e);
+        if (st == WP_ERR_TIMEOUT || st == WP_ERR_CLOSED || st == WP_ERR_IO)
+            return sess_refuse(s, NULL, e.message);
+        if (st != WP_OK)
+            return sess_refuse(s, &e, NULL);
+        switch (s->su.kind) {
+        case PGW_START_STARTUP:
+            return 1;
+        case PGW_START_CANCEL:
+            return sess_cancel(s);
+        case PGW_START_GSSENC:
+            if (!sess_answer(s, 'N'))
+                return sess_refuse(s, NULL, "client went away during negotiation");
+            break;
+        case PGW_START_SSL:
+            if (s->tls)
+                return sess_refuse_msg(s, WP_SQLSTATE_PROTOCOL, NULL,
+                                       "SSLRequest received inside TLS");
+            if (!sess_answer(s, sess_tls_enabled(s) ? 'S' : 'N'))
+                return sess_refuse(s, NULL, "client went away during negotiation");
+            if (sess_tls_enabled(s) && !sess_start_tls(s, 0))
+                return 0;
+            break;
+        case PGW_START_DIRECT_TLS:
+            if (!sess_tls_enabled(s))
+                return sess_refuse(s, NULL, "direct TLS connection but TLS is not enabled");
+            if (!sess_start_tls(s, 1))
+                return 0;
+            break;
+        }
+    }
+    return sess_refuse_msg(s, WP_SQLSTATE_PROTOCOL, NULL,
+                           "too many negotiation packets before the startup packet");
+}
+
+static int sess_is_true(const char *v)
+{
+    static const char *yes[] = {"1", "true", "on", "yes", "database"};
+    for (size_t i = 0; v && i < sizeof(yes) / sizeof(yes[0]); i++)
+        if (strcasecmp(v, yes[i]) == 0)
+            return 1;
+    return 0;
+}
+
+/* TLS policy, replication, protocol version. */
+static int sess_check_startup(sess *s)
+{
+    char msg[256];
+    if (s->over_cap) {
+        snprintf(msg, sizeof(msg), "sorry, too many connections for listener %s", s->lc->name);
+        return sess_refuse_msg(s, WP_SQLSTATE_TOO_MANY_CONN, "max_connections reached", msg);
+    }
+    if (s->lc->tls_mode == CFG_TLS_REQUIRE && !s->tls)
+        return sess_refuse_msg(s, WP_SQLSTATE_INVALID_AUTH, NULL,
+                               "SSL required: connect with sslmode=require");
+    const char *repl = pgw_startup_get(&s->su, "replication");
+    if (repl && (sess_is_true(repl) || strcasecmp(repl, "database") == 0))
+        return sess_refuse_msg(s, WP_SQLSTATE_FEATURE, NULL,
+                               "replication connections are not supported by Waypoint");
+    if (s->su.version != PGW_PROTO_30 || s->su.npq_options > 0) {
+        if (pgw_build_negotiate(&s->out, 0, s->su.pq_options, s->su.npq_options) != WP_OK ||
+            sess_flush(s) != WP_OK)
+            return sess_refuse(s, NULL, "client went away during protocol negotiation");
+    }
+    return 1;
+}
+
+/* -------------------------------------------------- 2. who is calling ---- */
+
+static int sess_identify(sess *s)
+{
+    wp_error e;
+    wp_error_clear(&e);
+    wp_status st = ts_whois(s->env->ts, s->peer, &s->id, &e);
+    if (st == WP_OK)
+        return 1;
+    s->id = NULL;
+    if (!e.message[0] || !e.sqlstate[0]) {
+        char reason[sizeof(e.detail)];
+        snprintf(reason, sizeof(reason), "%s", e.detail[0] ? e.detail : wp_status_str(st));
+        wp_error_set(&e, WP_SQLSTATE_INVALID_AUTH, "%s",
+                     "connection refused: the connecting machine is not identified on the "
+                     "tailnet");
+        wp_error_detail(&e, "%s", reason);
+    }
+    if (!e.detail[0])
+        wp_error_detail(&e, "%s", wp_status_str(st));
+    return sess_refuse_private(s, &e);
+}
+
+/* -------------------------------------------------- 3. what they may do ---- */
+
+static int sess_authorize(sess *s)
+{
+    const char *user = pgw_startup_get(&s->su, "user");
+    s->database = pgw_startup_get(&s->su, "database");
+    if (!s->database || !*s->database)
+        s->database = user ? user : "";
+    wp_error e;
+    wp_error_clear(&e);
+    if (grant_extract_downgrade(pgw_startup_get(&s->su, "waypoint_presets"),
+                                pgw_startup_get(&s->su, "options"), &s->downgrade, &s->options,
+                                &e) != WP_OK)
+        return sess_refuse(s, &e, NULL);
+    if (grant_resolve(s->id->cap_rules, s->lc->name, s->database, &s->env->cfg->default_limits,
+                      s->downgrade, &s->grant, &e) != WP_OK) {
+        s->grant = NULL;
+        return sess_refuse_private(s, &e);
+    }
+    int64_t max = s->grant->limits.max_conns_per_user;
+    if (!sess_users_acquire(s->env->users, sess_user_key(s->id), max)) {
+        char msg[512];
+        snprintf(msg, sizeof(msg), "too many connections for user %s", s->id->login_name);
+        return sess_refuse_msg(s, WP_SQLSTATE_TOO_MANY_CONN, "max_conns_per_user reached", msg);
+    }
+    s->user_counted = 1;
+    return 1;
+}
+
+/* ----------------------------------- 4. provision + 5. log in upstream ---- */
+
+/* The client's parameters minus the ones Waypoint owns, plus the database. */
+static pgw_param *sess_forward_params(sess *s, size_t *n)
+{
+    static const char *own[] = {"user", "database", "waypoint_presets", "options", "replication"};
+    pgw_param *p = calloc(s->su.nparams + 2, sizeof(*p));
+    if (!p)
+        return NULL;
+    *n = 0;
+    for (size_t i = 0; i < s->su.nparams; i++) {
+        int skip = 0;
+        for (size_t k = 0; k < sizeof(own) / sizeof(own[0]); k++)
+            skip |= strcmp(s->su.params[i].key, own[k]) == 0;
+        if (!skip)
+            p[(*n)++] = s->su.params[i];
+    }
+    if (s->options && s->options[strspn(s->options, " \t")] != '\0')
+        p[(*n)++] = (pgw_param){.key = (char *)"options", .value = s->options};
+    p[(*n)++] = (pgw_param){.key = (char *)"database", .value = (char *)s->database};
+    return p;
+}
+
+static int sess_provision_and_login(sess *s)
+{
+    wp_error e;
+    wp_error_clear(&e);
+    prov_lease *lease = NULL;
+    if (prov_ensure_role(s->lsn->prov, s->id, s->database, s->grant, &lease, &e) != WP_OK)
+        return sess_refuse_private(s, &e);
+    snprintf(s->role, sizeof(s->role), "%s", prov_lease_role(lease));
+
+    wp_status st = up_connect(&s->up, s->lc->backend_host, s->lc->backend_port, s->lc->backend_tls,
+                              s->lc->backend_ca_file, s->deadline_ms, &e);
+    if (st == WP_OK) {
+        s->up_open = 1;
+        size_t n = 0;
+        pgw_param *params = sess_forward_params(s, &n);
+        st = params ? up_login(&s->up, PGW_PROTO_30, params, n, s->role, prov_lease_password(lease),
+                               s->deadline_ms, &e)
+                    : WP_ERR_NOMEM;
+        free(params);
+        if (st == WP_ERR_NOMEM)
+            wp_error_set(&e, WP_SQLSTATE_INTERNAL, "out of memory");
+    }
+    prov_lease_release(lease); /* the password may rotate again from here on */
+    if (st == WP_OK)
+        return 1;
+    if (st == WP_ERR_BACKEND && e.sqlstate[0])
+        return sess_refuse(s, &e, "backend refused the login"); /* backend's own words */
+    if (st == WP_ERR_TIMEOUT)
+        wp_error_set(&e, WP_SQLSTATE_CONN_FAILURE, "%s", "timeout while connecting to the backend");
+    return sess_refuse_private(s, &e);
+}
+
+/* ----------------------------------- 6. AuthenticationOk .. ReadyForQuery ---- */
+
+static wp_status sess_append_raw(pgw_buf *b, char type, const pgw_buf *body)
+{
+    unsigned char hdr[5];
+    uint32_t len = (uint32_t)body->len + 4;
+    hdr[0] = (unsigned char)type;
+    hdr[1] = (unsigned char)(len >> 24);
+    hdr[2] = (unsigned char)(len >> 16);
+    hdr[3] = (unsigned char)(len >> 8);
+    hdr[4] = (unsigned char)len;
+    wp_status st = pgw_buf_append(b, hdr, sizeof(hdr));
+    return st == WP_OK ? pgw_buf_append(b, body->data, body->len) : st;
+}
+
+/* BackendKeyData: remember the backend's key, give the client one of ours. */
+static wp_status sess_remap_key(sess *s)
+{
+    if (s->msg.len < 8 || s->msg.len - 4 > PGW_CANCEL_KEY_MAX || s->wp_pid != 0)
+        return WP_ERR_PROTOCOL;
+    cancel_target t;
+    memset(&t, 0, sizeof(t));
+    const unsigned char *m = s->msg.data;
+    t.backend_pid = ((uint32_t)m[0] << 24) | ((uint32_t)m[1] << 16) | ((uint32_t)m[2] << 8) | m[3];
+    t.backend_key_len = s->msg.len - 4;
+    memcpy(t.backend_key, m + 4, t.backend_key_len);
+    snprintf(t.host, sizeof(t.host), "%s", s->lc->backend_host);
+    t.port = s->lc->backend_port;
+    snprintf(t.login, sizeof(t.login), "%s", s->id->login_name);
+    snprintf(t.node_id, sizeof(t.node_id), "%s", s->id->stable_id);
+    unsigned char key[CANCEL_KEY_LEN];
+    wp_status st = cancel_register(s->env->cancel, &t, &s->wp_pid, key);
+    if (st == WP_OK)
+        st = pgw_build_backend_key(&s->out, s->wp_pid, key, sizeof(key));
+    return st;
+}
+
+static int sess_finish_startup(sess *s)
+{
+    if (pgw_build_auth_ok(&s->out) != WP_OK)
+        return sess_refuse(s, NULL, "out of memory");
+    for (;;) {
+        char type;
+        wp_status st = pgw_read_msg(&s->up.io, s->deadline_ms, PGW_MSG_MAX, &type, &s->msg);
+        if (st != WP_OK) {
+            (void)sess_flush(s);
+            return sess_refuse_msg(s, WP_SQLSTATE_CONN_FAILURE, wp_status_str(st),
+                                   "the backend closed the connection during startup");
+        }
+        if (type == PGW_MSG_BACKEND_KEY)
+            st = sess_remap_key(s);
+        else
+            st = sess_append_raw(&s->out, type, &s->msg);
+        if (st != WP_OK)
+            return sess_refuse_msg(s, WP_SQLSTATE_PROTOCOL, wp_status_str(st),
+                                   "unexpected message from the backend during startup");
+        if (type == PGW_MSG_ERROR) { /* e.g. 3D000 from the backend: forwarded as is */
+            wp_error e;
+            wp_error_clear(&e);
+            (void)pgw_parse_error(s->msg.data, s->msg.len, &e);
+            (void)sess_flush(s);
+            sess_log_refusal(s, &e, "backend refused the session");
+            return 0;
+        }
+        if (type == PGW_MSG_READY || s->out.len >= SESS_FLUSH_AT)
+            if (sess_flush(s) != WP_OK)
+                return sess_refuse(s, NULL, "client went away during startup");
+        if (type == PGW_MSG_READY)
+            return 1;
+    }
+}
+
+/* ---------------------------------------------------------- 7. relay ---- */
+
+static int sess_same_grant(const grant_effective *a, const grant_effective *b)
+{
+    if (a->npairs != b->npairs || a->nsql != b->nsql)
+        return 0;
+    for (size_t i = 0; i < a->npairs; i++)
+        if (a->pairs[i].preset != b->pairs[i].preset ||
+            strcmp(a->pairs[i].schema, b->pairs[i].schema) != 0)
+            return 0;
+    for (size_t i = 0; i < a->nsql; i++)
+        if (strcmp(a->sql[i].template_text, b->sql[i].template_text) != 0)
+            return 0;
+    return 1;
+}
+
+/* Revalidation tick: WhoIs again and re-resolve the grant. A vanished node, a changed
+ * identity or a removed grant ends the session; a changed grant is applied to the role
+ * at once. A tailscaled hiccup (error, timeout) is logged and the session goes on: the
+ * caller was authorised at connect time and the next tick checks again. */
+static int sess_revalidate(void *arg, wp_error *err)
+{
+    sess *s = arg;
+    id_identity *id = NULL;
+    wp_error e;
+    wp_error_clear(&e);
+    wp_status st = ts_whois(s->env->ts, s->peer, &id, &e);
+    if (st != WP_OK && st != WP_ERR_NOT_FOUND) {
+        log_kv(WP_LOG_WARN, "revalidation_failed", "listener", s->lc->name, "peer", s->peer, "user",
+               sess_login(s), "reason", e.detail[0] ? e.detail : wp_status_str(st), (char *)NULL);
+        return 0;
+    }
+    grant_effective *g = NULL;
+    int revoked = st == WP_ERR_NOT_FOUND || strcmp(id->stable_id, s->id->stable_id) != 0 ||
+                  strcmp(id->login_name, s->id->login_name) != 0 ||
+                  grant_resolve(id->cap_rules, s->lc->name, s->database,
+                                &s->env->cfg->default_limits, s->downgrade, &g, &e) != WP_OK;
+    if (!revoked && !sess_same_grant(g, s->grant)) {
+        prov_lease *lease = NULL;
+        if (prov_ensure_role(s->lsn->prov, s->id, s->database, g, &lease, &e) == WP_OK) {
+            prov_lease_release(lease);
+            grant_free(s->grant);
+            s->grant = g;
+            g = NULL;
+            log_kv(WP_LOG_INFO, "grant_updated", "listener", s->lc->name, "user", sess_login(s),
+                   "role", s->role, (char *)NULL);
+        }
+    }
+    grant_free(g);
+    id_free(id);
+    if (revoked)
+        wp_error_set(err, WP_SQLSTATE_INVALID_AUTH, "%s",
+                     "terminating connection: access through Waypoint was revoked");
+    return revoked;
+}
+
+static void sess_relay(sess *s)
+{
+    relay_opts o;
+    relay_opts_init(&o);
+    const cfg_limits *lim = &s->grant->limits;
+    if (lim->max_conn_duration_ms > 0)
+        o.end_ms = s->start_ms + lim->max_conn_duration_ms;
+    o.max_bytes = lim->max_bytes_per_conn > 0 ? (uint64_t)lim->max_bytes_per_conn : 0;
+    o.stop_fd = s->env->stop_fd;
+    if (s->env->cfg->revalidation_interval_ms > 0) {
+        o.tick_ms = s->env->cfg->revalidation_interval_ms;
+        o.tick = sess_revalidate;
+        o.tick_arg = s;
+    }
+    s->deadline_ms = 0; /* the startup budget no longer applies */
+    relay_run(&s->cio, &s->up.io, &o, &s->rr);
+
+    wp_error e;
+    wp_error_clear(&e);
+    switch (s->rr.end) {
+    case RELAY_STOPPED:
+        wp_error_set(&e, WP_SQLSTATE_ADMIN_SHUTDOWN, "%s",
+                     "terminating connection: Waypoint is shutting down");
+        break;
+    case RELAY_MAX_DURATION:
+        wp_error_set(&e, "53400", "%s", "terminating connection: max_conn_duration reached");
+        break;
+    case RELAY_MAX_BYTES:
+        wp_error_set(&e, "53400", "%s", "terminating connection: max_bytes_per_conn reached");
+        break;
+    case RELAY_TICK_STOP:
+        e = s->rr.tick_err;
+        break;
+    default:
+        break;
+    }
+    if (e.sqlstate[0] && s->rr.at_boundary && pgw_build_error(&s->out, &e) == WP_OK)
+        (void)sess_flush(s);
+}
+
+/* ------------------------------------------------------------- 8. end ---- */
+
+static const char *sess_outcome(const sess *s)
+{
+    if (s->rr.end == RELAY_CLIENT_CLOSED && s->rr.client_terminated)
+        return "ok";
+    return relay_end_str(s->rr.end);
+}
+
+static void sess_log_end(sess *s)
+{
+    char in[24], out[24], dur[24];
+    snprintf(in, sizeof(in), "%llu", (unsigned long long)s->rr.bytes_in);
+    snprintf(out, sizeof(out), "%llu", (unsigned long long)s->rr.bytes_out);
+    snprintf(dur, sizeof(dur), "%lld", (long long)(wp_now_ms() - s->start_ms));
+    log_kv(WP_LOG_INFO, "conn_end", "listener", s->lc->name, "peer", s->peer, "user", sess_login(s),
+           "node", sess_node(s), "role", s->role, "database", s->database, "preset", sess_preset(s),
+           "tls", s->tls ? "1" : "0", "bytes_in", in, "bytes_out", out, "duration_ms", dur,
+           "outcome", sess_outcome(s), (char *)NULL);
+}
+
+static void sess_end(sess *s, int relayed)
+{
+    if (relayed) {
+        sess_log_end(s);
+        prov_touch_role(s->lsn->prov, s->role);
+    }
+    if (s->wp_pid)
+        cancel_unregister(s->env->cancel, s->wp_pid);
+    if (s->user_counted)
+        sess_users_release(s->env->users, sess_user_key(s->id));
+    if (s->up_open)
+        up_close(&s->up);
+    if (s->tls) {
+        io_shutdown(&s->cio);
+        tls_io_free(&s->cio);
+    }
+    close(s->fd);
+    grant_free(s->grant);
+    id_free(s->id);
+    free(s->options);
+    pgw_startup_free(&s->su);
+    pgw_buf_free(&s->out);
+    pgw_buf_free(&s->msg);
+}
+
+static void sess_init(sess *s, const sess_env *env, const sess_listener *l, int fd, int over_cap)
+{
+    memset(s, 0, sizeof(*s));
+    s->env = env;
+    s->lsn = l;
+    s->lc = l->cfg;
+    s->fd = fd;
+    s->over_cap = over_cap;
+    s->start_ms = wp_now_ms();
+    s->deadline_ms = s->start_ms + env->cfg->startup_timeout_ms;
+    io_plain_init(&s->cio, fd);
+    struct sockaddr_storage ss;
+    socklen_t sl = sizeof(ss);
+    if (getpeername(fd, (struct sockaddr *)&ss, &sl) != 0 ||
+        sess_format_peer(&ss, sl, s->peer, sizeof(s->peer)) != 0)
+        snprintf(s->peer, sizeof(s->peer), "unknown");
+}
+
+void sess_run(const sess_env *env, const sess_listener *l, int fd, int over_cap)
+{
+    sess s;
+    sess_init(&s, env, l, fd, over_cap);
+    int ok = sess_read_startup(&s) && sess_check_startup(&s) && sess_identify(&s) &&
+             sess_authorize(&s) && sess_provision_and_login(&s) && sess_finish_startup(&s);
+    if (ok)
+        sess_relay(&s);
+    sess_end(&s, ok);
+}
