@@ -1,0 +1,50 @@
+#!/bin/bash
+# Basic path: psql through Waypoint lands on the provisioned role with exactly the
+# granted privileges; startup parameters reach the backend; one conn_end line is logged.
+. "$(dirname "$0")/lib.sh"
+e2e_init
+
+e2e_cluster
+admin_sql -c "CREATE TABLE items (id int PRIMARY KEY, name text); INSERT INTO items VALUES (1, 'one');"
+e2e_identity '{"appdb": {"permissions": ["readonly"]}}'
+e2e_standin
+e2e_waypoint
+
+out=$(wpsql "" -c "SELECT current_user")
+assert_eq "wp_alice_laptop_appdb" "$out" "current_user is the provisioned role"
+
+out=$(wpsql "" -c "SELECT name FROM items WHERE id = 1")
+assert_eq "one" "$out" "readonly grant: SELECT works"
+
+out=$(wpsql "" -c "INSERT INTO items VALUES (2, 'two')" 2>&1) && fail "INSERT succeeded on a readonly grant"
+assert_contains "$out" "42501" "readonly grant: INSERT fails with 42501"
+
+# The client's user name is ignored; its other parameters are forwarded.
+out=$(PGAPPNAME=e2e-basic-app wpsql "user=postgres options='-c search_path=pg_catalog,public'" \
+    -c "SELECT application_name FROM pg_stat_activity WHERE pid = pg_backend_pid()" \
+    -c "SHOW search_path" -c "SELECT current_user")
+assert_eq "e2e-basic-app
+pg_catalog, public
+wp_alice_laptop_appdb" "$out" "application_name and options forwarded; client user ignored"
+
+# database defaults to the user name, as in PostgreSQL: user=appdb without dbname.
+out=$(psql -X -qAt "host=127.0.0.1 port=$WP_PORT user=appdb sslmode=disable" -c "SELECT current_database()")
+assert_eq "appdb" "$out" "database defaults to the user name"
+
+# A missing database is PostgreSQL's own 3D000, and no role is created for it.
+out=$(wpsql "dbname=nosuchdb" -c "SELECT 1" 2>&1) && fail "connected to a missing database"
+assert_contains "$out" 'database "nosuchdb" does not exist' "missing database: PostgreSQL's message"
+e2e_wait 5 "refusal log line" log_has 'sqlstate=3D000'
+pass "missing database: 3D000 in the log"
+out=$(super_sql -c "SELECT count(*) FROM pg_roles WHERE rolname LIKE '%nosuchdb%'")
+assert_eq "0" "$out" "no role for a missing database"
+
+# Every relayed connection ends with one conn_end line naming who, what and how much.
+e2e_wait 5 "conn_end lines" test "$(log_count conn_end)" -ge 4
+line=$(log_line conn_end)
+for field in listener=pg-main user=alice@example.com node=alice-laptop.tail1234.ts.net. \
+    role=wp_alice_laptop_appdb database=appdb preset=full bytes_in= bytes_out= duration_ms= \
+    outcome=ok; do
+    assert_contains "$line" "$field" "conn_end has $field"
+done
+assert_not_contains "$(cat "$T/waypoint.log")" "adminpw" "no admin password in the log"
