@@ -216,9 +216,9 @@ static void test_refused_grantee(void **state)
     expect_refused("GRANT SELECT ON t TO PUBLIC", "grantee is not the role (PUBLIC)");
     expect_refused("GRANT SELECT ON t TO bob", "grantee is not the role (another role)");
     expect_refused("GRANT SELECT ON t TO {{.Role}}, bob", "grantee is not the role");
-    expect_refused("GRANT SELECT ON t TO CURRENT_USER", "grantee is not the role (CURRENT");
-    expect_refused("GRANT SELECT ON t TO SESSION_USER", "grantee is not the role (CURRENT");
-    expect_refused("GRANT SELECT ON t TO CURRENT_ROLE", "grantee is not the role (CURRENT");
+    expect_refused("GRANT SELECT ON t TO CURRENT_USER", "grantee is not the role (CURRENT_USER)");
+    expect_refused("GRANT SELECT ON t TO SESSION_USER", "grantee is not the role (SESSION_USER)");
+    expect_refused("GRANT SELECT ON t TO CURRENT_ROLE", "grantee is not the role (CURRENT_ROLE)");
     /* Quote breaking: the ; ends the statement, the rest is a comment. */
     expect_refused("GRANT SELECT ON \"t\" TO bob; --\" TO {{.Role}}", "grantee is not the role");
     /* Comment tricks: the role only appears inside comments. */
