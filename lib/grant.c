@@ -599,12 +599,16 @@ static wp_status split_words(const char *s, opt_word **out, size_t *nout)
             break;
         opt_word *cur = &w[n++];
         cur->start = i;
-        if (!(cur->text = malloc(len - i + 1))) {
+        size_t end = i;
+        while (end < len && !isspace((unsigned char)s[end]))
+            end += (s[end] == '\\' && end + 1 < len) ? 2 : 1;
+        /* Sized by the raw span: total allocation stays linear in the options length. */
+        if (!(cur->text = malloc(end - i + 1))) {
             free_words(w, n);
             return WP_ERR_NOMEM;
         }
         size_t t = 0;
-        while (i < len && !isspace((unsigned char)s[i])) {
+        while (i < end) {
             if (s[i] == '\\' && i + 1 < len)
                 i++;
             cur->text[t++] = s[i++];

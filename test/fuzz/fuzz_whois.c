@@ -3,7 +3,8 @@
  * the grant for a fixed listener and database (with and without a downgrade), the role
  * name in both forms and the identity record. Errors are expected; crashes, leaks and
  * undefined behaviour are not, and every role name must stay within 63 bytes of
- * [a-z0-9_].
+ * [a-z0-9_]. The same bytes are also read as a client's options string (the other
+ * untrusted input grant.c parses): with no downgrade found it must come back unchanged.
  */
 #include <stdint.h>
 #include <stdlib.h>
@@ -66,8 +67,27 @@ static void check_grant(const id_identity *id, const char *db, grant_preset down
     grant_free(g);
 }
 
+static void check_options(const uint8_t *data, size_t size)
+{
+    char *s = malloc(size + 1);
+    if (!s)
+        return;
+    memcpy(s, data, size);
+    s[size] = '\0';
+    grant_preset p;
+    char *out = NULL;
+    wp_error err;
+    if (grant_extract_downgrade(NULL, s, &p, &out, &err) == WP_OK) {
+        if (!out || (p == GRANT_PRESET_NONE && strcmp(out, s) != 0))
+            abort();
+        free(out);
+    }
+    free(s);
+}
+
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 {
+    check_options(data, size);
     id_identity *id = NULL;
     wp_error err;
     if (id_parse_whois((const char *)data, size, "redo.com/cap/waypoint", &id, &err) != WP_OK)

@@ -493,6 +493,32 @@ static void test_extract_invalid(void **state)
     assert_null(out);
 }
 
+static void test_extract_long_options(void **state)
+{
+    (void)state;
+    /* 64 KiB of one-letter words (the bound): accepted and returned unchanged. */
+    size_t n = 65536;
+    char *opts = malloc(n + 1);
+    assert_non_null(opts);
+    for (size_t i = 0; i < n; i++)
+        opts[i] = (i % 2) ? ' ' : 'a';
+    opts[n] = '\0';
+    expect_extract(NULL, opts, GRANT_PRESET_NONE, opts);
+    free(opts);
+
+    opts = malloc(n + 2);
+    assert_non_null(opts);
+    memset(opts, 'a', n + 1);
+    opts[n + 1] = '\0';
+    grant_preset p;
+    char *out = NULL;
+    wp_error err;
+    assert_int_equal(grant_extract_downgrade(NULL, opts, &p, &out, &err), WP_ERR_INVALID);
+    assert_string_equal(err.sqlstate, "22023");
+    assert_null(out);
+    free(opts);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -510,6 +536,7 @@ int main(void)
         cmocka_unit_test(test_parse_downgrade),
         cmocka_unit_test(test_extract_downgrade),
         cmocka_unit_test(test_extract_invalid),
+        cmocka_unit_test(test_extract_long_options),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
