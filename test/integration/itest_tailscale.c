@@ -255,6 +255,24 @@ static void test_identity_changes(void **state)
     ts_client_free(c);
 }
 
+static void test_set_identity_helper(void **state)
+{
+    (void)state;
+    assert_int_equal(standin_set_identity(&S, "127.0.0.1", "tagged-devices",
+                                          "ci-runner.tail1234.ts.net.",
+                                          "{\"" CAP "\": [{\"x\": 1}], \"other/cap\": [1]}"),
+                     0);
+    ts_client *c = client(2000);
+    id_identity *id;
+    wp_error err;
+    assert_int_equal(whois(c, "127.0.0.1:5555", &id, &err), WP_OK);
+    assert_string_equal(id->login_name, "tagged-devices");
+    assert_string_equal(id->node_name, "ci-runner.tail1234.ts.net.");
+    assert_int_equal(json_array_size(id->cap_rules), 1); /* only the configured capability */
+    id_free(id);
+    ts_client_free(c);
+}
+
 static void test_bad_addr(void **state)
 {
     (void)state;
@@ -434,15 +452,26 @@ static void test_standin_refuses_browsers(void **state)
 
 int main(void)
 {
+    /* clang-format off */
     const struct CMUnitTest tests[] = {
-        cmocka_unit_test(test_identified),         cmocka_unit_test(test_not_on_tailnet),
-        cmocka_unit_test(test_forbidden),          cmocka_unit_test(test_server_error),
-        cmocka_unit_test(test_malformed),          cmocka_unit_test(test_dropped),
-        cmocka_unit_test(test_hang_times_out),     cmocka_unit_test(test_socket_missing),
-        cmocka_unit_test(test_connection_refused), cmocka_unit_test(test_ipv6),
-        cmocka_unit_test(test_identity_changes),   cmocka_unit_test(test_bad_addr),
-        cmocka_unit_test(test_body_cap),           cmocka_unit_test(test_concurrent),
-        cmocka_unit_test(test_cert_pair),          cmocka_unit_test(test_standin_refuses_browsers),
+        cmocka_unit_test(test_identified),
+        cmocka_unit_test(test_not_on_tailnet),
+        cmocka_unit_test(test_forbidden),
+        cmocka_unit_test(test_server_error),
+        cmocka_unit_test(test_malformed),
+        cmocka_unit_test(test_dropped),
+        cmocka_unit_test(test_hang_times_out),
+        cmocka_unit_test(test_socket_missing),
+        cmocka_unit_test(test_connection_refused),
+        cmocka_unit_test(test_ipv6),
+        cmocka_unit_test(test_identity_changes),
+        cmocka_unit_test(test_set_identity_helper),
+        cmocka_unit_test(test_bad_addr),
+        cmocka_unit_test(test_body_cap),
+        cmocka_unit_test(test_concurrent),
+        cmocka_unit_test(test_cert_pair),
+        cmocka_unit_test(test_standin_refuses_browsers),
     };
+    /* clang-format on */
     return cmocka_run_group_tests(tests, group_setup, group_teardown);
 }
