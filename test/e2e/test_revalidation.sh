@@ -5,7 +5,7 @@
 e2e_init
 
 e2e_cluster
-e2e_identity '{"appdb": {"permissions": ["readonly"]}}' '{"max_conns_per_user": 1}'
+e2e_identity '{"appdb": {"permissions": ["readonly"]}}' '{"max_conns": 1}'
 e2e_standin
 E2E_TOP='[revalidation]
 interval = "1s"'
