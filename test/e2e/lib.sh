@@ -10,8 +10,9 @@
 # (e2e_wait), never a blind sleep.
 #
 # Conventions: the listener is called pg-main; the caller is alice@example.com on node
-# alice-laptop (stable ID nALICE), so her role for database appdb is
-# wp_alice_laptop_appdb (full grant) or wp_alice_laptop_appdb_readonly (downgraded).
+# laptop.tail1234.ts.net. (stable ID nALICE), so her role for database appdb is
+# wp_alice_laptop_appdb (full grant) or wp_alice_laptop_appdb_readonly (downgraded),
+# as in the spec's role naming example.
 
 set -euo pipefail
 
@@ -70,7 +71,7 @@ e2e_cleanup() {
     local rc=$?
     local p
     for p in "${E2E_PIDS[@]+"${E2E_PIDS[@]}"}"; do
-        kill -KILL "$p" 2>/dev/null || true
+        { kill -KILL "$p" && wait "$p"; } 2>/dev/null || true
     done
     if [ -n "${T:-}" ] && [ -d "$T" ]; then
         if [ "$rc" -ne 0 ] || [ "$E2E_FAILED" -ne 0 ]; then
@@ -130,8 +131,8 @@ e2e_identity() {
     e2e_state "$(
         cat <<JSON
 {"identities": [{"match": "*", "whois": {
-  "Node": {"ID": 1, "StableID": "nALICE", "Name": "alice-laptop.tail1234.ts.net.",
-           "ComputedName": "alice-laptop", "Addresses": ["100.64.0.1/32"], "Tags": null},
+  "Node": {"ID": 1, "StableID": "nALICE", "Name": "laptop.tail1234.ts.net.",
+           "ComputedName": "laptop", "Addresses": ["100.64.0.1/32"], "Tags": null},
   "UserProfile": {"ID": 101, "LoginName": "alice@example.com", "DisplayName": "Alice"},
   "CapMap": {"redo.com/cap/waypoint": [
      {"limits": $limits, "backends": {"pg-main": {"pg": {"databases": $dbs}}}}]}}}],
