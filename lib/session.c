@@ -655,7 +655,10 @@ static void sess_relay(sess *s)
 
 static const char *sess_outcome(const sess *s)
 {
-    if (s->rr.end == RELAY_CLIENT_CLOSED && s->rr.client_terminated)
+    /* After Terminate the backend closes too; whichever EOF the relay saw first, the
+     * client ended the session politely. */
+    if (s->rr.client_terminated &&
+        (s->rr.end == RELAY_CLIENT_CLOSED || s->rr.end == RELAY_BACKEND_CLOSED))
         return "ok";
     return relay_end_str(s->rr.end);
 }

@@ -51,13 +51,14 @@ assert_not_contains() { # haystack needle what
     case $1 in *"$2"*) fail "$3: '$2' unexpectedly in: $1" ;; *) pass "$3" ;; esac
 }
 
-# e2e_wait SECONDS DESCRIPTION COMMAND...: polls COMMAND (every 50 ms) until it
-# succeeds or the deadline passes.
+# e2e_wait SECONDS DESCRIPTION 'CONDITION': evaluates the shell CONDITION (single-quote
+# it, so "$(...)" inside is re-run each time) every 50 ms until it succeeds or the
+# deadline passes.
 e2e_wait() {
     local secs=$1 what=$2
     shift 2
     local deadline=$((SECONDS + secs))
-    until "$@" >/dev/null 2>&1; do
+    until eval "$*" >/dev/null 2>&1; do
         [ "$SECONDS" -lt "$deadline" ] || fail "timed out after ${secs}s waiting for $what"
         sleep 0.05
     done
@@ -76,9 +77,9 @@ e2e_cleanup() {
     if [ -n "${T:-}" ] && [ -d "$T" ]; then
         if [ "$rc" -ne 0 ] || [ "$E2E_FAILED" -ne 0 ]; then
             echo "---- waypoint log ($E2E_NAME) ----" >&2
-            tail -n 60 "$T/waypoint.log" 2>/dev/null >&2 || true
+            tail -n 60 "$T/waypoint.log" >&2 2>/dev/null || true
             echo "---- stand-in log ----" >&2
-            tail -n 20 "$T/standin.log" 2>/dev/null >&2 || true
+            tail -n 20 "$T/standin.log" >&2 2>/dev/null || true
         fi
         [ -d "$T/pg" ] && "$PGCLUSTER" stop "$T/pg" || true
         rm -rf "$T"
@@ -151,7 +152,7 @@ e2e_standin() {
     python3 "$STANDIN" --socket "$T/ts.sock" --state "$T/state.json" \
         --ready-file "$T/standin.ready" 2>"$T/standin.log" &
     E2E_PIDS+=($!)
-    e2e_wait 15 "the LocalAPI stand-in" test -s "$T/standin.ready"
+    e2e_wait 15 "the LocalAPI stand-in" '[ -s "$T/standin.ready" ]'
 }
 
 # ------------------------------------------------------------------ waypoint ----
@@ -218,6 +219,17 @@ wpsql() {
         "$(wp_conninfo "$extra")" "$@"
 }
 
+# wpsql_bg OUTFILE "extra conninfo" psql-args...: psql through Waypoint in the
+# background, as a direct child (so signals reach psql itself); its pid goes to BG_PID.
+wpsql_bg() {
+    local out=$1 extra=$2
+    shift 2
+    PGAPPNAME=${PGAPPNAME:-e2e} psql -X -qAt -v ON_ERROR_STOP=1 -v VERBOSITY=verbose \
+        "$(wp_conninfo "$extra")" "$@" >"$out" 2>&1 &
+    BG_PID=$!
+    E2E_PIDS+=("$BG_PID")
+}
+
 # Last log line of an event, e.g. log_line conn_refused.
 log_line() {
     grep "event=$1" "$T/waypoint.log" | tail -n 1
@@ -249,5 +261,5 @@ e2e_reload() {
     local before
     before=$(reload_count)
     kill -HUP "$WP_PID"
-    e2e_wait 15 "the reload to finish" test "$(reload_count)" -gt "$before"
+    e2e_wait 15 "the reload to finish" '[ "$(reload_count)" -gt '"$before"' ]'
 }

@@ -6,7 +6,7 @@ e2e_init
 
 e2e_cluster
 admin_sql -c "CREATE TABLE items (id int PRIMARY KEY, name text); INSERT INTO items VALUES (1, 'one');"
-e2e_identity '{"appdb": {"permissions": ["readonly"]}}'
+e2e_identity '{"appdb": {"permissions": ["readonly"]}, "*": {"permissions": ["readonly"]}}'
 e2e_standin
 e2e_waypoint
 
@@ -24,7 +24,7 @@ out=$(PGAPPNAME=e2e-basic-app wpsql "user=postgres options='-c search_path=pg_ca
     -c "SELECT application_name FROM pg_stat_activity WHERE pid = pg_backend_pid()" \
     -c "SHOW search_path" -c "SELECT current_user")
 assert_eq "e2e-basic-app
-pg_catalog, public
+pg_catalog,public
 wp_alice_laptop_appdb" "$out" "application_name and options forwarded; client user ignored"
 
 # database defaults to the user name, as in PostgreSQL: user=appdb without dbname.
@@ -40,7 +40,7 @@ out=$(super_sql -c "SELECT count(*) FROM pg_roles WHERE rolname LIKE '%nosuchdb%
 assert_eq "0" "$out" "no role for a missing database"
 
 # Every relayed connection ends with one conn_end line naming who, what and how much.
-e2e_wait 5 "conn_end lines" test "$(log_count conn_end)" -ge 4
+e2e_wait 5 "conn_end lines" '[ "$(log_count conn_end)" -ge 4 ]'
 line=$(log_line conn_end)
 for field in listener=pg-main user=alice@example.com node=laptop.tail1234.ts.net. \
     role=wp_alice_laptop_appdb database=appdb preset=full bytes_in= bytes_out= duration_ms= \

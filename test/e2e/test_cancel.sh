@@ -12,8 +12,8 @@ e2e_waypoint
 
 sleeping() { [ "$(super_sql -c "SELECT count(*) FROM pg_stat_activity WHERE query = 'SELECT pg_sleep(30)'")" = 1 ]; }
 
-wpsql "" -c "SELECT pg_sleep(30)" >"$T/cancel.out" 2>&1 &
-client=$!
+wpsql_bg "$T/cancel.out" "" -c "SELECT pg_sleep(30)"
+client=$BG_PID
 e2e_wait 20 "the query to run" sleeping
 t0=$(now_ms)
 kill -INT "$client"
@@ -28,8 +28,8 @@ e2e_wait 5 "cancel log line" log_has 'event=cancel'
 assert_contains "$(log_line cancel)" "result=forwarded" "cancel forwarded to the backend"
 
 # A CancelRequest with a made-up key is ignored: the query keeps running.
-wpsql "" -c "SELECT pg_sleep(30)" >/dev/null 2>&1 &
-client=$!
+wpsql_bg /dev/null "" -c "SELECT pg_sleep(30)"
+client=$BG_PID
 e2e_wait 20 "the second query to run" sleeping
 python3 - "$WP_PORT" <<'PY'
 import socket, struct, sys
@@ -37,7 +37,7 @@ s = socket.create_connection(("127.0.0.1", int(sys.argv[1])))
 s.sendall(struct.pack("!IIII", 16, 80877102, 12345, 0xdeadbeef))
 assert s.recv(1) == b""  # closed without a reply, as PostgreSQL does
 PY
-e2e_wait 5 "second cancel log line" test "$(log_count cancel)" -ge 2
+e2e_wait 5 "second cancel log line" '[ "$(log_count cancel)" -ge 2 ]'
 assert_contains "$(log_line cancel)" "result=ignored" "a wrong cancel key is ignored"
 sleeping || fail "the query stopped after a bogus cancel"
 pass "query still running after a bogus cancel"

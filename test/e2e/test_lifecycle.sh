@@ -27,8 +27,8 @@ e2e_wait 5 "refusal line for the silent client" log_has 'event=conn_refused'
 
 # SIGTERM with a query in flight: the query finishes, then Waypoint exits 0.
 sleeping() { [ "$(super_sql -c "SELECT count(*) FROM pg_stat_activity WHERE query LIKE 'SELECT pg_sleep(2)%'")" = 1 ]; }
-wpsql "" -c "SELECT pg_sleep(2)" -c "SELECT 'finished'" >"$T/drain.out" 2>&1 &
-client=$!
+wpsql_bg "$T/drain.out" "" -c "SELECT pg_sleep(2)" -c "SELECT 'finished'"
+client=$BG_PID
 e2e_wait 20 "the query to run" sleeping
 t0=$(now_ms)
 kill -TERM "$WP_PID"
@@ -49,8 +49,8 @@ pass "drained in ${elapsed} ms"
 E2E_DRAIN_TIMEOUT=1s
 e2e_config
 e2e_waypoint
-wpsql "" -c "SELECT pg_sleep(20)" >"$T/forced.out" 2>&1 &
-client=$!
+wpsql_bg "$T/forced.out" "" -c "SELECT pg_sleep(20)"
+client=$BG_PID
 sleeping20() { [ "$(super_sql -c "SELECT count(*) FROM pg_stat_activity WHERE query = 'SELECT pg_sleep(20)'")" = 1 ]; }
 e2e_wait 20 "the long query to run" sleeping20
 t0=$(now_ms)

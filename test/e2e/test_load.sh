@@ -20,6 +20,6 @@ fi
 tx=$(sed -n 's/^number of transactions actually processed: \([0-9]*\).*/\1/p' <<<"$out")
 [ "${tx:-0}" -gt 0 ] || fail "pgbench processed no transactions: $out"
 pass "pgbench: $tx transactions in ${secs}s"
-e2e_wait 10 "16 conn_end lines" test "$(grep -c 'event=conn_end.*outcome=ok' "$T/waypoint.log")" -ge 16
+e2e_wait 10 "16 conn_end lines" '[ "$(grep -c "event=conn_end.*outcome=ok" "$T/waypoint.log")" -ge 16 ]'
 pass "all 16 sessions ended cleanly"
 assert_eq 0 "$(log_count conn_refused)" "no connection was refused"

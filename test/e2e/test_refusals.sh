@@ -22,7 +22,7 @@ expect_refusal() {
     local out
     out=$(wpsql "$extra" -c "SELECT 1" 2>&1) && fail "$what: connection was accepted"
     assert_contains "$out" "$msg" "$what: client sees '$msg'"
-    e2e_wait 5 "$what: refusal line" test "$(refusals)" -gt "$before"
+    e2e_wait 5 "$what: refusal line" '[ "$(refusals)" -gt '"$before"' ]'
     assert_contains "$(log_line conn_refused)" "sqlstate=$state" "$what: SQLSTATE $state"
 }
 
@@ -54,10 +54,10 @@ assert_eq "wp_alice_laptop_appdb" "$out" "granted caller gets in once tailscaled
 expect_refusal "replication connection" 0A000 "replication" "replication=database"
 
 # Connection cap (max_connections = 2): hold two sessions, the third gets 53300.
-wpsql "" -c "SELECT pg_sleep(30)" >/dev/null 2>&1 &
-h1=$!
-wpsql "" -c "SELECT pg_sleep(30)" >/dev/null 2>&1 &
-h2=$!
+wpsql_bg /dev/null "" -c "SELECT pg_sleep(30)"
+h1=$BG_PID
+wpsql_bg /dev/null "" -c "SELECT pg_sleep(30)"
+h2=$BG_PID
 sleeping() { [ "$(super_sql -c "SELECT count(*) FROM pg_stat_activity WHERE query LIKE 'SELECT pg_sleep(30)%'")" = 2 ]; }
 e2e_wait 20 "two sleeping sessions" sleeping
 expect_refusal "over max_connections" 53300 "too many connections"

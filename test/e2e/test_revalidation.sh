@@ -13,8 +13,8 @@ e2e_config
 e2e_waypoint
 
 sleeping() { [ "$(super_sql -c "SELECT count(*) FROM pg_stat_activity WHERE query = 'SELECT pg_sleep(20)'")" = 1 ]; }
-wpsql "" -c "SELECT pg_sleep(20)" >"$T/revoked.out" 2>&1 &
-client=$!
+wpsql_bg "$T/revoked.out" "" -c "SELECT pg_sleep(20)"
+client=$BG_PID
 e2e_wait 20 "the query to run" sleeping
 
 # max_conns_per_user = 1: a second session of the same caller is refused.
