@@ -30,7 +30,14 @@ trap cleanup EXIT
 trap 'exit 130' INT TERM
 
 say() { printf '\n\033[1m== %s\033[0m\n' "$*"; }
-run() { printf '$ %s\n' "$*"; "$@"; }
+run() { # prints the command as one would type it, then runs it
+    local a line='$'
+    for a in "$@"; do
+        case $a in *[[:space:]]*) line+=" \"$a\"" ;; *) line+=" $a" ;; esac
+    done
+    printf '%s\n' "$line"
+    "$@"
+}
 wait_for() { # seconds what command...
     local deadline=$((SECONDS + $1)) what=$2
     shift 2
@@ -92,8 +99,10 @@ echo "waypoint listening on 127.0.0.1:$WP_PORT"
 CONN="host=127.0.0.1 port=$WP_PORT dbname=appdb user=anyone sslmode=disable"
 say "4. Connect with psql, no password: who am I in the database?"
 run psql -X "$CONN" -c "SELECT current_user, session_user"
-echo "Waypoint asked tailscaled who was calling, created the role wp_alice_laptop_appdb"
-echo "with a fresh random password, and logged in upstream as that role."
+echo "Waypoint asked tailscaled who was calling (alice@example.com on alice-laptop), created"
+echo "the role wp_<user>_<node>_<database> = wp_alice_alice_laptop_appdb with exactly the"
+echo "granted privileges and a fresh random password, and logged in upstream as that role."
+echo "The client's user name ('anyone') and password are ignored."
 
 say "5. The readonly grant lets alice read"
 run psql -X "$CONN" -c "SELECT * FROM orders ORDER BY id"
