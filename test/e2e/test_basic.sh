@@ -48,3 +48,41 @@ for field in listener=pg-main user=alice@example.com node=laptop.tail1234.ts.net
     assert_contains "$line" "$field" "conn_end has $field"
 done
 assert_not_contains "$(cat "$T/waypoint.log")" "adminpw" "no admin password in the log"
+
+# Raw protocol: GSSENCRequest is answered 'N'; a 3.2 StartupMessage with a _pq_ option
+# gets NegotiateProtocolVersion (3.0, the option listed) and the session goes on at 3.0.
+python3 - "$WP_PORT" <<'PY' || fail "protocol negotiation"
+import socket, struct, sys
+s = socket.create_connection(("127.0.0.1", int(sys.argv[1])), timeout=10)
+def recv_exact(n):
+    b = b""
+    while len(b) < n:
+        c = s.recv(n - len(b))
+        assert c, "connection closed"
+        b += c
+    return b
+s.sendall(struct.pack("!II", 8, 80877104))
+assert recv_exact(1) == b"N", "GSSENCRequest not answered N"
+params = b"user\0x\0database\0appdb\0_pq_.test_option\0on\0\0"
+s.sendall(struct.pack("!II", 8 + len(params), (3 << 16) | 2) + params)
+types = []
+while True:
+    t = recv_exact(1)
+    body = recv_exact(struct.unpack("!I", recv_exact(4))[0] - 4)
+    types.append(t)
+    if t == b"v":
+        newest, n = struct.unpack("!II", body[:8])
+        assert newest == (3 << 16), "NegotiateProtocolVersion newest %x" % newest
+        assert n == 1 and body[8:].rstrip(b"\0") == b"_pq_.test_option", body
+    if t in (b"Z", b"E"):
+        break
+assert types[0] == b"v" and b"R" in types and types[-1] == b"Z", types
+q = b"SELECT current_user\0"
+s.sendall(b"Q" + struct.pack("!I", 4 + len(q)) + q)
+data = b""
+while b"Z" not in data[-6:-5]:
+    data += s.recv(4096)
+assert b"wp_alice_laptop_appdb" in data, data
+s.sendall(b"X\0\0\0\4")
+PY
+pass "GSSENCRequest answered N; protocol 3.2 negotiated down to 3.0"
