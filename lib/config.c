@@ -230,6 +230,9 @@ static void vreport(loader *ld, bool is_error, int line, const char *key, const 
     else
         snprintf(prefix, sizeof(prefix), "%s: ", ld->name);
     vsnprintf(body, sizeof(body), fmt, ap);
+    for (char *c = body; *c; c++)
+        if (iscntrl((unsigned char)*c)) /* values may hold newlines: keep it one line */
+            *c = '?';
     char *msg = NULL;
     if (asprintf(&msg, "%s%s", prefix, body) < 0)
         msg = NULL;
@@ -1439,8 +1442,11 @@ static void print_listener(const wp_config *cfg, const cfg_listener *l, FILE *ou
     print_str(out, "admin_database", l->admin_database);
     print_str(out, "user_prefix", l->user_prefix);
     print_duration(out, "user_ttl", l->user_ttl_ms);
-    fprintf(out, "allow_raw_sql = %s%s\n", cfg_listener_allow_raw_sql(cfg, l) ? "true" : "false",
-            l->allow_raw_sql < 0 ? "  # from [provisioning]" : "");
+    if (l->allow_raw_sql < 0)
+        fprintf(out, "# allow_raw_sql = %s  (inherited from [provisioning])\n",
+                cfg->allow_raw_sql ? "true" : "false");
+    else
+        fprintf(out, "allow_raw_sql = %s\n", l->allow_raw_sql ? "true" : "false");
 }
 
 void cfg_print(const wp_config *cfg, FILE *out)
