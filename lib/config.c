@@ -853,7 +853,8 @@ static int store_number(loader *ld, const val_rec *v, const key_spec *k, const c
         rc = (!v->quoted && strcmp(s, "0") != 0) ? -1 : cfg_parse_duration(s, &n);
     } else {
         what = "a size such as \"512MB\", \"10GB\" or 0";
-        rc = cfg_parse_size(s, &n);
+        bool bare_digits = s[strspn(s, "0123456789")] == '\0';
+        rc = (!v->quoted && !bare_digits) ? -1 : cfg_parse_size(s, &n);
     }
     if (rc < 0) {
         err(ld, v->line, k->name, "must be %s (got '%s')", what, s);

@@ -404,6 +404,8 @@ static void test_value_types(void **state)
                       "must be 0 or more");
     expect_global_err("[defaults.limits]\nmax_bytes_per_conn = \"10 GB\"\n", "max_bytes_per_conn",
                       "must be a size");
+    expect_global_err("[defaults.limits]\nmax_bytes_per_conn = 10GB\n", "max_bytes_per_conn",
+                      "must be a size");
     expect_global_err("[defaults.limits]\nmax_conn_duration = \"forever\"\n", "max_conn_duration",
                       "must be a duration");
     expect_global_err("[server]\nlog_level = \"loud\"\n", "log_level",
