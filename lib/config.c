@@ -563,32 +563,44 @@ static sec_kind open_section(loader *ld, sec_rec *s, bool array)
     }
 }
 
-static void scan_header(loader *ld, int line, const char *p, const char *end)
+/* Parses "[name]" or "[[name]]"; returns the name length (0 = malformed). */
+static size_t parse_header(const char *p, const char *end, bool *array, const char **name)
 {
-    bool array = (p + 1 < end && p[1] == '[');
-    const char *q = skip_ws(p + (array ? 2 : 1), end), *name = q;
+    *array = (p + 1 < end && p[1] == '[');
+    const char *q = skip_ws(p + (*array ? 2 : 1), end);
+    *name = q;
     while (q < end && is_name_char(*q, true))
         q++;
-    size_t n = (size_t)(q - name);
+    size_t n = (size_t)(q - *name);
     q = skip_ws(q, end);
-    if (n == 0 || q == end || *q != ']' || (array && (q + 1 == end || q[1] != ']')) ||
-        !rest_is_comment(q + (array ? 2 : 1), end)) {
-        err(ld, line, NULL, "malformed section header (expected [name] or [[name]])");
-        return;
-    }
-    if (n > CFG_MAX_NAME) {
-        err(ld, line, NULL, "section name longer than %d bytes", CFG_MAX_NAME);
-        return;
-    }
+    if (q == end || *q != ']' || (*array && (q + 1 == end || q[1] != ']')) ||
+        !rest_is_comment(q + (*array ? 2 : 1), end))
+        return 0;
+    return n;
+}
+
+/* Every header line gets a section record, even a broken one, so that the keys below a
+ * broken header are skipped instead of landing in the section above it. */
+static void scan_header(loader *ld, int line, const char *p, const char *end)
+{
+    bool array;
+    const char *name;
+    size_t n = parse_header(p, end, &array, &name);
     if (grow(&ld->secs, &ld->capsecs, ld->nsecs + 1, sizeof(sec_rec)) < 0) {
         err(ld, line, NULL, "out of memory");
         return;
     }
     sec_rec *s = &ld->secs[ld->nsecs];
     memset(s, 0, sizeof(*s));
-    memcpy(s->name, name, n);
     s->line = line;
-    s->kind = open_section(ld, s, array);
+    if (n == 0)
+        err(ld, line, NULL, "malformed section header (expected [name] or [[name]])");
+    else if (n > CFG_MAX_NAME)
+        err(ld, line, NULL, "section name longer than %d bytes", CFG_MAX_NAME);
+    else {
+        memcpy(s->name, name, n);
+        s->kind = open_section(ld, s, array);
+    }
     char buf[32];
     snprintf(buf, sizeof(buf), "[s%zu]", ld->nsecs++);
     sh_add(ld, buf);
@@ -916,6 +928,7 @@ static void store(loader *ld, const val_rec *v, const key_spec *k, char *s, void
     bool textual = !(k->type == V_BOOL || k->type == V_TRIBOOL || k->type == V_INT ||
                      k->type == V_DUR || k->type == V_SIZE);
     if (textual && want_quoted(ld, v, k->name) < 0) {
+        explicit_bzero(s, strlen(s)); /* may be the admin password */
         free(s);
         return;
     }

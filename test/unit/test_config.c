@@ -683,6 +683,14 @@ static void test_sections(void **state)
     t = mk("[server\n", "", "");
     expect_err(t, 1, NULL, "malformed section header");
     free(t);
+    /* keys under a broken header are not attributed to the section above it */
+    t = mk("[server]\nlog_level = \"warn\"\n[tailscale\nlog_level = \"debug\"\n", "", "");
+    cfg_diag d = {0};
+    assert_null(cfg_load_string(t, NAME, &d));
+    assert_int_equal(d.nerrors, 1);
+    assert_true(has_msg(d.errors, 1, NAME ":3: ", "malformed section header"));
+    cfg_diag_free(&d);
+    free(t);
     t = mk("[server] x\n", "", "");
     expect_err(t, 1, NULL, "malformed section header");
     free(t);
