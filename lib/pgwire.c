@@ -404,6 +404,10 @@ wp_status pgw_build_error(pgw_buf *b, const wp_error *e)
     return msg_end(b, s, st);
 }
 
+/* The protocol docs call the first field the "newest minor version", but PostgreSQL
+ * sends the full version (PG_PROTOCOL_LATEST, major << 16 | minor) and libpq rejects
+ * anything below 3.0 as a downgrade to a pre-3.0 protocol; so the wire carries
+ * PGW_PROTO(3, newest_minor). */
 wp_status pgw_build_negotiate(pgw_buf *b, uint32_t newest_minor, char *const *unsupported, size_t n)
 {
     if (n > UINT32_MAX)
@@ -411,7 +415,7 @@ wp_status pgw_build_negotiate(pgw_buf *b, uint32_t newest_minor, char *const *un
     size_t s;
     wp_status st = msg_begin(b, PGW_MSG_NEGOTIATE, &s);
     if (st == WP_OK)
-        st = buf_put32(b, newest_minor);
+        st = buf_put32(b, PGW_PROTO(3, newest_minor));
     if (st == WP_OK)
         st = buf_put32(b, (uint32_t)n);
     for (size_t i = 0; st == WP_OK && i < n; i++)

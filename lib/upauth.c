@@ -234,16 +234,17 @@ static wp_status on_auth(login *l, const unsigned char *body, size_t len, int *d
 }
 
 /* NegotiateProtocolVersion: acceptable only as the backend's first answer, and only if
- * it lowers the minor version of what we asked for without refusing any option. */
+ * it lowers the minor version of what we asked for without refusing any option. The
+ * field is a full version (major << 16 | minor), as PostgreSQL sends and libpq reads. */
 static wp_status on_negotiate(login *l, const unsigned char *body, size_t len)
 {
     if (l->requests > 0 || len < 8)
         return bad_backend(l, "unexpected NegotiateProtocolVersion from the backend");
-    uint32_t minor = get32(body), nopts = get32(body + 4);
-    if (minor >= (l->version & 0xffff) || nopts != 0) {
+    uint32_t offered = get32(body), nopts = get32(body + 4);
+    if (offered < PGW_PROTO_30 || offered >= l->version || nopts != 0) {
         wp_error_set(l->err, WP_SQLSTATE_PROTOCOL,
-                     "backend cannot speak protocol %u.%u (it offers 3.%u)", l->version >> 16,
-                     l->version & 0xffff, minor);
+                     "backend cannot speak protocol %u.%u (it offers %u.%u)", l->version >> 16,
+                     l->version & 0xffff, offered >> 16, offered & 0xffff);
         return WP_ERR_PROTOCOL;
     }
     l->requests++; /* at most once */

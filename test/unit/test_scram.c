@@ -26,8 +26,7 @@
 #define RFC_NONCE "rOprNGfwEbeRWgbNEkqO"
 #define RFC_SNONCE RFC_NONCE "%hvYDpWUa2RaTCAfuxFIlj)hNlF$k0"
 #define RFC_SERVER_FIRST "r=" RFC_SNONCE ",s=W22ZaJ0SNY7soEsUEjb6gQ==,i=4096"
-#define RFC_CLIENT_FINAL                                                                   \
-    "c=biws,r=" RFC_SNONCE ",p=dHzbZapWIk4jUhN+Ute9ytag9zjfMHgsqmmiz7AndVQ="
+#define RFC_CLIENT_FINAL "c=biws,r=" RFC_SNONCE ",p=dHzbZapWIk4jUhN+Ute9ytag9zjfMHgsqmmiz7AndVQ="
 #define RFC_SERVER_FINAL "v=6rriTRBi23WpRR/wtup+mMhUZUn/dB5nLTJRsjl95G4="
 
 /* A client that has sent its first message with the RFC nonce and username. */
@@ -66,9 +65,8 @@ static void test_rfc7677_vector(void **state)
     char *final = NULL;
     size_t n = 0;
     wp_error err;
-    assert_int_equal(scram_client_final(c, RFC_SERVER_FIRST, strlen(RFC_SERVER_FIRST), &final,
-                                        &n, &err),
-                     WP_OK);
+    assert_int_equal(
+        scram_client_final(c, RFC_SERVER_FIRST, strlen(RFC_SERVER_FIRST), &final, &n, &err), WP_OK);
     assert_string_equal(final, RFC_CLIENT_FINAL);
     assert_int_equal(n, strlen(RFC_CLIENT_FINAL));
     free(final);
@@ -128,15 +126,14 @@ static void test_channel_binding(void **state)
     wp_error err;
     assert_int_equal(scram_client_first(c, &first, &n), WP_OK);
     assert_string_equal(first, "p=tls-server-end-point,,n=,r=" RFC_NONCE);
-    assert_int_equal(scram_client_final(c, RFC_SERVER_FIRST, strlen(RFC_SERVER_FIRST), &final,
-                                        &n, &err),
-                     WP_OK);
+    assert_int_equal(
+        scram_client_final(c, RFC_SERVER_FIRST, strlen(RFC_SERVER_FIRST), &final, &n, &err), WP_OK);
     /* c= must carry the gs2 header followed by the certificate hash */
     assert_int_equal(strncmp(final, "c=", 2), 0);
     const char *end = strchr(final, ',');
     unsigned char dec[128];
     size_t dl = 0;
-    assert_int_equal(mbedtls_base64_decode(dec, sizeof(dec), &dl, (const unsigned char *)final + 2,
+    assert_int_equal(mbedtls_base64_decode(dec, sizeof(dec), &dl, (const unsigned char *) final + 2,
                                            (size_t)(end - final - 2)),
                      0);
     assert_int_equal(dl, 24 + 32);
@@ -169,10 +166,10 @@ static void test_server_final_forms(void **state)
 {
     (void)state;
     static const char *const bad[] = {
-        "v=6rriTRBi23WpRR/wtup+mMhUZUn/dB5nLTJRsjl95G4",     /* missing padding */
+        "v=6rriTRBi23WpRR/wtup+mMhUZUn/dB5nLTJRsjl95G4",      /* missing padding */
         "v=6rriTRBi23WpRR/wtup+mMhUZUn/dB5nLTJRsjl95G4=,x=y", /* trailing extension */
-        "v=AAAA",                                            /* wrong length */
-        "v=",                                                /* empty */
+        "v=AAAA",                                             /* wrong length */
+        "v=",                                                 /* empty */
         "6rriTRBi23WpRR/wtup+mMhUZUn/dB5nLTJRsjl95G4=",       /* no attribute */
     };
     for (size_t i = 0; i < sizeof(bad) / sizeof(bad[0]); i++) {
@@ -227,8 +224,7 @@ static void test_server_first_rejects(void **state)
         {"r=" RFC_SNONCE ",s=W22ZaJ0SNY7soEsUEjb6gQ==", WP_ERR_PROTOCOL, "iteration"},
         {"r=" RFC_SNONCE ",s=W22ZaJ0SNY7soEsUEjb6gQ==,i=4096,x=1", WP_ERR_PROTOCOL, "after"},
         {"r=" RFC_SNONCE ",s=W22ZaJ0SNY7soEsUEjb6gQ==,i=4096,", WP_ERR_PROTOCOL, "after"},
-        {"m=ext,r=" RFC_SNONCE ",s=W22ZaJ0SNY7soEsUEjb6gQ==,i=4096", WP_ERR_PROTOCOL,
-         "mandatory"},
+        {"m=ext,r=" RFC_SNONCE ",s=W22ZaJ0SNY7soEsUEjb6gQ==,i=4096", WP_ERR_PROTOCOL, "mandatory"},
         {"s=W22ZaJ0SNY7soEsUEjb6gQ==,i=4096", WP_ERR_PROTOCOL, "nonce"},
         {"", WP_ERR_PROTOCOL, "nonce"},
     };
@@ -238,8 +234,7 @@ static void test_server_first_rejects(void **state)
         wp_error_clear(&err);
         wp_status st = feed_first(c, cases[i].msg, &err);
         if (st != cases[i].st || !strstr(err.message, cases[i].word))
-            fail_msg("case %zu (%s): status %d, message \"%s\"", i, cases[i].msg, st,
-                     err.message);
+            fail_msg("case %zu (%s): status %d, message \"%s\"", i, cases[i].msg, st, err.message);
         scram_client_free(c);
     }
 }
@@ -253,8 +248,7 @@ static void test_server_first_embedded_nul(void **state)
     char *out = NULL;
     size_t n;
     wp_error err;
-    assert_int_equal(scram_client_final(c, msg, sizeof(msg) - 1, &out, &n, &err),
-                     WP_ERR_PROTOCOL);
+    assert_int_equal(scram_client_final(c, msg, sizeof(msg) - 1, &out, &n, &err), WP_ERR_PROTOCOL);
     assert_null(out);
     scram_client_free(c);
 }
@@ -265,8 +259,7 @@ static void test_iteration_max_accepted(void **state)
     scram_client *c = rfc_client();
     wp_error err;
     char msg[256];
-    snprintf(msg, sizeof(msg), "r=%s,s=W22ZaJ0SNY7soEsUEjb6gQ==,i=%d", RFC_SNONCE,
-             SCRAM_ITER_MAX);
+    snprintf(msg, sizeof(msg), "r=%s,s=W22ZaJ0SNY7soEsUEjb6gQ==,i=%d", RFC_SNONCE, SCRAM_ITER_MAX);
     assert_int_equal(feed_first(c, msg, &err), WP_OK);
     scram_client_free(c);
 }
@@ -369,9 +362,8 @@ static void test_wrong_password_proof_differs(void **state)
     size_t n;
     wp_error err;
     assert_int_equal(scram_client_first(c, &first, &n), WP_OK);
-    assert_int_equal(scram_client_final(c, RFC_SERVER_FIRST, strlen(RFC_SERVER_FIRST), &final,
-                                        &n, &err),
-                     WP_OK);
+    assert_int_equal(
+        scram_client_final(c, RFC_SERVER_FIRST, strlen(RFC_SERVER_FIRST), &final, &n, &err), WP_OK);
     assert_string_not_equal(final, RFC_CLIENT_FINAL);
     /* and the real server's signature does not verify for this password */
     assert_int_equal(scram_client_verify(c, RFC_SERVER_FINAL, strlen(RFC_SERVER_FINAL), &err),
