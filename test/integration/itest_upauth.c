@@ -77,7 +77,8 @@ static void script_auth(fake *f, uint32_t code, const void *extra, size_t n)
 {
     unsigned char body[256];
     put32(body, code);
-    memcpy(body + 4, extra, n);
+    if (n)
+        memcpy(body + 4, extra, n);
     script(f, 'R', body, n + 4);
 }
 
