@@ -252,6 +252,7 @@ static wp_status server_conf(tls_server_ctx *s, wp_error *err)
         return WP_ERR_INTERNAL;
     }
     mbedtls_ssl_conf_min_version(c, MBEDTLS_SSL_MAJOR_VERSION_3, MBEDTLS_SSL_MINOR_VERSION_3);
+    mbedtls_ssl_conf_renegotiation(c, MBEDTLS_SSL_RENEGOTIATION_DISABLED);
     mbedtls_ssl_conf_rng(c, mbedtls_ctr_drbg_random, &s->drbg);
     mbedtls_ssl_conf_sni(c, sni_callback, s);
     const certs_pair *file = certs_file_pair(s->certs);

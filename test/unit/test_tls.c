@@ -143,8 +143,8 @@ static tls_server_ctx *new_server(int with_file)
 typedef struct cli {
     int fd;
     const char *sni;
-    const char *ca; /* verify against this CA when set */
-    int alpn;
+    const char *ca;  /* verify against this CA when set */
+    int alpn;        /* 0: none, 1: "postgresql", 2: "h2" only */
     const char *pre; /* plaintext sent before the ClientHello */
     size_t pre_len;
     int hs_rc;
@@ -168,7 +168,7 @@ static int cli_recv(void *ctx, unsigned char *b, size_t n)
 static void *client_main(void *arg)
 {
     cli *c = arg;
-    static const char *alpn[] = {"postgresql", NULL};
+    static const char *alpn[] = {"postgresql", NULL}, *h2[] = {"h2", NULL};
     mbedtls_entropy_context ent;
     mbedtls_ctr_drbg_context drbg;
     mbedtls_ssl_config conf;
@@ -194,7 +194,7 @@ static void *client_main(void *arg)
         mbedtls_ssl_conf_ca_chain(&conf, &ca, NULL);
         mbedtls_ssl_conf_authmode(&conf, MBEDTLS_SSL_VERIFY_REQUIRED);
     }
-    if (c->alpn && mbedtls_ssl_conf_alpn_protocols(&conf, alpn))
+    if (c->alpn && mbedtls_ssl_conf_alpn_protocols(&conf, c->alpn == 2 ? h2 : alpn))
         goto out;
     if (mbedtls_ssl_setup(&ssl, &conf) || (c->sni && mbedtls_ssl_set_hostname(&ssl, c->sni)))
         goto out;
@@ -327,6 +327,10 @@ static void test_direct_tls_requires_alpn(void **state)
     /* After an SSLRequest, ALPN is optional. */
     cli plain = {.sni = "db.example.com"};
     assert_int_equal(serve_one(s, &plain, 0, sni, sizeof(sni)), WP_OK);
+    /* Offering only another protocol is refused on both paths. */
+    cli h2 = {.sni = "db.example.com", .alpn = 2};
+    assert_int_equal(serve_one(s, &h2, 0, sni, sizeof(sni)), WP_ERR_TLS);
+    assert_int_not_equal(h2.hs_rc, 0);
     tls_server_free(s);
 }
 
