@@ -1,0 +1,314 @@
+#!/bin/bash
+# Waypoint benchmark: the same workloads against three paths in one run, on one machine:
+#   direct     pgbench/psql -> PostgreSQL (scram-sha-256, default 4096 iterations)
+#   pgbouncer  -> PgBouncer (session pooling, scram-sha-256) -> PostgreSQL
+#   waypoint   -> Waypoint (LocalAPI stand-in, readwrite grant) -> PostgreSQL
+# Paths alternate inside each round; each figure is the median of BENCH_ROUNDS rounds.
+# Prints one Markdown table (absolute figures and ratios) on stdout; progress on stderr.
+#
+#   bench/run.sh [BUILD_DIR]       (make bench)
+# Knobs: BENCH_ROUNDS (3), BENCH_SECONDS per pgbench run (5), BENCH_BULK_MB (1024),
+#        BENCH_IDLE ("1 100 1000"), BENCH_SCALE (10), BENCH_ONLY (regex of workloads).
+set -euo pipefail
+
+SRC=$(cd "$(dirname "$0")/.." && pwd)
+BUILD=${1:-build}
+case $BUILD in /*) ;; *) BUILD=$SRC/$BUILD ;; esac
+WAYPOINT=$BUILD/waypoint
+ROUNDS=${BENCH_ROUNDS:-3}
+SECS=${BENCH_SECONDS:-5}
+BULK_MB=${BENCH_BULK_MB:-1024}
+IDLE_COUNTS=${BENCH_IDLE:-"1 100 1000"}
+SCALE=${BENCH_SCALE:-10}
+ONLY=${BENCH_ONLY:-.}
+PATHS="direct pgbouncer waypoint"
+
+say() { echo "bench: $*" >&2; }
+die() { echo "bench: FATAL: $*" >&2; exit 1; }
+[ -x "$WAYPOINT" ] || die "no waypoint binary at $WAYPOINT (run make build)"
+
+T=$(mktemp -d /tmp/wp-bench.XXXXXX)
+chmod 755 "$T"
+PIDS=()
+cleanup() {
+    for p in "${PIDS[@]+"${PIDS[@]}"}"; do kill "$p" 2>/dev/null || true; done
+    [ -f "$T/pgb/pgbouncer.pid" ] && kill "$(cat "$T/pgb/pgbouncer.pid")" 2>/dev/null || true
+    "$SRC/test/support/pgcluster.sh" stop "$T/pg" >/dev/null 2>&1 || true
+    rm -rf "$T"
+}
+trap cleanup EXIT
+
+free_port() {
+    local p
+    while :; do
+        p=$((20000 + (RANDOM * 32768 + RANDOM) % 40000))
+        ss -Hltn "sport = :$p" | grep -q . || { echo "$p"; return; }
+    done
+}
+
+wait_for() { # wait_for SECONDS command...: poll a readiness check with a deadline
+    local deadline=$((SECONDS + $1))
+    shift
+    until "$@" >/dev/null 2>&1; do
+        [ $SECONDS -lt $deadline ] || return 1
+        sleep 0.1
+    done
+}
+
+# --- certificates (one CA, one server cert for every TLS endpoint) ----------------------
+mkdir -p "$T/tls"
+openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes -days 2 \
+    -subj /CN=bench-ca -keyout "$T/tls/ca.key" -out "$T/tls/ca.crt" 2>/dev/null
+openssl req -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes -subj /CN=localhost \
+    -keyout "$T/tls/server.key" -out "$T/tls/server.csr" 2>/dev/null
+printf 'subjectAltName=DNS:localhost,IP:127.0.0.1\n' >"$T/tls/ext"
+openssl x509 -req -in "$T/tls/server.csr" -CA "$T/tls/ca.crt" -CAkey "$T/tls/ca.key" \
+    -CAcreateserial -days 2 -extfile "$T/tls/ext" -out "$T/tls/server.crt" 2>/dev/null
+chown -R postgres:postgres "$T/tls"
+chmod 600 "$T/tls/server.key"
+
+# --- PostgreSQL ----------------------------------------------------------------------
+say "starting PostgreSQL"
+eval "$("$SRC/test/support/pgcluster.sh" start "$T/pg" --auth scram-sha-256 --owner-pid $$ \
+    --set "max_connections = 1300" --set "shared_buffers = 256MB" --set "ssl = on" \
+    --set "ssl_cert_file = '$T/tls/server.crt'" --set "ssl_key_file = '$T/tls/server.key'")"
+PG_PORT=$PORT
+export PGPASSWORD=$ADMIN_PASSWORD
+psql -X -q -h 127.0.0.1 -p "$PG_PORT" -U "$ADMIN_USER" -d appdb -v ON_ERROR_STOP=1 \
+    -c "CREATE ROLE bench LOGIN PASSWORD 'benchpw'" >/dev/null
+say "pgbench -i -s $SCALE"
+pgbench -i -q -s "$SCALE" -h 127.0.0.1 -p "$PG_PORT" -U "$ADMIN_USER" appdb >/dev/null 2>&1
+psql -X -q -h 127.0.0.1 -p "$PG_PORT" -U "$ADMIN_USER" -d appdb -v ON_ERROR_STOP=1 \
+    -c "GRANT SELECT, INSERT, UPDATE, DELETE ON ALL TABLES IN SCHEMA public TO bench" >/dev/null
+
+# --- PgBouncer (session pooling) ------------------------------------------------------
+PGB_PORT=$(free_port)
+mkdir -p "$T/pgb"
+printf '"bench" "benchpw"\n' >"$T/pgb/userlist.txt"
+cat >"$T/pgb/pgbouncer.ini" <<INI
+[databases]
+appdb = host=127.0.0.1 port=$PG_PORT dbname=appdb
+[pgbouncer]
+listen_addr = 127.0.0.1
+listen_port = $PGB_PORT
+unix_socket_dir = $T/pgb
+auth_type = scram-sha-256
+auth_file = $T/pgb/userlist.txt
+pool_mode = session
+max_client_conn = 2000
+default_pool_size = 100
+client_tls_sslmode = allow
+client_tls_cert_file = $T/tls/server.crt
+client_tls_key_file = $T/tls/server.key
+logfile = $T/pgb/pgbouncer.log
+pidfile = $T/pgb/pgbouncer.pid
+INI
+chown -R postgres:postgres "$T/pgb"
+say "starting PgBouncer on $PGB_PORT"
+runuser -u postgres -- pgbouncer -d "$T/pgb/pgbouncer.ini"
+wait_for 20 pg_isready -q -h 127.0.0.1 -p "$PGB_PORT" || die "PgBouncer did not start"
+
+# --- Waypoint + LocalAPI stand-in -----------------------------------------------------
+WP_PORT=$(free_port)
+mkdir -p "$T/wp"
+cat >"$T/wp/state.json" <<JSON
+{"identities": [{"match": "*", "whois": {
+  "Node": {"ID": 1, "StableID": "nBENCH", "Name": "bench-host.tail1234.ts.net.",
+           "Addresses": ["100.64.0.9/32"], "Tags": []},
+  "UserProfile": {"ID": 9, "LoginName": "bench@example.com", "DisplayName": "Bench"},
+  "CapMap": {"redo.com/cap/waypoint": [{"backends": {"bench": {"pg": {"databases": {
+      "appdb": {"permissions": ["readwrite"], "schemas": ["public"]}}}}}}]}}}],
+ "certs": {}}
+JSON
+python3 "$SRC/test/support/localapi_standin.py" --socket "$T/wp/ts.sock" \
+    --state "$T/wp/state.json" --ready-file "$T/wp/standin.ready" 2>"$T/wp/standin.log" &
+PIDS+=($!)
+wait_for 20 test -e "$T/wp/standin.ready" || die "stand-in did not start"
+cat >"$T/wp/waypoint.toml" <<TOML
+[tailscale]
+socket = "$T/wp/ts.sock"
+[revalidation]
+interval = "0"
+[server]
+log_level = "warn"
+[[listeners]]
+name = "bench"
+listen = "127.0.0.1:$WP_PORT"
+mode = "postgres"
+backend = "127.0.0.1:$PG_PORT"
+tls_mode = "optional"
+use_tailscale_tls = false
+cert_file = "$T/tls/server.crt"
+key_file = "$T/tls/server.key"
+backend_tls = "disable"
+max_connections = 2000
+[listeners.postgres]
+admin_user = "$ADMIN_USER"
+admin_password = "$ADMIN_PASSWORD"
+admin_database = "postgres"
+TOML
+say "starting Waypoint on $WP_PORT"
+"$WAYPOINT" -config "$T/wp/waypoint.toml" 2>"$T/wp/waypoint.log" &
+WP_PID=$!
+PIDS+=("$WP_PID")
+wait_for 20 pg_isready -q -h 127.0.0.1 -p "$WP_PORT" || die "Waypoint did not start: $(tail -5 "$T/wp/waypoint.log")"
+
+# --- helpers --------------------------------------------------------------------------
+use_path() { # sets libpq environment for a path
+    export PGHOST=127.0.0.1 PGDATABASE=appdb PGSSLMODE=${SSLMODE:-disable}
+    case $1 in
+    direct) export PGPORT=$PG_PORT PGUSER=bench PGPASSWORD=benchpw ;;
+    pgbouncer) export PGPORT=$PGB_PORT PGUSER=bench PGPASSWORD=benchpw ;;
+    waypoint) export PGPORT=$WP_PORT PGUSER=anyone PGPASSWORD=ignored ;;
+    esac
+}
+
+median() { sort -g | awk '{v[NR]=$1} END {if (NR==0) print "nan"; else if (NR%2) print v[(NR+1)/2]; else print (v[NR/2]+v[NR/2+1])/2}'; }
+
+cpu_ticks() { awk '{print $14+$15}' "/proc/$1/stat"; }
+
+R=$T/results
+mkdir -p "$R"
+record() { echo "$3" >>"$R/$1.$2"; } # record WORKLOAD PATH VALUE
+
+run_pgbench() { # run_pgbench WORKLOAD PATH pgbench-args...
+    local w=$1 p=$2
+    shift 2
+    use_path "$p"
+    local out
+    out=$(pgbench -n -T "$SECS" "$@" 2>&1) || { echo "$out" >&2; die "pgbench failed on $p ($w)"; }
+    if echo "$out" | grep -q "number of failed transactions: [1-9]"; then
+        echo "$out" >&2
+        die "pgbench reported failures on $p ($w)"
+    fi
+    record "$w" "$p" "$(echo "$out" | awk '/^tps = /{print $3; exit}')"
+    record "$w.lat" "$p" "$(echo "$out" | awk '/^latency average = /{print $4; exit}')"
+    record "$w.tx" "$p" "$(echo "$out" | awk '/number of transactions actually processed/{print $NF; exit}')"
+}
+
+steady() {
+    local mode clients
+    for mode in simple prepared; do
+        for clients in 1 8 32; do
+            local w="select-$mode-c$clients"
+            [[ $w =~ $ONLY ]] || continue
+            for p in $PATHS; do
+                local before=0 pid=""
+                [ "$p" = waypoint ] && pid=$WP_PID
+                [ "$p" = pgbouncer ] && pid=$(cat "$T/pgb/pgbouncer.pid")
+                [ -n "$pid" ] && before=$(cpu_ticks "$pid")
+                run_pgbench "$w" "$p" -S -M "$mode" -c "$clients" -j "$((clients < 2 ? 1 : 2))"
+                if [ -n "$pid" ] && [ "$clients" = 8 ] && [ "$mode" = simple ]; then
+                    local ticks=$(($(cpu_ticks "$pid") - before)) tx
+                    tx=$(tail -1 "$R/$w.tx.$p")
+                    record "cpu-per-10k" "$p" "$(awk -v t="$ticks" -v n="$tx" -v hz="$(getconf CLK_TCK)" 'BEGIN{printf "%.3f", t/hz*10000/n}')"
+                fi
+            done
+        done
+    done
+}
+
+connects() {
+    local clients
+    for clients in 1 4; do
+        local w="connect-c$clients"
+        [[ $w =~ $ONLY ]] || continue
+        for p in $PATHS; do
+            run_pgbench "$w" "$p" -C -S -c "$clients" -j "$((clients < 2 ? 1 : 2))"
+        done
+    done
+}
+
+tls_steady() {
+    local w="select-tls-c8"
+    [[ $w =~ $ONLY ]] || return 0
+    for p in $PATHS; do
+        SSLMODE=require run_pgbench "$w" "$p" -S -c 8 -j 2
+    done
+}
+
+bulk() {
+    local rows=$((BULK_MB * 1024)) mode
+    for mode in disable require; do
+        local w="copy-out-$mode"
+        [[ $w =~ $ONLY ]] || continue
+        for p in $PATHS; do
+            SSLMODE=$mode use_path "$p"
+            local t0 t1 bytes
+            t0=$(date +%s%N)
+            bytes=$(psql -X -q -c "COPY (SELECT repeat('x', 1017) FROM generate_series(1, $rows)) TO STDOUT" | wc -c)
+            t1=$(date +%s%N)
+            record "$w" "$p" "$(awk -v b="$bytes" -v ns=$((t1 - t0)) 'BEGIN{printf "%.1f", b/1048576/(ns/1e9)}')"
+        done
+    done
+}
+
+rss_kib() { awk '/^VmRSS/{print $2}' "/proc/$1/status"; }
+
+memory() {
+    [[ idle =~ $ONLY ]] || [[ $ONLY == . ]] || return 0
+    cc -O2 -o "$T/idle_conns" "$SRC/bench/idle_conns.c" -I"$(pg_config --includedir)" -lpq
+    use_path waypoint
+    local base n
+    for n in $IDLE_COUNTS; do
+        base=$(rss_kib "$WP_PID")
+        coproc IDLE { "$T/idle_conns" "$n"; }
+        local line
+        read -r line <&"${IDLE[0]}" || die "idle_conns failed for $n"
+        local rss
+        rss=$(rss_kib "$WP_PID")
+        echo "$n $base $rss" >>"$R/idle"
+        exec {IDLE[1]}>&-
+        wait "$IDLE_PID" || true
+    done
+}
+
+# --- run ------------------------------------------------------------------------------
+for round in $(seq 1 "$ROUNDS"); do
+    say "round $round/$ROUNDS"
+    steady
+    connects
+    tls_steady
+    bulk
+done
+memory
+
+# --- report ---------------------------------------------------------------------------
+fmt_ratio() { awk -v a="$1" -v b="$2" 'BEGIN{ if (b+0 == 0 || a == "nan") print "-"; else printf "%.2f", a/b }'; }
+row() { # row LABEL FILEBASE UNIT
+    local d g w
+    d=$(median <"$R/$2.direct" 2>/dev/null || echo nan)
+    g=$(median <"$R/$2.pgbouncer" 2>/dev/null || echo nan)
+    w=$(median <"$R/$2.waypoint" 2>/dev/null || echo nan)
+    echo "| $1 | $d | $g | $w | $(fmt_ratio "$w" "$d") | $(fmt_ratio "$w" "$g") |"
+}
+
+echo
+echo "Machine: $(nproc) cores, $(awk '/MemTotal/{printf "%.0f GiB", $2/1048576}' /proc/meminfo), $(uname -r); rounds=$ROUNDS, ${SECS}s per pgbench run, scale $SCALE"
+echo
+echo "| workload | direct | PgBouncer | Waypoint | Waypoint/direct | Waypoint/PgBouncer |"
+echo "|---|---|---|---|---|---|"
+for f in "$R"/*.direct; do
+    b=$(basename "$f" .direct)
+    case $b in
+    *.tx | *.lat) continue ;;
+    select-* | connect-*) row "$b TPS" "$b" ;;
+    copy-out-*) row "$b MB/s" "$b" ;;
+    esac
+done
+for f in "$R"/*.lat.direct; do
+    [ -e "$f" ] || continue
+    b=$(basename "$f" .direct)
+    row "${b%.lat} latency ms" "$b"
+done
+if [ -f "$R/cpu-per-10k.waypoint" ]; then
+    echo "| CPU s per 10k tx (select-simple-c8) | - | $(median <"$R/cpu-per-10k.pgbouncer") | $(median <"$R/cpu-per-10k.waypoint") | - | $(fmt_ratio "$(median <"$R/cpu-per-10k.waypoint")" "$(median <"$R/cpu-per-10k.pgbouncer")") |"
+fi
+if [ -f "$R/idle" ]; then
+    echo
+    echo "| idle Waypoint connections | RSS before KiB | RSS with them KiB | KiB per connection |"
+    echo "|---|---|---|---|"
+    while read -r n base rss; do
+        echo "| $n | $base | $rss | $(awk -v a="$rss" -v b="$base" -v n="$n" 'BEGIN{printf "%.1f", (a-b)/n}') |"
+    done <"$R/idle"
+fi
