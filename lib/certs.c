@@ -417,7 +417,7 @@ static void entry_fetch_locked(certs_store *s, ts_entry *e)
     }
     if (st != WP_OK)
         log_kv(WP_LOG_WARN, "tls_cert_fetch_failed", "name", name, "status", wp_status_str(st),
-               "reason", err.message, (char *)NULL);
+               "reason", err.message, "detail", err.detail, (char *)NULL);
 
     pthread_mutex_lock(&s->mu);
     if (st == WP_OK && fresh) {

@@ -26,6 +26,8 @@
 #include <mbedtls/entropy.h>
 #include <mbedtls/ssl.h>
 
+#include "standin.h"
+#include "tailscale.h"
 #include "tls.h"
 
 static char dir[64];
@@ -89,6 +91,8 @@ static int group_setup(void **state)
     snprintf(srv_key, sizeof(srv_key), "%s/srv.key", dir);
     snprintf(other_crt, sizeof(other_crt), "%s/other.crt", dir);
     snprintf(node_crt, sizeof(node_crt), "%s/node.crt", dir);
+    if (ts_global_init() != WP_OK)
+        return -1;
     if (make_cert("srv", "db.example.com", "DNS:db.example.com,IP:127.0.0.1", 0) != 0 ||
         make_cert("other", "db.example.com", "DNS:db.example.com", 0) != 0 ||
         make_cert("node", "node.tail1234.ts.net", "DNS:node.tail1234.ts.net", 1) != 0)
@@ -101,6 +105,7 @@ static int group_teardown(void **state)
     (void)state;
     char cmd[128];
     snprintf(cmd, sizeof(cmd), "rm -rf '%s'", dir);
+    ts_global_cleanup();
     return system(cmd) == 0 ? 0 : -1;
 }
 
@@ -391,6 +396,43 @@ static void test_context_outlives_free(void **state)
     assert_memory_equal(c.got, "pong", 4);
 }
 
+/* The real Tailscale source: ts_cert_pair against the LocalAPI stand-in. */
+static void test_tailscale_source_via_localapi(void **state)
+{
+    (void)state;
+    standin S;
+    char doc[1024];
+    snprintf(doc, sizeof(doc),
+             "{\"identities\": [], \"certs\": {\"node.tail1234.ts.net\": "
+             "{\"key\": \"%s/node.key\", \"cert\": \"%s\"}}}",
+             dir, node_crt);
+    assert_int_equal(standin_start(&S, doc), 0);
+    ts_client *ts = ts_client_new(S.socket_path, "redo.com/cap/waypoint", 2000);
+    assert_non_null(ts);
+    cfg_listener l = {0};
+    l.cert_file = srv_crt;
+    l.key_file = srv_key;
+    l.use_tailscale_tls = true;
+    tls_server_ctx *s = NULL;
+    wp_error err;
+    assert_int_equal(tls_server_new(&l, ts, &s, &err), WP_OK);
+    cli c = {.sni = "node.tail1234.ts.net", .ca = node_crt};
+    char sni[300];
+    assert_int_equal(serve_one(s, &c, 0, sni, sizeof(sni)), WP_OK);
+    assert_string_equal(c.peer_cn, "CN=node.tail1234.ts.net");
+    tls_server_free(s);
+
+    /* use_tailscale_tls = false: the same name gets the file certificate. */
+    l.use_tailscale_tls = false;
+    assert_int_equal(tls_server_new(&l, ts, &s, &err), WP_OK);
+    cli d = {.sni = "node.tail1234.ts.net"};
+    assert_int_equal(serve_one(s, &d, 0, sni, sizeof(sni)), WP_OK);
+    assert_string_equal(d.peer_cn, "CN=db.example.com");
+    tls_server_free(s);
+    ts_client_free(ts);
+    standin_stop(&S);
+}
+
 /* --- backend side: tls_client_start against a fake PostgreSQL --------------------------- */
 
 typedef struct fakepg {
@@ -567,6 +609,7 @@ int main(void)
         cmocka_unit_test(test_handshake_deadline),
         cmocka_unit_test(test_plaintext_before_handshake_rejected),
         cmocka_unit_test(test_context_outlives_free),
+        cmocka_unit_test(test_tailscale_source_via_localapi),
         cmocka_unit_test(test_backend_require_and_channel_binding),
         cmocka_unit_test(test_backend_disable_sends_nothing),
         cmocka_unit_test(test_backend_refuses_ssl),
