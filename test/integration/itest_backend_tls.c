@@ -330,6 +330,41 @@ static void test_cancel(void **state)
     up_close(&c);
 }
 
+/* up_login over TLS: SCRAM-SHA-256-PLUS with the tls-server-end-point binding. A
+ * corrupted binding must make the server refuse, which shows PLUS was really used. */
+static void login_over_tls(int corrupt, wp_status want)
+{
+    up_conn c;
+    connect_ok(&ssl_pg, "localhost", CFG_BTLS_VERIFY_FULL, ca_crt, &c);
+    assert_int_equal(c.cb_len, 32);
+    if (corrupt)
+        c.cb_hash[0] ^= 0x5a;
+    pgw_param params[] = {{"database", ssl_pg.test_db}, {"application_name", "itest"}};
+    wp_error err;
+    wp_error_clear(&err);
+    wp_status st = up_login(&c, PGW_PROTO_30, params, 2, ssl_pg.admin_user, ssl_pg.admin_password,
+                            wp_now_ms() + 10000, &err);
+    if (st != want)
+        fprintf(stderr, "up_login: %s (%s)\n", wp_status_str(st), err.message);
+    assert_int_equal(st, want);
+    if (st == WP_OK) {
+        unsigned char body[1024];
+        size_t len;
+        while (read_msg(&c, body, sizeof(body), &len) != 'Z')
+            ;
+    } else {
+        assert_non_null(strstr(err.message, "channel binding"));
+    }
+    up_close(&c);
+}
+
+static void test_scram_plus_login(void **state)
+{
+    (void)state;
+    login_over_tls(0, WP_OK);
+    login_over_tls(1, WP_ERR_BACKEND);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -339,6 +374,7 @@ int main(void)
         cmocka_unit_test(test_plain_cluster),
         cmocka_unit_test(test_connection_refused),
         cmocka_unit_test(test_cancel),
+        cmocka_unit_test(test_scram_plus_login),
     };
     return cmocka_run_group_tests(tests, group_setup, group_teardown);
 }
