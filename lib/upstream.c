@@ -179,36 +179,29 @@ void up_close(up_conn *c)
     c->cb_len = 0;
 }
 
-static void put_u32(unsigned char *p, uint32_t v)
-{
-    p[0] = (unsigned char)(v >> 24);
-    p[1] = (unsigned char)(v >> 16);
-    p[2] = (unsigned char)(v >> 8);
-    p[3] = (unsigned char)v;
-}
-
 wp_status up_send_cancel(const char *host, int port, uint32_t pid, const unsigned char *key,
                          size_t key_len, int64_t deadline_ms)
 {
-    /* Int32 length, Int32 80877102, Int32 pid, then the key (4 bytes before protocol
-     * 3.2, up to 256 since). */
-    unsigned char msg[12 + PGW_CANCEL_KEY_MAX];
-    if (key_len == 0 || key_len > PGW_CANCEL_KEY_MAX)
-        return WP_ERR_INVALID;
-    put_u32(msg, (uint32_t)(12 + key_len));
-    put_u32(msg + 4, PGW_CODE_CANCEL);
-    put_u32(msg + 8, pid);
-    memcpy(msg + 12, key, key_len);
-
+    /* 4-byte keys before protocol 3.2, up to 256 bytes since; pgwire checks the bound. */
+    pgw_buf msg = {0};
+    wp_status st = pgw_build_cancel(&msg, pid, key, key_len);
+    if (st != WP_OK) {
+        pgw_buf_free(&msg);
+        return st;
+    }
     char why[256];
     int fd = tcp_connect(host, port, deadline_ms, why, sizeof(why));
-    if (fd < 0)
+    if (fd < 0) {
+        pgw_buf_free(&msg);
         return WP_ERR_BACKEND;
+    }
     wp_io io;
     io_plain_init(&io, fd);
-    wp_status st = io_write_all(&io, msg, 12 + key_len, deadline_ms);
-    /* The server answers nothing and closes; wait briefly for that so the request is
-     * not lost to an early RST, but never past the deadline. */
+    st = io_write_all(&io, msg.data, msg.len, deadline_ms);
+    pgw_buf_free(&msg);
+    /* The server answers nothing and closes once it has handled the request; like libpq,
+     * wait for that close (bounded) so the cancel is delivered before the caller moves
+     * on and cannot hit a later query instead. */
     if (st == WP_OK) {
         int64_t wait_until = wp_now_ms() + 5000;
         if (deadline_ms > 0 && deadline_ms < wait_until)
