@@ -32,10 +32,14 @@ void ts_client_free(ts_client *c);
  *   WP_ERR_NOT_FOUND 404 "no match": not a tailnet peer
  *   WP_ERR_TAILSCALE anything else (4xx, 5xx, bad JSON, socket missing); reason in err
  *   WP_ERR_TIMEOUT   no answer within timeout_ms
+ *   WP_ERR_INVALID   addr holds characters outside [0-9a-fA-F.:[]] (nothing was sent)
+ *   WP_ERR_NOMEM     allocation failed
  * err->sqlstate is 28000 on every failure; err->detail holds the log-only reason. */
 wp_status ts_whois(const ts_client *c, const char *addr, id_identity **out, wp_error *err);
 
-/* GET /localapi/v0/cert/<domain>?type=pair: *pem gets key PEM followed by cert chain. */
+/* GET /localapi/v0/cert/<domain>?type=pair: *pem gets key PEM followed by cert chain
+ * (malloc'd, NUL-terminated, caller frees). domain must be [a-z0-9.-] (WP_ERR_INVALID
+ * otherwise); other statuses as for ts_whois (any non-200 is WP_ERR_TAILSCALE). */
 wp_status ts_cert_pair(const ts_client *c, const char *domain, char **pem, size_t *pem_len,
                        wp_error *err);
 

@@ -1,0 +1,355 @@
+/*
+ * tailscale: the LocalAPI client (spec section 2): HTTP/1.1 over tailscaled's unix
+ * socket with libcurl.
+ *
+ * Design:
+ * - One fresh curl easy handle per call. Easy handles are not thread-safe, and a shared
+ *   pool would need a lock on the connect path of every worker; a unix-socket connect to
+ *   tailscaled costs microseconds, far less than the WhoIs itself. A fresh handle also
+ *   means nothing carries over between calls: no half-read connection left behind by a
+ *   request that timed out, no kept-alive socket to a tailscaled that has restarted.
+ * - CURLOPT_NOSIGNAL, because workers are threads: curl must never use SIGALRM for its
+ *   timeouts. Connect and total timeouts are both the client's timeout_ms, so a hung
+ *   tailscaled costs a worker at most that long.
+ * - Fail closed. Every outcome other than "200 with a WhoIs we could parse" is an error
+ *   with SQLSTATE 28000; there is no path that turns a failure into an identity. The
+ *   client-facing message says what kind of failure it was and nothing more; the
+ *   operator-facing reason (curl error, HTTP status, body excerpt) goes to err->detail,
+ *   which callers log and never send.
+ * - Inputs are validated before they reach a URL: addresses may only hold the characters
+ *   of "ip:port"/"[ipv6]:port" (and are URL-escaped anyway), domains only [a-z0-9.-].
+ *   Response bodies are capped at TS_BODY_MAX; a larger answer is an error, not a
+ *   truncated parse. No Referer or Origin is ever sent (tailscaled refuses those), and
+ *   proxies from the environment are disabled: this traffic never leaves the host.
+ */
+#include "tailscale.h"
+
+#include <curl/curl.h>
+#include <errno.h>
+#include <pthread.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+
+#define TS_URL_BASE "http://local-tailscaled.sock/localapi/v0/"
+#define TS_BODY_MAX (1024 * 1024)
+#define TS_DEFAULT_TIMEOUT_MS 2000
+#define TS_ADDR_MAX 64    /* "[" + 45-char IPv6 + "]:" + 5-digit port fits easily */
+#define TS_DOMAIN_MAX 253 /* DNS name limit */
+#define TS_DEFAULT_CAPABILITY "redo.com/cap/waypoint"
+
+/* ---- process-wide init -------------------------------------------------------------- */
+
+/* curl_global_init is not thread-safe; pthread_once makes ts_global_init idempotent. */
+static pthread_once_t ts_once = PTHREAD_ONCE_INIT;
+static CURLcode ts_init_rc = CURLE_FAILED_INIT; /* written once, under ts_once */
+
+static void ts_do_init(void)
+{
+    ts_init_rc = curl_global_init(CURL_GLOBAL_DEFAULT);
+}
+
+wp_status ts_global_init(void)
+{
+    pthread_once(&ts_once, ts_do_init);
+    return ts_init_rc == CURLE_OK ? WP_OK : WP_ERR_INTERNAL;
+}
+
+void ts_global_cleanup(void)
+{
+    curl_global_cleanup();
+}
+
+/* ---- client ------------------------------------------------------------------------- */
+
+ts_client *ts_client_new(const char *socket_path, const char *capability, int64_t timeout_ms)
+{
+    if (!socket_path || !*socket_path)
+        return NULL;
+    ts_client *c = calloc(1, sizeof(*c));
+    if (!c)
+        return NULL;
+    c->socket_path = strdup(socket_path);
+    c->capability = strdup(capability && *capability ? capability : TS_DEFAULT_CAPABILITY);
+    c->timeout_ms = timeout_ms > 0 ? timeout_ms : TS_DEFAULT_TIMEOUT_MS;
+    if (!c->socket_path || !c->capability) {
+        ts_client_free(c);
+        return NULL;
+    }
+    return c;
+}
+
+void ts_client_free(ts_client *c)
+{
+    if (!c)
+        return;
+    free(c->socket_path);
+    free(c->capability);
+    free(c);
+}
+
+/* ---- one HTTP GET ------------------------------------------------------------------- */
+
+typedef struct ts_body {
+    char *data; /* NUL-terminated */
+    size_t len;
+    size_t cap;
+    int too_large;
+    int nomem;
+} ts_body;
+
+static size_t ts_on_body(char *ptr, size_t size, size_t nmemb, void *userdata)
+{
+    ts_body *b = userdata;
+    size_t n = size * nmemb;
+    if (n > TS_BODY_MAX - b->len) {
+        b->too_large = 1;
+        return 0; /* makes curl stop with CURLE_WRITE_ERROR */
+    }
+    if (b->len + n + 1 > b->cap) {
+        size_t cap = b->cap ? b->cap : 4096;
+        while (cap < b->len + n + 1)
+            cap *= 2;
+        char *p = realloc(b->data, cap);
+        if (!p) {
+            b->nomem = 1;
+            return 0;
+        }
+        b->data = p;
+        b->cap = cap;
+    }
+    memcpy(b->data + b->len, ptr, n);
+    b->len += n;
+    b->data[b->len] = '\0';
+    return n;
+}
+
+/* Printable excerpt of a response body for err->detail (log-only). */
+static void ts_excerpt(const ts_body *b, char *out, size_t outsz)
+{
+    size_t n = 0;
+    for (size_t i = 0; b->data && i < b->len && n + 1 < outsz && n < 200; i++) {
+        unsigned char ch = (unsigned char)b->data[i];
+        out[n++] = (ch >= 0x20 && ch < 0x7f) ? (char)ch : ' ';
+    }
+    while (n > 0 && out[n - 1] == ' ')
+        n--;
+    out[n] = '\0';
+}
+
+/* The operator-facing reason a connect failed: missing socket vs. nobody listening. */
+static void ts_connect_detail(const ts_client *c, const char *curl_msg, wp_error *err)
+{
+    struct stat st;
+    if (stat(c->socket_path, &st) != 0)
+        wp_error_detail(err, "tailscaled socket %s: %s", c->socket_path, strerror(errno));
+    else
+        wp_error_detail(err, "tailscaled socket %s: %s", c->socket_path, curl_msg);
+}
+
+static CURLcode ts_setup(CURL *h, const ts_client *c, const char *url, ts_body *body, char *errbuf)
+{
+    CURLcode rc = CURLE_OK;
+#define TS_SET(opt, val)                                                                           \
+    do {                                                                                           \
+        if (rc == CURLE_OK)                                                                        \
+            rc = curl_easy_setopt(h, opt, val);                                                    \
+    } while (0)
+    TS_SET(CURLOPT_ERRORBUFFER, errbuf);
+    TS_SET(CURLOPT_URL, url);
+    TS_SET(CURLOPT_UNIX_SOCKET_PATH, c->socket_path);
+    TS_SET(CURLOPT_NOSIGNAL, 1L);
+    TS_SET(CURLOPT_CONNECTTIMEOUT_MS, (long)c->timeout_ms);
+    TS_SET(CURLOPT_TIMEOUT_MS, (long)c->timeout_ms);
+    TS_SET(CURLOPT_PROXY, ""); /* ignore http_proxy & co: this never leaves the host */
+    TS_SET(CURLOPT_FOLLOWLOCATION, 0L);
+    TS_SET(CURLOPT_HTTP_VERSION, (long)CURL_HTTP_VERSION_1_1);
+    TS_SET(CURLOPT_MAXFILESIZE_LARGE, (curl_off_t)TS_BODY_MAX);
+#if LIBCURL_VERSION_NUM >= 0x075500 /* 7.85: the _STR form replaces the deprecated one */
+    TS_SET(CURLOPT_PROTOCOLS_STR, "http");
+#else
+    TS_SET(CURLOPT_PROTOCOLS, (long)CURLPROTO_HTTP);
+#endif
+    TS_SET(CURLOPT_WRITEFUNCTION, ts_on_body);
+    TS_SET(CURLOPT_WRITEDATA, body);
+#undef TS_SET
+    return rc;
+}
+
+/*
+ * GETs TS_URL_BASE + path (+ escaped query value when qval is set). On WP_OK, *status
+ * holds the HTTP status and body the answer (any status). what prefixes client messages.
+ */
+static wp_status ts_get(const ts_client *c, const char *path, const char *qval, long *status,
+                        ts_body *body, const char *what, wp_error *err)
+{
+    if (ts_global_init() != WP_OK) {
+        wp_error_set(err, WP_SQLSTATE_INVALID_AUTH, "%s: internal error", what);
+        wp_error_detail(err, "curl_global_init failed");
+        return WP_ERR_INTERNAL;
+    }
+    CURL *h = curl_easy_init();
+    if (!h) {
+        wp_error_set(err, WP_SQLSTATE_INVALID_AUTH, "%s: out of memory", what);
+        return WP_ERR_NOMEM;
+    }
+    wp_status st = WP_OK;
+    char *esc = qval ? curl_easy_escape(h, qval, 0) : NULL;
+    size_t urlsz = sizeof(TS_URL_BASE) + strlen(path) + (esc ? strlen(esc) : 0) + 1;
+    char *url = malloc(urlsz);
+    char errbuf[CURL_ERROR_SIZE] = "";
+    if (!url || (qval && !esc)) {
+        wp_error_set(err, WP_SQLSTATE_INVALID_AUTH, "%s: out of memory", what);
+        st = WP_ERR_NOMEM;
+        goto out;
+    }
+    snprintf(url, urlsz, "%s%s%s", TS_URL_BASE, path, esc ? esc : "");
+    CURLcode rc = ts_setup(h, c, url, body, errbuf);
+    if (rc == CURLE_OK)
+        rc = curl_easy_perform(h);
+    const char *why = errbuf[0] ? errbuf : curl_easy_strerror(rc);
+    if (rc == CURLE_OK) {
+        curl_easy_getinfo(h, CURLINFO_RESPONSE_CODE, status);
+    } else if (rc == CURLE_OPERATION_TIMEDOUT) {
+        wp_error_set(err, WP_SQLSTATE_INVALID_AUTH, "%s: tailscaled did not answer in time", what);
+        wp_error_detail(err, "no answer from %s within %lld ms: %s", c->socket_path,
+                        (long long)c->timeout_ms, why);
+        st = WP_ERR_TIMEOUT;
+    } else if (body->nomem) {
+        wp_error_set(err, WP_SQLSTATE_INVALID_AUTH, "%s: out of memory", what);
+        st = WP_ERR_NOMEM;
+    } else if (body->too_large || rc == CURLE_FILESIZE_EXCEEDED) {
+        wp_error_set(err, WP_SQLSTATE_INVALID_AUTH, "%s: tailscaled's answer was not understood",
+                     what);
+        wp_error_detail(err, "answer larger than %d bytes", TS_BODY_MAX);
+        st = WP_ERR_TAILSCALE;
+    } else if (rc == CURLE_COULDNT_CONNECT) {
+        wp_error_set(err, WP_SQLSTATE_INVALID_AUTH, "%s: tailscaled is not reachable", what);
+        ts_connect_detail(c, why, err);
+        st = WP_ERR_TAILSCALE;
+    } else {
+        wp_error_set(err, WP_SQLSTATE_INVALID_AUTH, "%s: tailscaled request failed", what);
+        wp_error_detail(err, "curl error %d: %s", (int)rc, why);
+        st = WP_ERR_TAILSCALE;
+    }
+out:
+    free(url);
+    curl_free(esc);
+    curl_easy_cleanup(h);
+    return st;
+}
+
+/* ---- whois -------------------------------------------------------------------------- */
+
+#define TS_WHO "could not identify the caller"
+
+static int ts_addr_ok(const char *addr)
+{
+    size_t n = addr ? strlen(addr) : 0;
+    return n > 0 && n <= TS_ADDR_MAX && strspn(addr, "0123456789abcdefABCDEF.:[]") == n;
+}
+
+static wp_status ts_whois_answer(const ts_client *c, const char *addr, long status,
+                                 const ts_body *body, id_identity **out, wp_error *err)
+{
+    char excerpt[256];
+    ts_excerpt(body, excerpt, sizeof(excerpt));
+    if (status == 404) {
+        wp_error_set(err, WP_SQLSTATE_INVALID_AUTH,
+                     "not on the tailnet: this connection does not come from a Tailscale node");
+        wp_error_detail(err, "whois %s: 404 %s", addr, excerpt);
+        return WP_ERR_NOT_FOUND;
+    }
+    if (status != 200) {
+        wp_error_set(err, WP_SQLSTATE_INVALID_AUTH, TS_WHO ": tailscaled answered HTTP %ld",
+                     status);
+        wp_error_detail(err, "whois %s: HTTP %ld: %s", addr, status, excerpt);
+        return WP_ERR_TAILSCALE;
+    }
+    wp_error perr;
+    wp_error_clear(&perr);
+    wp_status st =
+        id_parse_whois(body->data ? body->data : "", body->len, c->capability, out, &perr);
+    if (st == WP_OK)
+        return WP_OK;
+    if (st == WP_ERR_NOMEM) {
+        wp_error_set(err, WP_SQLSTATE_INVALID_AUTH, TS_WHO ": out of memory");
+        return WP_ERR_NOMEM;
+    }
+    wp_error_set(err, WP_SQLSTATE_INVALID_AUTH, TS_WHO ": tailscaled's answer was not understood");
+    wp_error_detail(err, "whois %s: malformed answer: %s", addr, perr.message);
+    return WP_ERR_TAILSCALE;
+}
+
+wp_status ts_whois(const ts_client *c, const char *addr, id_identity **out, wp_error *err)
+{
+    if (!c || !out) {
+        wp_error_set(err, WP_SQLSTATE_INVALID_AUTH, TS_WHO ": internal error");
+        return WP_ERR_INTERNAL;
+    }
+    if (!ts_addr_ok(addr)) {
+        wp_error_set(err, WP_SQLSTATE_INVALID_AUTH, TS_WHO ": unusable peer address");
+        wp_error_detail(err, "whois: refusing address with characters outside ip:port");
+        return WP_ERR_INVALID;
+    }
+    ts_body body = {0};
+    long status = 0;
+    wp_status st = ts_get(c, "whois?addr=", addr, &status, &body, TS_WHO, err);
+    if (st == WP_OK)
+        st = ts_whois_answer(c, addr, status, &body, out, err);
+    free(body.data);
+    return st;
+}
+
+/* ---- cert --------------------------------------------------------------------------- */
+
+#define TS_CERT "could not fetch the Tailscale certificate"
+
+static int ts_domain_ok(const char *d)
+{
+    size_t n = d ? strlen(d) : 0;
+    if (n == 0 || n > TS_DOMAIN_MAX || d[0] == '.' || d[0] == '-' || strstr(d, ".."))
+        return 0;
+    return strspn(d, "abcdefghijklmnopqrstuvwxyz0123456789.-") == n;
+}
+
+wp_status ts_cert_pair(const ts_client *c, const char *domain, char **pem, size_t *pem_len,
+                       wp_error *err)
+{
+    if (!c || !pem || !pem_len) {
+        wp_error_set(err, WP_SQLSTATE_INVALID_AUTH, TS_CERT ": internal error");
+        return WP_ERR_INTERNAL;
+    }
+    if (!ts_domain_ok(domain)) {
+        wp_error_set(err, WP_SQLSTATE_INVALID_AUTH, TS_CERT ": invalid server name");
+        wp_error_detail(err, "cert: refusing domain with characters outside [a-z0-9.-]");
+        return WP_ERR_INVALID;
+    }
+    size_t plen = sizeof("cert/?type=pair") + strlen(domain);
+    char *path = malloc(plen);
+    if (!path) {
+        wp_error_set(err, WP_SQLSTATE_INVALID_AUTH, TS_CERT ": out of memory");
+        return WP_ERR_NOMEM;
+    }
+    snprintf(path, plen, "cert/%s?type=pair", domain);
+    ts_body body = {0};
+    long status = 0;
+    wp_status st = ts_get(c, path, NULL, &status, &body, TS_CERT, err);
+    free(path);
+    if (st == WP_OK && (status != 200 || body.len == 0)) {
+        char excerpt[256];
+        ts_excerpt(&body, excerpt, sizeof(excerpt));
+        wp_error_set(err, WP_SQLSTATE_INVALID_AUTH, TS_CERT ": tailscaled answered HTTP %ld",
+                     status);
+        wp_error_detail(err, "cert %s: HTTP %ld: %s", domain, status, excerpt);
+        st = WP_ERR_TAILSCALE;
+    }
+    if (st != WP_OK) {
+        free(body.data);
+        return st;
+    }
+    *pem = body.data;
+    *pem_len = body.len;
+    return WP_OK;
+}
