@@ -66,10 +66,22 @@ const char *prov_sslmode(cfg_backend_tls t)
 
 /* ---- names and records ------------------------------------------------------------- */
 
+/* Preset names as stored in group names and records: a persistent on-server format, so
+ * spelled out here rather than borrowed from the grant module's display names. */
+static const char *preset_name(grant_preset p)
+{
+    switch (p) {
+    case GRANT_PRESET_READONLY: return "readonly";
+    case GRANT_PRESET_READWRITE: return "readwrite";
+    case GRANT_PRESET_ADMIN: return "admin";
+    default: return NULL;
+    }
+}
+
 int prov_group_name(const char *prefix, const char *database, const char *schema,
                     grant_preset preset, char out[ID_ROLE_MAX + 1])
 {
-    const char *pname = grant_preset_str(preset);
+    const char *pname = preset_name(preset);
     if (!prefix || !database || !schema || !pname || preset == GRANT_PRESET_NONE)
         return -1;
     size_t dl = strlen(database), sl = strlen(schema);
@@ -118,7 +130,7 @@ static char *pct_append(char *p, const char *s)
 
 char *prov_group_record(const char *database, const char *schema, grant_preset preset)
 {
-    const char *pname = grant_preset_str(preset);
+    const char *pname = preset_name(preset);
     if (!database || !schema || !pname)
         return NULL;
     size_t n = strlen(PROV_GROUP_RECORD_PREFIX) + 3 * (strlen(database) + strlen(schema)) +
@@ -245,9 +257,9 @@ static const char SQL_STATE_PG[] =
     "EXISTS (SELECT 1 FROM pg_class c WHERE c.oid > s.w::oid AND c.relnamespace = n.oid "
     "AND c.relkind IN ('r', 'p', 'v', 'm', 'f', 'S')), "
     "(SELECT max(oid)::int8 FROM pg_class)) ORDER BY s.i), '[]'::json) "
-    "FROM json_to_recordset($3::json) WITH ORDINALITY AS s(name text, w int8, i int8) "
+    "FROM json_to_recordset($3::json) AS s(i int8, name text, w int8) "
     "LEFT JOIN pg_namespace n ON n.nspname = s.name) "
-    "FROM (SELECT 1) AS one LEFT JOIN pg_roles r ON r.rolname = $1";
+    "FROM (SELECT 1) AS one LEFT JOIN pg_roles r ON r.rolname = $1::name";
 
 /* CockroachDB: records come from waypoint_roles (its quoted qualified name replaces
  * every @RECORDS@); OIDs are not monotonic, so the
@@ -265,9 +277,9 @@ static const char SQL_STATE_CRDB[] =
     "AND c.relkind IN ('r', 'p', 'v', 'm', 'f', 'S')) != s.w, "
     "(SELECT count(*) FROM pg_class c WHERE c.relnamespace = n.oid "
     "AND c.relkind IN ('r', 'p', 'v', 'm', 'f', 'S'))) ORDER BY s.i), '[]'::json) "
-    "FROM json_to_recordset($3::json) WITH ORDINALITY AS s(name text, w int8, i int8) "
+    "FROM json_to_recordset($3::json) AS s(i int8, name text, w int8) "
     "LEFT JOIN pg_namespace n ON n.nspname = s.name) "
-    "FROM (SELECT 1) AS one LEFT JOIN pg_roles r ON r.rolname = $1";
+    "FROM (SELECT 1) AS one LEFT JOIN pg_roles r ON r.rolname = $1::name";
 
 char *prov_sql_role_state(prov_dialect d, const char *qrecords)
 {
