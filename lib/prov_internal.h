@@ -49,11 +49,14 @@ bool prov_record_is_group(const char *comment);
 /* ---- SQL text --------------------------------------------------------------------- */
 
 /* The statements giving group qg its preset privileges on schema qs in database qdb
- * (all already quoted). One string, statements separated by "; ". Caller frees. */
+ * (all already quoted), on the relations listed in tables and seqs (comma-separated
+ * quoted names from PROV_SQL_GRANTABLE; empty or NULL: none), and as default privileges
+ * for what the admin creates later. Statements separated by "; ". Caller frees. */
 char *prov_sql_group_privileges(grant_preset preset, const char *qs, const char *qg,
-                                const char *qdb);
+                                const char *qdb, const char *tables, const char *seqs);
+extern const char PROV_SQL_GRANTABLE[];
 /* Role state + schema change marks in one round trip (malloc'd):
- * $1 role name, $2 ttl in ms, $3 JSON [{"name": schema, "w": watermark}].
+ * $1 role name, $2 ttl in ms, $3 JSON [{"i": pair index, "name": schema, "w": watermark}].
  * qrecords: CockroachDB's quoted waypoint_roles table (ignored for PostgreSQL). */
 char *prov_sql_role_state(prov_dialect d, const char *qrecords);
 /* Advisory/table lock statements for the per-role lock ($1 = lock key text). */
@@ -86,6 +89,8 @@ void prov_pools_destroy(prov_pools *ps);
  * may be NULL) gets the server's SQLSTATE when it sent one (3D000: no such database). */
 wp_status prov_pool_get(prov_pools *ps, const char *database, PGconn **out, char *sqlstate,
                         wp_error *err);
+/* True when a pool for database exists (it was checked to exist before). */
+bool prov_pool_known(prov_pools *ps, const char *database);
 /* Returns conn to its pool; a broken connection (or broken=true) is closed instead. */
 void prov_pool_put(prov_pools *ps, const char *database, PGconn *conn, bool broken);
 /* Opens one admin connection outside any pool (prov_create's login check). */

@@ -56,6 +56,14 @@ static void chomp_copy(char *dst, size_t dstsz, const char *src)
         dst[--n] = '\0';
 }
 
+/* Notices on admin sessions ("already a member", "no privileges were granted") are
+ * expected noise; libpq would print them to stderr. */
+static void ignore_notice(void *arg, const char *message)
+{
+    (void)arg;
+    (void)message;
+}
+
 PGconn *prov_connect(const prov_settings *s, const char *database, char *sqlstate, wp_error *err)
 {
     char port[16];
@@ -81,8 +89,10 @@ PGconn *prov_connect(const prov_settings *s, const char *database, char *sqlstat
     if (sqlstate)
         strcpy(sqlstate, "08006");
     PGconn *c = PQconnectdbParams(keys, vals, 0);
-    if (c && PQstatus(c) == CONNECTION_OK)
+    if (c && PQstatus(c) == CONNECTION_OK) {
+        PQsetNoticeProcessor(c, ignore_notice, NULL);
         return c;
+    }
     char msg[400];
     chomp_copy(msg, sizeof msg, c ? PQerrorMessage(c) : "out of memory");
     /* libpq exposes no SQLSTATE for a failed connection; this is the one we act on. */
@@ -209,6 +219,14 @@ wp_status prov_pool_get(prov_pools *ps, const char *database, PGconn **out, char
             return WP_ERR_TIMEOUT;
         }
     }
+}
+
+bool prov_pool_known(prov_pools *ps, const char *database)
+{
+    pthread_mutex_lock(&ps->mu);
+    bool known = pool_find(ps, database, false) != NULL;
+    pthread_mutex_unlock(&ps->mu);
+    return known;
 }
 
 void prov_pool_put(prov_pools *ps, const char *database, PGconn *conn, bool broken)

@@ -71,10 +71,14 @@ const char *prov_sslmode(cfg_backend_tls t)
 static const char *preset_name(grant_preset p)
 {
     switch (p) {
-    case GRANT_PRESET_READONLY: return "readonly";
-    case GRANT_PRESET_READWRITE: return "readwrite";
-    case GRANT_PRESET_ADMIN: return "admin";
-    default: return NULL;
+    case GRANT_PRESET_READONLY:
+        return "readonly";
+    case GRANT_PRESET_READWRITE:
+        return "readwrite";
+    case GRANT_PRESET_ADMIN:
+        return "admin";
+    default:
+        return NULL;
     }
 }
 
@@ -200,8 +204,20 @@ bool prov_record_is_group(const char *comment)
 
 /* ---- SQL text ---------------------------------------------------------------------- */
 
+/* $1 schema name -> quoted lists of the tables and of the sequences in it that the
+ * current (admin) role may grant on, and how many it may not. Quoting is the server's
+ * own (format %I). */
+const char PROV_SQL_GRANTABLE[] =
+    "SELECT coalesce(string_agg(format('%I.%I', n.nspname, c.relname), ', ') FILTER (WHERE "
+    "c.relkind <> 'S' AND g), ''), coalesce(string_agg(format('%I.%I', n.nspname, c.relname), "
+    "', ') FILTER (WHERE c.relkind = 'S' AND g), ''), count(*) FILTER (WHERE NOT g) FROM "
+    "pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace, LATERAL (SELECT CASE WHEN "
+    "c.relkind = 'S' THEN has_sequence_privilege(c.oid, 'SELECT WITH GRANT OPTION') ELSE "
+    "has_table_privilege(c.oid, 'SELECT WITH GRANT OPTION') END AS g) AS gr WHERE n.nspname = "
+    "$1 AND c.relkind IN ('r', 'p', 'v', 'm', 'f', 'S')";
+
 char *prov_sql_group_privileges(grant_preset preset, const char *qs, const char *qg,
-                                const char *qdb)
+                                const char *qdb, const char *tables, const char *seqs)
 {
     const char *schema_priv, *table_priv, *seq_priv;
     switch (preset) {
@@ -219,25 +235,31 @@ char *prov_sql_group_privileges(grant_preset preset, const char *qs, const char 
     default:
         return NULL;
     }
-    /* Default privileges cover tables the admin creates later; the ALL TABLES grants
-     * cover everything already there (and tables other owners created, run again
-     * whenever the schema's relation set changes). */
+    /* Default privileges cover tables the admin creates later. Existing relations are
+     * named explicitly (tables, sequences: lists of relations the admin may grant on),
+     * because ON ALL TABLES IN SCHEMA fails outright on a relation the admin has no
+     * rights on at all, and one such table must not lock every caller out. */
 #define GROUP_PRIV_FMT                                                                             \
     "GRANT CONNECT ON DATABASE %s TO %s; "                                                         \
     "GRANT %s ON SCHEMA %s TO %s; "                                                                \
-    "GRANT %s ON ALL TABLES IN SCHEMA %s TO %s; "                                                  \
-    "GRANT %s ON ALL SEQUENCES IN SCHEMA %s TO %s; "                                               \
     "ALTER DEFAULT PRIVILEGES IN SCHEMA %s GRANT %s ON TABLES TO %s; "                             \
     "ALTER DEFAULT PRIVILEGES IN SCHEMA %s GRANT %s ON SEQUENCES TO %s"
-    int n = snprintf(NULL, 0, GROUP_PRIV_FMT, qdb, qg, schema_priv, qs, qg, table_priv, qs, qg,
-                     seq_priv, qs, qg, qs, table_priv, qg, qs, seq_priv, qg);
-    if (n < 0)
+    char *sql = NULL, *t = NULL, *q = NULL;
+    if (asprintf(&sql, GROUP_PRIV_FMT, qdb, qg, schema_priv, qs, qg, qs, table_priv, qg, qs,
+                 seq_priv, qg) < 0)
         return NULL;
-    char *sql = malloc((size_t)n + 1);
-    if (sql)
-        snprintf(sql, (size_t)n + 1, GROUP_PRIV_FMT, qdb, qg, schema_priv, qs, qg, table_priv, qs,
-                 qg, seq_priv, qs, qg, qs, table_priv, qg, qs, seq_priv, qg);
-    return sql;
+    if (tables && tables[0] &&
+        asprintf(&t, "; GRANT %s ON TABLE %s TO %s", table_priv, tables, qg) < 0)
+        t = NULL, tables = NULL;
+    if (seqs && seqs[0] && asprintf(&q, "; GRANT %s ON SEQUENCE %s TO %s", seq_priv, seqs, qg) < 0)
+        q = NULL, seqs = NULL;
+    char *all = NULL;
+    bool ok = (!tables || !tables[0] || t) && (!seqs || !seqs[0] || q) &&
+              asprintf(&all, "%s%s%s", sql, t ? t : "", q ? q : "") >= 0;
+    free(sql);
+    free(t);
+    free(q);
+    return ok ? all : NULL;
 }
 
 /* Columns: exists, record, elevated attributes, memberships JSON [[name, record]],

@@ -358,6 +358,8 @@ static void role_lock_key(char *out, size_t outsz, const char *role)
     snprintf(out, outsz, "waypoint:role:%s", role);
 }
 
+static wp_status take_backend_lock(prov_ctx *p, prov_lease *l, wp_error *err);
+
 /* ---- reading the role ---------------------------------------------------------------- */
 
 /* JSON for $3: [{"name": schema, "w": watermark}] per pair, in pair order. */
@@ -377,12 +379,34 @@ static char *schemas_param(prov_ctx *p, const char *db, const grant_effective *g
                     w = c->watermark;
             pthread_mutex_unlock(&p->cache_mu);
         }
-        json_array_append_new(
-            arr, json_pack("{s:s,s:I}", "name", g->pairs[i].schema, "w", (json_int_t)w));
+        json_array_append_new(arr, json_pack("{s:I,s:s,s:I}", "i", (json_int_t)i, "name",
+                                             g->pairs[i].schema, "w", (json_int_t)w));
     }
     char *s = json_dumps(arr, JSON_COMPACT);
     json_decref(arr);
     return s;
+}
+
+static wp_status parse_state(PGresult *r, PGconn *c, role_state *st, wp_error *err)
+{
+    memset(st, 0, sizeof *st);
+    if (PQresultStatus(r) != PGRES_TUPLES_OK || PQntuples(r) != 1 || PQnfields(r) != 6) {
+        set_backend_err(err, "read_role", c);
+        return WP_ERR_BACKEND;
+    }
+    st->exists = PQgetvalue(r, 0, 0)[0] == 't';
+    st->record = PQgetisnull(r, 0, 1) ? NULL : strdup(PQgetvalue(r, 0, 1));
+    st->elevated = PQgetvalue(r, 0, 2)[0] == 't';
+    st->members = json_loads(PQgetvalue(r, 0, 3), 0, NULL);
+    snprintf(st->valid_until, sizeof st->valid_until, "%s", PQgetvalue(r, 0, 4));
+    st->schemas = json_loads(PQgetvalue(r, 0, 5), 0, NULL);
+    if (!json_is_array(st->members) || !json_is_array(st->schemas) ||
+        (!PQgetisnull(r, 0, 1) && !st->record)) {
+        role_state_clear(st);
+        wp_error_set(err, WP_SQLSTATE_INTERNAL, "backend provisioning failed");
+        return WP_ERR_INTERNAL;
+    }
+    return WP_OK;
 }
 
 static wp_status read_state(prov_ctx *p, PGconn *c, const char *role, const char *schemas,
@@ -395,26 +419,79 @@ static wp_status read_state(prov_ctx *p, PGconn *c, const char *role, const char
     char *sql = prov_sql_role_state(p->dialect, p->qrecords);
     if (!sql)
         return WP_ERR_NOMEM;
-    PGresult *r = run(c, sql, 3, vals, NULL);
+    PGresult *r = PQexecParams(c, sql, 3, NULL, vals, NULL, NULL, 0);
     free(sql);
-    if (!r || PQntuples(r) != 1) {
-        PQclear(r);
-        set_backend_err(err, "read_role", c);
-        return WP_ERR_BACKEND;
-    }
-    st->exists = PQgetvalue(r, 0, 0)[0] == 't';
-    st->record = PQgetisnull(r, 0, 1) ? NULL : strdup(PQgetvalue(r, 0, 1));
-    st->elevated = PQgetvalue(r, 0, 2)[0] == 't';
-    st->members = json_loads(PQgetvalue(r, 0, 3), 0, NULL);
-    snprintf(st->valid_until, sizeof st->valid_until, "%s", PQgetvalue(r, 0, 4));
-    st->schemas = json_loads(PQgetvalue(r, 0, 5), 0, NULL);
+    wp_status rc = parse_state(r, c, st, err);
     PQclear(r);
-    if (!json_is_array(st->members) || !json_is_array(st->schemas)) {
-        role_state_clear(st);
-        wp_error_set(err, WP_SQLSTATE_INTERNAL, "backend provisioning failed");
-        return WP_ERR_INTERNAL;
+    return rc;
+}
+
+/* Next pipeline result for one query: its result, then the NULL that ends it, then the
+ * PIPELINE_SYNC of its own sync point. Returns the result (caller clears) or NULL. */
+static PGresult *pipeline_take(PGconn *c)
+{
+    PGresult *r = PQgetResult(c), *x;
+    while ((x = PQgetResult(c)) != NULL) /* the NULL ends this query's results */
+        PQclear(x);
+    x = PQgetResult(c); /* PGRES_PIPELINE_SYNC */
+    PQclear(x);
+    return r;
+}
+
+/* PostgreSQL: advisory lock and state read in one round trip. Two sync points make them
+ * two transactions, so the read's snapshot is taken after the lock is granted. */
+static wp_status pipelined_lock_read(prov_ctx *p, PGconn *c, const char *key, const char *role,
+                                     const char *schemas, role_state *st, wp_error *err)
+{
+    char ttl[32];
+    snprintf(ttl, sizeof ttl, "%lld", (long long)p->s.user_ttl_ms);
+    const char *kv[1] = {key}, *vals[3] = {role, ttl, schemas ? schemas : "[]"};
+    char *sql = prov_sql_role_state(p->dialect, p->qrecords);
+    if (!sql)
+        return WP_ERR_NOMEM;
+    bool sent = PQenterPipelineMode(c) &&
+                PQsendQueryParams(c, prov_sql_lock(p->dialect), 1, NULL, kv, NULL, NULL, 0) &&
+                PQpipelineSync(c) && PQsendQueryParams(c, sql, 3, NULL, vals, NULL, NULL, 0) &&
+                PQpipelineSync(c);
+    free(sql);
+    PGresult *lr = sent ? pipeline_take(c) : NULL;
+    PGresult *sr = sent ? pipeline_take(c) : NULL;
+    PQexitPipelineMode(c);
+    wp_status rc = WP_ERR_BACKEND;
+    if (lr && PQresultStatus(lr) == PGRES_TUPLES_OK)
+        rc = parse_state(sr, c, st, err);
+    else
+        set_backend_err(err, "lock", c);
+    PQclear(lr);
+    PQclear(sr);
+    return rc;
+}
+
+/* Takes the role's backend lock and reads its state, retrying once on a fresh
+ * connection when the pooled one died (backend restart). */
+static wp_status lock_and_read(prov_ctx *p, prov_lease *l, const char *schemas, role_state *st,
+                               wp_error *err)
+{
+    role_lock_key(l->lock_key, sizeof l->lock_key, l->role);
+    if (prov_lock_strategy(p->dialect) != PROV_LOCK_ADVISORY) {
+        wp_status rc = take_backend_lock(p, l, err);
+        return rc == WP_OK ? read_state(p, l->conn, l->role, schemas, st, err) : rc;
     }
-    return WP_OK;
+    for (int attempt = 0;; attempt++) {
+        wp_status rc = pipelined_lock_read(p, l->conn, l->lock_key, l->role, schemas, st, err);
+        if (rc == WP_OK || attempt > 0 || PQstatus(l->conn) != CONNECTION_BAD)
+            return rc;
+        prov_pool_put(&p->pools, l->db, l->conn, true);
+        l->conn = NULL;
+        char ss[6] = "";
+        if (prov_pool_get(&p->pools, l->db, &l->conn, ss, err) != WP_OK) {
+            l->lock_key[0] = '\0';
+            if (strcmp(ss, "3D000") != 0)
+                return WP_ERR_BACKEND;
+            wp_error_set(err, WP_SQLSTATE_UNDEFINED_DB, "database \"%s\" does not exist", l->db);
+            return WP_ERR_NOT_FOUND;
+        }
+    }
 }
 
 /* ---- group roles ---------------------------------------------------------------------- */
@@ -474,15 +551,31 @@ static wp_status refresh_group_tx(prov_ctx *p, PGconn *c, const char *db, const 
     char *rec = prov_group_record(db, pr->schema, pr->preset);
     char *qg = qident(c, gname), *qs = qident(c, pr->schema), *qdb = qident(c, db);
     char *qrec = rec ? qlit(c, rec) : NULL;
-    char *privs = qg && qs && qdb ? prov_sql_group_privileges(pr->preset, qs, qg, qdb) : NULL;
+    char *privs = NULL;
     wp_status st = WP_ERR_BACKEND;
     PGresult *r = NULL;
-    if (!privs || !qrec) {
+    if (!qg || !qs || !qdb || !qrec) {
         st = WP_ERR_NOMEM;
         goto out;
     }
     if (!run_ddl(c, "BEGIN", NULL))
         goto fail;
+    const char *sv[1] = {pr->schema};
+    if (!(r = run(c, PROV_SQL_GRANTABLE, 1, sv, NULL)))
+        goto fail;
+    if (strcmp(PQgetvalue(r, 0, 2), "0") != 0)
+        log_kv(WP_LOG_WARN, "prov_schema_not_grantable", "db", db, "schema", pr->schema,
+               "relations", PQgetvalue(r, 0, 2), "reason",
+               "the admin role has no grant option on these relations", (char *)NULL);
+    privs = prov_sql_group_privileges(pr->preset, qs, qg, qdb, PQgetvalue(r, 0, 0),
+                                      PQgetvalue(r, 0, 1));
+    PQclear(r);
+    r = NULL;
+    if (!privs) {
+        PQclear(PQexec(c, "ROLLBACK"));
+        st = WP_ERR_NOMEM;
+        goto out;
+    }
     if (p->dialect == PROV_DIALECT_POSTGRES) {
         if (!(r = run(c, "SELECT pg_advisory_xact_lock(hashtextextended($1, 0))", 1, kv, NULL)))
             goto fail;
@@ -787,8 +880,11 @@ static wp_status write_role(prov_ctx *p, PGconn *c, const char *role, const char
         const char *attrs = "LOGIN NOSUPERUSER NOCREATEDB NOCREATEROLE NOREPLICATION "
                             "NOBYPASSRLS INHERIT";
         if (p->dialect == PROV_DIALECT_POSTGRES)
-            sql = fmt_sql("CREATE ROLE %s %s PASSWORD %s VALID UNTIL %s; COMMENT ON ROLE %s IS %s",
-                          qr, attrs, qv, qu, qr, qrec);
+            /* The admin joins the role so it can grant on (and later reassign) the
+             * tables an admin-preset caller creates, like the owner could. */
+            sql = fmt_sql("CREATE ROLE %s %s PASSWORD %s VALID UNTIL %s; COMMENT ON ROLE %s IS "
+                          "%s; GRANT %s TO CURRENT_USER",
+                          qr, attrs, qv, qu, qr, qrec, qr);
         else if ((qname = qlit(c, role)) != NULL)
             sql = fmt_sql("CREATE ROLE %s LOGIN PASSWORD %s VALID UNTIL %s; UPSERT INTO %s "
                           "(role_name, record) VALUES (%s, %s)",
@@ -890,12 +986,8 @@ static wp_status claim(prov_ctx *p, prov_lease *l, const char *record, const cha
         }
         return WP_ERR_BACKEND;
     }
-    wp_status rc = take_backend_lock(p, l, err);
+    wp_status rc = lock_and_read(p, l, schemas, st, err);
     if (rc != WP_OK) {
-        lease_unlock(l);
-        return rc;
-    }
-    if ((rc = read_state(p, l->conn, l->role, schemas, st, err)) != WP_OK) {
         lease_unlock(l);
         return rc;
     }
@@ -1006,7 +1098,9 @@ wp_status prov_ensure_role(prov_ctx *p, const id_identity *id, const char *datab
         wp_error_set(err, WP_SQLSTATE_INVALID_AUTH, "raw SQL grants are disabled on this listener");
         return WP_ERR_DENIED;
     }
-    wp_status rc = database_exists(p, database, err);
+    /* A pool exists only for a database seen to exist; if it was dropped since, the
+     * pooled connection is dead and the reconnect reports 3D000. */
+    wp_status rc = prov_pool_known(&p->pools, database) ? WP_OK : database_exists(p, database, err);
     if (rc != WP_OK)
         return rc;
     prov_lease *l = calloc(1, sizeof *l);

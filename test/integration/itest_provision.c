@@ -203,8 +203,8 @@ static void test_create_and_login(void **state)
 {
     (void)state;
     id_identity *id = ident("alice@example.com", "laptop", "nALICE");
-    grant_effective *g = grant("appdb", "{\"appdb\":{\"permissions\":[\"readonly\"]}}",
-                               GRANT_PRESET_NONE);
+    grant_effective *g =
+        grant("appdb", "{\"appdb\":{\"permissions\":[\"readonly\"]}}", GRANT_PRESET_NONE);
     char role[64];
     PGconn *c = connect_as(id, "appdb", g, role);
     assert_string_equal(role, "wp_alice_laptop_appdb");
@@ -246,8 +246,8 @@ static void test_md5_cluster(void **state)
     wp_error_clear(&err);
     assert_int_equal(prov_create(&s, &p, &err), WP_OK);
     id_identity *id = ident("md5user@example.com", "box", "nMD5");
-    grant_effective *g = grant("appdb", "{\"*\":{\"permissions\":[\"readonly\"]}}",
-                               GRANT_PRESET_NONE);
+    grant_effective *g =
+        grant("appdb", "{\"*\":{\"permissions\":[\"readonly\"]}}", GRANT_PRESET_NONE);
     prov_lease *l = ensure_ok(p, id, "appdb", g);
     char st[6];
     PGconn *c = pgc_connect_as(&m, "appdb", prov_lease_role(l), prov_lease_password(l), st);
@@ -271,8 +271,8 @@ static void test_reconnect_rotates_password(void **state)
 {
     (void)state;
     id_identity *id = ident("rot@example.com", "pc", "nROT");
-    grant_effective *g = grant("appdb", "{\"appdb\":{\"permissions\":[\"readonly\"]}}",
-                               GRANT_PRESET_NONE);
+    grant_effective *g =
+        grant("appdb", "{\"appdb\":{\"permissions\":[\"readonly\"]}}", GRANT_PRESET_NONE);
     prov_lease *l1 = ensure_ok(P, id, "appdb", g);
     char role[64], pw1[44], st[6];
     snprintf(role, sizeof role, "%s", prov_lease_role(l1));
@@ -295,8 +295,8 @@ static void test_readonly(void **state)
 {
     (void)state;
     id_identity *id = ident("ro@example.com", "pc", "nRO");
-    grant_effective *g = grant("appdb", "{\"appdb\":{\"permissions\":[\"readonly\"]}}",
-                               GRANT_PRESET_NONE);
+    grant_effective *g =
+        grant("appdb", "{\"appdb\":{\"permissions\":[\"readonly\"]}}", GRANT_PRESET_NONE);
     PGconn *c = connect_as(id, "appdb", g, NULL);
     expect_state(c, "SELECT * FROM public.items", "00000");
     expect_state(c, "SELECT last_value FROM public.items_id_seq", "00000");
@@ -314,8 +314,8 @@ static void test_readwrite(void **state)
 {
     (void)state;
     id_identity *id = ident("rw@example.com", "pc", "nRW");
-    grant_effective *g = grant("appdb", "{\"appdb\":{\"permissions\":[\"readwrite\"]}}",
-                               GRANT_PRESET_NONE);
+    grant_effective *g =
+        grant("appdb", "{\"appdb\":{\"permissions\":[\"readwrite\"]}}", GRANT_PRESET_NONE);
     PGconn *c = connect_as(id, "appdb", g, NULL);
     expect_state(c, "INSERT INTO public.items (v) VALUES ('rw')", "00000");
     expect_state(c, "UPDATE public.items SET v = 'rw2' WHERE v = 'rw'", "00000");
@@ -331,9 +331,9 @@ static void test_admin_preset_schema_only(void **state)
 {
     (void)state;
     id_identity *id = ident("ad@example.com", "pc", "nAD");
-    grant_effective *g = grant(
-        "appdb", "{\"appdb\":{\"permissions\":[\"admin\"],\"schemas\":[\"adm\"]}}",
-        GRANT_PRESET_NONE);
+    grant_effective *g =
+        grant("appdb", "{\"appdb\":{\"permissions\":[\"admin\"],\"schemas\":[\"adm\"]}}",
+              GRANT_PRESET_NONE);
     PGconn *c = connect_as(id, "appdb", g, NULL);
     expect_state(c, "CREATE TABLE adm.mine (a int)", "00000");
     expect_state(c, "CREATE TABLE public.not_mine (a int)", "42501");
@@ -347,8 +347,8 @@ static void test_grants_land_in_target_db(void **state)
 {
     (void)state;
     id_identity *id = ident("tdb@example.com", "pc", "nTDB");
-    grant_effective *g = grant("appdb", "{\"appdb\":{\"permissions\":[\"readonly\"]}}",
-                               GRANT_PRESET_NONE);
+    grant_effective *g =
+        grant("appdb", "{\"appdb\":{\"permissions\":[\"readonly\"]}}", GRANT_PRESET_NONE);
     char role[64];
     PGconn *c = connect_as(id, "appdb", g, role);
     PQfinish(c);
@@ -365,8 +365,8 @@ static void test_new_table_visible_next_connect(void **state)
 {
     (void)state;
     id_identity *id = ident("late@example.com", "pc", "nLATE");
-    grant_effective *g = grant("appdb", "{\"appdb\":{\"permissions\":[\"readonly\"]}}",
-                               GRANT_PRESET_NONE);
+    grant_effective *g =
+        grant("appdb", "{\"appdb\":{\"permissions\":[\"readonly\"]}}", GRANT_PRESET_NONE);
     PGconn *c = connect_as(id, "appdb", g, NULL);
     PQfinish(c);
     /* One table by the admin (default privileges), one created by someone else and then
@@ -389,15 +389,15 @@ static void test_downgrade_and_narrowing(void **state)
 {
     (void)state;
     id_identity *id = ident("dg@example.com", "pc", "nDG");
-    grant_effective *rw = grant("appdb", "{\"appdb\":{\"permissions\":[\"readwrite\"]}}",
-                                GRANT_PRESET_NONE);
+    grant_effective *rw =
+        grant("appdb", "{\"appdb\":{\"permissions\":[\"readwrite\"]}}", GRANT_PRESET_NONE);
     char role[64], role2[64];
     PGconn *c = connect_as(id, "appdb", rw, role);
     expect_state(c, "INSERT INTO public.items (v) VALUES ('dg')", "00000");
     PQfinish(c);
     /* Per-connection downgrade: a separate role, scoped to readonly. */
-    grant_effective *down = grant("appdb", "{\"appdb\":{\"permissions\":[\"readwrite\"]}}",
-                                  GRANT_PRESET_READONLY);
+    grant_effective *down =
+        grant("appdb", "{\"appdb\":{\"permissions\":[\"readwrite\"]}}", GRANT_PRESET_READONLY);
     c = connect_as(id, "appdb", down, role2);
     assert_string_not_equal(role, role2);
     assert_non_null(strstr(role2, "readonly"));
@@ -405,8 +405,8 @@ static void test_downgrade_and_narrowing(void **state)
     expect_state(c, "INSERT INTO public.items (v) VALUES ('dg2')", "42501");
     PQfinish(c);
     /* The grant itself narrowed: the same full-scope role loses write on next connect. */
-    grant_effective *ro = grant("appdb", "{\"appdb\":{\"permissions\":[\"readonly\"]}}",
-                                GRANT_PRESET_NONE);
+    grant_effective *ro =
+        grant("appdb", "{\"appdb\":{\"permissions\":[\"readonly\"]}}", GRANT_PRESET_NONE);
     c = connect_as(id, "appdb", ro, role2);
     assert_string_equal(role, role2);
     expect_state(c, "SELECT * FROM public.items", "00000");
@@ -469,8 +469,8 @@ static void test_concurrent_same_identity(void **state)
     (void)state;
     enum { N = 50 };
     id_identity *id = ident("conc@example.com", "pc", "nCONC");
-    grant_effective *g = grant("appdb", "{\"appdb\":{\"permissions\":[\"readonly\"]}}",
-                               GRANT_PRESET_NONE);
+    grant_effective *g =
+        grant("appdb", "{\"appdb\":{\"permissions\":[\"readonly\"]}}", GRANT_PRESET_NONE);
     pthread_t th[N];
     conc_arg args[N];
     for (int i = 0; i < N; i++) {
@@ -491,8 +491,8 @@ static void test_missing_database(void **state)
 {
     (void)state;
     id_identity *id = ident("nodb@example.com", "pc", "nNODB");
-    grant_effective *g = grant("nosuchdb", "{\"*\":{\"permissions\":[\"readonly\"]}}",
-                               GRANT_PRESET_NONE);
+    grant_effective *g =
+        grant("nosuchdb", "{\"*\":{\"permissions\":[\"readonly\"]}}", GRANT_PRESET_NONE);
     prov_lease *l = NULL;
     wp_error err;
     wp_error_clear(&err);
@@ -500,10 +500,8 @@ static void test_missing_database(void **state)
     assert_null(l);
     assert_string_equal(err.sqlstate, "3D000");
     assert_string_equal(err.message, "database \"nosuchdb\" does not exist");
-    assert_int_equal(count_q(super_appdb,
-                             "SELECT count(*) FROM pg_roles WHERE rolname LIKE $1",
-                             "%nodb%"),
-                     0);
+    assert_int_equal(
+        count_q(super_appdb, "SELECT count(*) FROM pg_roles WHERE rolname LIKE $1", "%nodb%"), 0);
     grant_free(g);
     id_free(id);
 }
@@ -520,8 +518,8 @@ static void test_collision_uses_hashed_name(void **state)
     char sql[256];
     snprintf(sql, sizeof sql, "CREATE ROLE \"%s\" NOLOGIN", plain);
     assert_int_equal(pgc_exec(super_appdb, sql), 0);
-    grant_effective *g = grant("appdb", "{\"appdb\":{\"permissions\":[\"readwrite\"]}}",
-                               GRANT_PRESET_NONE);
+    grant_effective *g =
+        grant("appdb", "{\"appdb\":{\"permissions\":[\"readwrite\"]}}", GRANT_PRESET_NONE);
     char role[64];
     PGconn *c = connect_as(id, "appdb", g, role);
     PQfinish(c);
@@ -554,9 +552,8 @@ static void test_raw_sql(void **state)
     assert_int_equal(prov_ensure_role(P, id, "appdb", g, &l, &err), WP_ERR_DENIED);
     assert_string_equal(err.sqlstate, "28000");
     assert_string_equal(err.message, "raw SQL grants are disabled on this listener");
-    assert_int_equal(count_q(super_appdb, "SELECT count(*) FROM pg_roles WHERE rolname LIKE $1",
-                             "wp_raw_%"),
-                     0);
+    assert_int_equal(
+        count_q(super_appdb, "SELECT count(*) FROM pg_roles WHERE rolname LIKE $1", "wp_raw_%"), 0);
 
     prov_settings s = settings(true);
     prov_ctx *p = NULL;
@@ -598,8 +595,7 @@ static void test_raw_sql(void **state)
         assert_string_equal(err.sqlstate, "28000");
         grant_free(hg);
         /* DB unchanged: no role, the audit table and its ACL untouched. */
-        assert_int_equal(count_q(super_appdb,
-                                 "SELECT count(*) FROM pg_roles WHERE rolname LIKE $1",
+        assert_int_equal(count_q(super_appdb, "SELECT count(*) FROM pg_roles WHERE rolname LIKE $1",
                                  "wp_hostile_%"),
                          0);
         assert_int_equal(count_q(super_appdb,
@@ -607,9 +603,8 @@ static void test_raw_sql(void **state)
                                  "NOT has_table_privilege('public', oid, 'SELECT')",
                                  "items"),
                          1);
-        assert_int_equal(count_q(super_appdb,
-                                 "SELECT count(*) FROM pg_class WHERE relname = $1", "audit"),
-                         1);
+        assert_int_equal(
+            count_q(super_appdb, "SELECT count(*) FROM pg_class WHERE relname = $1", "audit"), 1);
     }
     prov_destroy(p);
     id_free(id2);
@@ -620,8 +615,8 @@ static void test_touch_extends_expiry(void **state)
 {
     (void)state;
     id_identity *id = ident("touch@example.com", "pc", "nTOUCH");
-    grant_effective *g = grant("appdb", "{\"appdb\":{\"permissions\":[\"readonly\"]}}",
-                               GRANT_PRESET_NONE);
+    grant_effective *g =
+        grant("appdb", "{\"appdb\":{\"permissions\":[\"readonly\"]}}", GRANT_PRESET_NONE);
     char role[64];
     PQfinish(connect_as(id, "appdb", g, role));
     char sql[256];
@@ -658,9 +653,9 @@ static void test_cleanup(void **state)
     (void)state;
     id_identity *owner = ident("owner@example.com", "pc", "nOWN");
     id_identity *live = ident("live@example.com", "pc", "nLIVE");
-    grant_effective *g = grant(
-        "appdb", "{\"appdb\":{\"permissions\":[\"admin\"],\"schemas\":[\"adm\"]}}",
-        GRANT_PRESET_NONE);
+    grant_effective *g =
+        grant("appdb", "{\"appdb\":{\"permissions\":[\"admin\"],\"schemas\":[\"adm\"]}}",
+              GRANT_PRESET_NONE);
     char r_owner[64], r_live[64];
     PGconn *c = connect_as(owner, "appdb", g, r_owner);
     expect_state(c, "CREATE TABLE adm.owned_by_caller (a int)", "00000");
@@ -677,9 +672,8 @@ static void test_cleanup(void **state)
     wp_error_clear(&err);
     assert_int_equal(prov_cleanup(P, &dropped, &err), WP_OK);
     assert_int_equal(dropped, 1);
-    assert_int_equal(count_q(super_appdb, "SELECT count(*) FROM pg_roles WHERE rolname = $1",
-                             r_owner),
-                     0);
+    assert_int_equal(
+        count_q(super_appdb, "SELECT count(*) FROM pg_roles WHERE rolname = $1", r_owner), 0);
     assert_int_equal(count_q(super_appdb,
                              "SELECT count(*) FROM pg_tables WHERE tablename = $1 AND "
                              "tableowner = 'wp_admin'",
@@ -699,6 +693,59 @@ static void test_cleanup(void **state)
     grant_free(g);
     id_free(owner);
     id_free(live);
+}
+
+static char *read_log_from(long off)
+{
+    char path[512];
+    pgc_server_log(&C, path, sizeof path);
+    FILE *f = fopen(path, "r");
+    assert_non_null(f);
+    fseek(f, 0, SEEK_END);
+    long n = ftell(f) - off;
+    fseek(f, off, SEEK_SET);
+    char *buf = malloc((size_t)n + 1);
+    assert_non_null(buf);
+    assert_int_equal(fread(buf, 1, (size_t)n, f), (size_t)n);
+    buf[n] = '\0';
+    fclose(f);
+    return buf;
+}
+
+static int count_str(const char *hay, const char *needle)
+{
+    int n = 0;
+    for (const char *p = hay; (p = strstr(p, needle)) != NULL; p += strlen(needle))
+        n++;
+    return n;
+}
+
+/* Steady state: lock + state read (one pipelined round trip), ALTER ROLE, unlock; no
+ * database check (pool known), no GRANT, no per-table statement. */
+static void test_steady_state_statements(void **state)
+{
+    (void)state;
+    id_identity *id = ident("steady@example.com", "pc", "nSTEADY");
+    grant_effective *g =
+        grant("appdb",
+              "{\"appdb\":{\"permissions\":[\"readwrite\"],\"schemas\":[\"public\",\"secret\"]}}",
+              GRANT_PRESET_NONE);
+    prov_lease_release(ensure_ok(P, id, "appdb", g));
+    prov_lease_release(ensure_ok(P, id, "appdb", g));
+    char *before = read_log_from(0);
+    long off = (long)strlen(before);
+    free(before);
+    prov_lease_release(ensure_ok(P, id, "appdb", g));
+    char *log = read_log_from(off);
+    int stmts = count_str(log, "LOG:  statement: ") + count_str(log, "LOG:  execute ");
+    assert_int_equal(stmts, 4);
+    assert_int_equal(count_str(log, "pg_advisory_lock"), 1);
+    assert_int_equal(count_str(log, "ALTER ROLE"), 1);
+    assert_int_equal(count_str(log, "pg_advisory_unlock"), 1);
+    assert_int_equal(count_str(log, "GRANT"), 0);
+    free(log);
+    grant_free(g);
+    id_free(id);
 }
 
 /* Last: every password handed out so far must be absent from the server log. */
@@ -740,6 +787,7 @@ int main(void)
         cmocka_unit_test(test_downgrade_and_narrowing),
         cmocka_unit_test(test_secret_public_exact),
         cmocka_unit_test(test_concurrent_same_identity),
+        cmocka_unit_test(test_steady_state_statements),
         cmocka_unit_test(test_missing_database),
         cmocka_unit_test(test_collision_uses_hashed_name),
         cmocka_unit_test(test_raw_sql),

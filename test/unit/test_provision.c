@@ -98,22 +98,18 @@ static void test_record_database(void **state)
     assert_false(prov_record_is_group(rec));
     assert_int_equal(prov_record_database(rec, db, sizeof db), 0);
     assert_string_equal(db, "app db=");
-    assert_int_equal(prov_record_database("waypoint:v1 login=a node=n db=x scope=readonly", db,
-                                          sizeof db),
-                     0);
+    assert_int_equal(
+        prov_record_database("waypoint:v1 login=a node=n db=x scope=readonly", db, sizeof db), 0);
     assert_string_equal(db, "x");
     /* Not a role record, no db, truncated escape, NUL byte, too small a buffer. */
-    assert_int_equal(prov_record_database("waypoint:v1 group db=x schema=s preset=admin", db,
-                                          sizeof db),
-                     -1);
+    assert_int_equal(
+        prov_record_database("waypoint:v1 group db=x schema=s preset=admin", db, sizeof db), -1);
     assert_int_equal(prov_record_database("waypoint:v1 login=a node=n scope=full", db, sizeof db),
                      -1);
-    assert_int_equal(prov_record_database("waypoint:v1 login=a node=n db=ab%2 scope=full", db,
-                                          sizeof db),
-                     -1);
-    assert_int_equal(prov_record_database("waypoint:v1 login=a node=n db=a%00 scope=full", db,
-                                          sizeof db),
-                     -1);
+    assert_int_equal(
+        prov_record_database("waypoint:v1 login=a node=n db=ab%2 scope=full", db, sizeof db), -1);
+    assert_int_equal(
+        prov_record_database("waypoint:v1 login=a node=n db=a%00 scope=full", db, sizeof db), -1);
     assert_int_equal(prov_record_database(rec, db, 4), -1);
     assert_int_equal(prov_record_database(NULL, db, sizeof db), -1);
     assert_false(prov_record_is_role("not waypoint"));
@@ -123,28 +119,32 @@ static void test_record_database(void **state)
 static void test_group_privileges_sql(void **state)
 {
     (void)state;
-    char *ro = prov_sql_group_privileges(GRANT_PRESET_READONLY, "\"s\"", "\"g\"", "\"d\"");
-    char *rw = prov_sql_group_privileges(GRANT_PRESET_READWRITE, "\"s\"", "\"g\"", "\"d\"");
-    char *ad = prov_sql_group_privileges(GRANT_PRESET_ADMIN, "\"s\"", "\"g\"", "\"d\"");
+    char *ro = prov_sql_group_privileges(GRANT_PRESET_READONLY, "\"s\"", "\"g\"", "\"d\"",
+                                         "\"s\".\"t1\", \"s\".\"t2\"", "\"s\".\"q\"");
+    char *rw = prov_sql_group_privileges(GRANT_PRESET_READWRITE, "\"s\"", "\"g\"", "\"d\"",
+                                         "\"s\".\"t1\"", "\"s\".\"q\"");
+    char *ad = prov_sql_group_privileges(GRANT_PRESET_ADMIN, "\"s\"", "\"g\"", "\"d\"", "", NULL);
     assert_non_null(ro);
     assert_non_null(rw);
     assert_non_null(ad);
     assert_non_null(strstr(ro, "GRANT CONNECT ON DATABASE \"d\" TO \"g\""));
     assert_non_null(strstr(ro, "GRANT USAGE ON SCHEMA \"s\" TO \"g\""));
-    assert_non_null(strstr(ro, "GRANT SELECT ON ALL TABLES IN SCHEMA \"s\" TO \"g\""));
-    assert_non_null(strstr(ro, "GRANT SELECT ON ALL SEQUENCES IN SCHEMA \"s\" TO \"g\""));
+    assert_non_null(strstr(ro, "GRANT SELECT ON TABLE \"s\".\"t1\", \"s\".\"t2\" TO \"g\""));
+    assert_non_null(strstr(ro, "GRANT SELECT ON SEQUENCE \"s\".\"q\" TO \"g\""));
+    assert_non_null(strstr(ro, "ALTER DEFAULT PRIVILEGES IN SCHEMA \"s\" GRANT SELECT ON TABLES"));
     assert_null(strstr(ro, "INSERT"));
     assert_null(strstr(ro, "CREATE"));
     assert_null(strstr(ro, "ALL PRIVILEGES"));
-    assert_non_null(strstr(rw, "GRANT SELECT, INSERT, UPDATE, DELETE ON ALL TABLES IN SCHEMA"));
-    assert_non_null(strstr(rw, "GRANT SELECT, USAGE ON ALL SEQUENCES IN SCHEMA"));
+    assert_non_null(strstr(rw, "GRANT SELECT, INSERT, UPDATE, DELETE ON TABLE \"s\".\"t1\""));
+    assert_non_null(strstr(rw, "GRANT SELECT, USAGE ON SEQUENCE \"s\".\"q\""));
     assert_null(strstr(rw, "CREATE"));
     assert_null(strstr(rw, "TRUNCATE"));
     assert_non_null(strstr(ad, "GRANT USAGE, CREATE ON SCHEMA \"s\""));
-    assert_non_null(strstr(ad, "GRANT ALL PRIVILEGES ON ALL TABLES IN SCHEMA"));
+    assert_null(strstr(ad, "ON TABLE ")); /* nothing to grant on yet */
+    assert_null(strstr(ad, "ON SEQUENCE "));
     assert_non_null(strstr(ad, "ALTER DEFAULT PRIVILEGES IN SCHEMA \"s\" GRANT ALL PRIVILEGES "
                                "ON TABLES TO \"g\""));
-    assert_null(prov_sql_group_privileges(GRANT_PRESET_NONE, "s", "g", "d"));
+    assert_null(prov_sql_group_privileges(GRANT_PRESET_NONE, "s", "g", "d", "", ""));
     free(ro);
     free(rw);
     free(ad);
@@ -210,10 +210,10 @@ static void test_keylock(void **state)
 int main(void)
 {
     const struct CMUnitTest tests[] = {
-        cmocka_unit_test(test_dialect_choices),   cmocka_unit_test(test_pwenc_and_sslmode),
-        cmocka_unit_test(test_group_name),        cmocka_unit_test(test_group_record),
-        cmocka_unit_test(test_record_database),   cmocka_unit_test(test_group_privileges_sql),
-        cmocka_unit_test(test_role_state_sql),    cmocka_unit_test(test_keylock),
+        cmocka_unit_test(test_dialect_choices), cmocka_unit_test(test_pwenc_and_sslmode),
+        cmocka_unit_test(test_group_name),      cmocka_unit_test(test_group_record),
+        cmocka_unit_test(test_record_database), cmocka_unit_test(test_group_privileges_sql),
+        cmocka_unit_test(test_role_state_sql),  cmocka_unit_test(test_keylock),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
