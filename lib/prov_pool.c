@@ -188,7 +188,10 @@ wp_status prov_pool_get(prov_pools *ps, const char *database, PGconn **out, char
     for (;;) {
         if (p->nidle > 0) {
             PGconn *c = p->idle[--p->nidle];
-            if (PQstatus(c) == CONNECTION_OK) {
+            /* libpq sockets are non-blocking inside: this reads whatever arrived while
+             * idle, so a backend that was terminated or restarted shows as closed here,
+             * without a round trip. */
+            if (PQconsumeInput(c) && PQstatus(c) == CONNECTION_OK && !PQisBusy(c)) {
                 pthread_mutex_unlock(&ps->mu);
                 *out = c;
                 return WP_OK;

@@ -1159,6 +1159,13 @@ void prov_touch_role(prov_ctx *p, const char *role)
     role_state st;
     memset(&st, 0, sizeof st);
     wp_status rc = read_state(p, c, role, NULL, &st, &err);
+    if (rc == WP_ERR_BACKEND && PQstatus(c) == CONNECTION_BAD) { /* one retry */
+        prov_pool_put(&p->pools, db, c, true);
+        c = NULL;
+        if (prov_pool_get(&p->pools, db, &c, NULL, &err) != WP_OK)
+            return;
+        rc = read_state(p, c, role, NULL, &st, &err);
+    }
     bool ok = false;
     if (rc == WP_OK && st.exists && prov_record_is_role(st.record)) {
         char *qr = qident(c, role), *qu = qlit(c, st.valid_until);

@@ -537,6 +537,73 @@ static void test_collision_uses_hashed_name(void **state)
     id_free(id);
 }
 
+static void test_both_names_taken_is_conflict(void **state)
+{
+    (void)state;
+    id_identity *id = ident("taken@example.com", "pc", "nTAKEN");
+    char plain[64], hashed[64], sql[512];
+    wp_error err;
+    wp_error_clear(&err);
+    assert_int_equal(id_role_name("wp_", id, "appdb", NULL, 0, plain, &err), WP_OK);
+    assert_int_equal(id_role_name("wp_", id, "appdb", NULL, 1, hashed, &err), WP_OK);
+    snprintf(sql, sizeof sql,
+             "CREATE ROLE \"%s\"; CREATE ROLE \"%s\"; COMMENT ON ROLE \"%s\" IS "
+             "'waypoint:v1 login=someone-else@example.com node=n db=appdb scope=full'",
+             plain, hashed, hashed);
+    assert_int_equal(pgc_exec(super_appdb, sql), 0);
+    grant_effective *g =
+        grant("appdb", "{\"appdb\":{\"permissions\":[\"readonly\"]}}", GRANT_PRESET_NONE);
+    prov_lease *l = NULL;
+    assert_int_equal(prov_ensure_role(P, id, "appdb", g, &l, &err), WP_ERR_CONFLICT);
+    assert_null(l);
+    assert_string_equal(err.sqlstate, "28000");
+    assert_int_equal(count_q(super_appdb,
+                             "SELECT count(*) FROM pg_roles WHERE rolname = $1 AND NOT rolcanlogin "
+                             "AND rolvaliduntil IS NULL",
+                             hashed),
+                     1);
+    grant_free(g);
+    id_free(id);
+}
+
+static void test_elevated_role_refused(void **state)
+{
+    (void)state;
+    id_identity *id = ident("elev@example.com", "pc", "nELEV");
+    grant_effective *g =
+        grant("appdb", "{\"appdb\":{\"permissions\":[\"readonly\"]}}", GRANT_PRESET_NONE);
+    char role[64], sql[256];
+    PQfinish(connect_as(id, "appdb", g, role));
+    snprintf(sql, sizeof sql, "ALTER ROLE \"%s\" CREATEDB", role);
+    assert_int_equal(pgc_exec(super_appdb, sql), 0);
+    prov_lease *l = NULL;
+    wp_error err;
+    wp_error_clear(&err);
+    assert_int_equal(prov_ensure_role(P, id, "appdb", g, &l, &err), WP_ERR_DENIED);
+    assert_null(l);
+    grant_free(g);
+    id_free(id);
+}
+
+/* Admin sessions killed (as by a backend restart): the next connect reconnects. */
+static void test_reconnect_after_admin_sessions_die(void **state)
+{
+    (void)state;
+    id_identity *id = ident("restart@example.com", "pc", "nRESTART");
+    grant_effective *g =
+        grant("appdb", "{\"appdb\":{\"permissions\":[\"readonly\"]}}", GRANT_PRESET_NONE);
+    PQfinish(connect_as(id, "appdb", g, NULL));
+    assert_true(count_q(super_appdb,
+                        "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity WHERE "
+                        "application_name = $1",
+                        "waypoint") >= 1);
+    PGconn *c = connect_as(id, "appdb", g, NULL);
+    expect_state(c, "SELECT * FROM public.items", "00000");
+    PQfinish(c);
+    grant_free(g);
+    id_free(id);
+}
+
 static void test_raw_sql(void **state)
 {
     (void)state;
@@ -790,6 +857,9 @@ int main(void)
         cmocka_unit_test(test_steady_state_statements),
         cmocka_unit_test(test_missing_database),
         cmocka_unit_test(test_collision_uses_hashed_name),
+        cmocka_unit_test(test_both_names_taken_is_conflict),
+        cmocka_unit_test(test_elevated_role_refused),
+        cmocka_unit_test(test_reconnect_after_admin_sessions_die),
         cmocka_unit_test(test_raw_sql),
         cmocka_unit_test(test_touch_extends_expiry),
         cmocka_unit_test(test_cleanup),
