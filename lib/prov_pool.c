@@ -81,8 +81,12 @@ PGconn *prov_connect(const prov_settings *s, const char *database, char *sqlstat
         KV("sslrootcert", s->backend_ca_file);
     KV("connect_timeout", "5");
     KV("application_name", "waypoint");
-    /* A per-role lock held by a hung instance must not block this one forever. */
-    KV("options", "-c lock_timeout=15000");
+    /* lock_timeout: a per-role lock held by a hung instance must not block this one
+     * forever. search_path: admin-preset callers can create functions and operators in
+     * schemas they may CREATE in, and this session is a member of their roles; with
+     * only pg_catalog (and pg_temp last) on the path no call Waypoint makes can resolve
+     * to their objects (the CVE-2018-1058 class of attack). */
+    KV("options", "-c lock_timeout=15000 -c search_path=pg_catalog,pg_temp");
 #undef KV
     keys[n] = vals[n] = NULL;
 

@@ -604,6 +604,28 @@ static void test_reconnect_after_admin_sessions_die(void **state)
     id_free(id);
 }
 
+/* An admin-preset caller on public plants a better-matching overload of a function the
+ * admin session calls; it must never run as the admin. */
+static void test_search_path_trap(void **state)
+{
+    (void)state;
+    id_identity *id = ident("trap@example.com", "pc", "nTRAP");
+    grant_effective *g =
+        grant("appdb", "{\"appdb\":{\"permissions\":[\"admin\"]}}", GRANT_PRESET_NONE);
+    PGconn *c = connect_as(id, "appdb", g, NULL);
+    assert_int_equal(
+        pgc_exec(c, "CREATE TABLE public.trap_log (who text); "
+                    "CREATE FUNCTION public.hashtextextended(text, integer) RETURNS bigint "
+                    "LANGUAGE sql AS $$ INSERT INTO public.trap_log VALUES (current_user) "
+                    "RETURNING 1::bigint $$; GRANT INSERT ON public.trap_log TO PUBLIC"),
+        0);
+    PQfinish(c);
+    PQfinish(connect_as(id, "appdb", g, NULL));
+    assert_int_equal(count_q(super_appdb, "SELECT count(*) FROM public.trap_log", NULL), 0);
+    grant_free(g);
+    id_free(id);
+}
+
 static void test_raw_sql(void **state)
 {
     (void)state;
@@ -860,6 +882,7 @@ int main(void)
         cmocka_unit_test(test_both_names_taken_is_conflict),
         cmocka_unit_test(test_elevated_role_refused),
         cmocka_unit_test(test_reconnect_after_admin_sessions_die),
+        cmocka_unit_test(test_search_path_trap),
         cmocka_unit_test(test_raw_sql),
         cmocka_unit_test(test_touch_extends_expiry),
         cmocka_unit_test(test_cleanup),
