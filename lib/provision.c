@@ -203,7 +203,7 @@ static wp_status detect_backend(prov_ctx *p, wp_error *err)
         return WP_ERR_BACKEND;
     }
     p->dialect = prov_dialect_from_version(PQgetvalue(r, 0, 0));
-    p->md5 = prov_pwenc_is_md5(PQgetvalue(r, 0, 1));
+    p->md5 = p->dialect == PROV_DIALECT_POSTGRES && prov_pwenc_is_md5(PQgetvalue(r, 0, 1));
     PQclear(r);
     wp_status st = WP_OK;
     if (p->dialect == PROV_DIALECT_COCKROACH) {
