@@ -104,6 +104,8 @@ wp_status pgw_read_msg(wp_io *io, int64_t deadline_ms, size_t max_len, char *typ
 /* Builders (append a complete message to b). */
 wp_status pgw_build_auth_ok(pgw_buf *b);
 wp_status pgw_build_error(pgw_buf *b, const wp_error *e); /* severity defaults to FATAL */
+/* NegotiateProtocolVersion; the wire field is PGW_PROTO(3, newest_minor), as PostgreSQL
+ * and libpq use it. */
 wp_status pgw_build_negotiate(pgw_buf *b, uint32_t newest_minor, char *const *unsupported,
                               size_t n);
 wp_status pgw_build_backend_key(pgw_buf *b, uint32_t pid, const unsigned char *key,

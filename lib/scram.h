@@ -40,6 +40,9 @@ scram_client *scram_client_new(const char *password, const unsigned char *channe
                                size_t cb_len, const char *nonce);
 void scram_client_free(scram_client *c);
 const char *scram_client_mechanism(const scram_client *c);
+/* Test-only (RFC test vectors): sets the n= username of client-first, which is empty by
+ * default because PostgreSQL ignores it. Call before scram_client_first. */
+wp_status scram_client_set_username(scram_client *c, const char *user);
 /* client-first-message (malloc'd into *out). */
 wp_status scram_client_first(scram_client *c, char **out, size_t *out_len);
 /* Consumes server-first, produces client-final. */

@@ -14,6 +14,7 @@
 #include <stddef.h>
 #include <stdint.h>
 
+#include "certs.h"
 #include "config.h"
 #include "io.h"
 #include "wp_error.h"
@@ -25,6 +26,11 @@ typedef struct ts_client ts_client;
  * ts may be NULL (or use_tailscale_tls false): then the Tailscale source is never used. */
 wp_status tls_server_new(const cfg_listener *l, const ts_client *ts, tls_server_ctx **out,
                          wp_error *err);
+/* Same, with the Tailscale source as a fetch callback (NULL: none). Used by tests. */
+wp_status tls_server_new_src(const cfg_listener *l, certs_fetch_fn fetch, void *fetch_arg,
+                             tls_server_ctx **out, wp_error *err);
+/* Drops the creator's reference. Connections accepted with s hold their own, so a reload
+ * may free the old context while its sessions go on; ts must outlive all of them. */
 void tls_server_free(tls_server_ctx *s);
 
 /* Handshake on fd (after answering 'S' to SSLRequest, or for direct TLS when require_alpn

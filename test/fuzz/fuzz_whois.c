@@ -13,27 +13,6 @@
 #include "grant.h"
 #include "identity.h"
 
-/* TEMPORARY stand-ins until lib/config.c lands in main; weak, so the real ones win. */
-__attribute__((weak)) int cfg_parse_duration(const char *s, int64_t *ms_out)
-{
-    char *end;
-    long long v = strtoll(s, &end, 10);
-    if (end == s || v < 0 || v > 1000000 || strcmp(end, "s") != 0)
-        return -1;
-    *ms_out = v * 1000;
-    return 0;
-}
-
-__attribute__((weak)) int cfg_parse_size(const char *s, int64_t *bytes_out)
-{
-    char *end;
-    long long v = strtoll(s, &end, 10);
-    if (end == s || v < 0 || v > 1000000 || strcmp(end, "MB") != 0)
-        return -1;
-    *bytes_out = v * 1024 * 1024;
-    return 0;
-}
-
 static void check_role(const id_identity *id, const char *db, const char *scope, int hashed)
 {
     char name[ID_ROLE_MAX + 1];

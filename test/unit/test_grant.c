@@ -14,42 +14,6 @@
 
 #include "grant.h"
 
-/* TEMPORARY stand-ins until lib/config.c (another helper) lands in main. Weak, so the
- * real definitions win as soon as config.o is linked. Remove after `git merge main`. */
-__attribute__((weak)) int cfg_parse_duration(const char *s, int64_t *ms_out)
-{
-    char *end;
-    long long v = strtoll(s, &end, 10);
-    if (end == s || v < 0)
-        return -1;
-    int64_t mul = strcmp(end, "ms") == 0  ? 1
-                  : strcmp(end, "s") == 0 ? 1000
-                  : strcmp(end, "m") == 0 ? 60000
-                  : strcmp(end, "h") == 0 ? 3600000
-                                          : 0;
-    if (!mul)
-        return -1;
-    *ms_out = v * mul;
-    return 0;
-}
-
-__attribute__((weak)) int cfg_parse_size(const char *s, int64_t *bytes_out)
-{
-    char *end;
-    long long v = strtoll(s, &end, 10);
-    if (end == s || v < 0)
-        return -1;
-    int64_t mul = strcmp(end, "B") == 0    ? 1
-                  : strcmp(end, "KB") == 0 ? 1024
-                  : strcmp(end, "MB") == 0 ? 1024 * 1024
-                  : strcmp(end, "GB") == 0 ? 1024LL * 1024 * 1024
-                                           : 0;
-    if (!mul)
-        return -1;
-    *bytes_out = v * mul;
-    return 0;
-}
-
 static const cfg_limits DEFAULTS = {100, 86400000, 0};
 
 /* Resolves a JSON array of rules (as CapMap carries it). */

@@ -1,0 +1,105 @@
+/*
+ * prov_internal: what provision.c, prov_pool.c and prov_sql.c share, and what the unit
+ * tests reach directly (pure helpers: dialect choices, names, SQL text builders).
+ * Not a public contract: only the provisioning module and its tests include it.
+ */
+#ifndef WP_PROV_INTERNAL_H
+#define WP_PROV_INTERNAL_H
+
+#include <libpq-fe.h>
+#include <pthread.h>
+#include <stdbool.h>
+#include <stdint.h>
+
+#include "provision.h"
+
+/* ---- dialect choices (prov_sql.c) ---------------------------------------------- */
+
+typedef enum { PROV_LOCK_ADVISORY = 0, PROV_LOCK_TABLE } prov_lock_kind;
+typedef enum { PROV_RECORD_COMMENT = 0, PROV_RECORD_TABLE } prov_record_kind;
+
+prov_dialect prov_dialect_from_version(const char *version);
+prov_lock_kind prov_lock_strategy(prov_dialect d);
+prov_record_kind prov_record_strategy(prov_dialect d);
+bool prov_cleanup_supported(prov_dialect d);
+/* Retries of a transaction failing with 40001 (CockroachDB); 0 for PostgreSQL. */
+int prov_serialization_retries(prov_dialect d);
+/* password_encryption value -> true when roles get MD5 stored hashes. */
+bool prov_pwenc_is_md5(const char *setting);
+/* libpq sslmode for backend_tls. */
+const char *prov_sslmode(cfg_backend_tls t);
+
+/* ---- names and records ---------------------------------------------------------- */
+
+#define PROV_GROUP_RECORD_PREFIX "waypoint:v1 group "
+#define PROV_ROLE_RECORD_PREFIX "waypoint:v1 login="
+
+/* Shared group role for (database, schema, preset):
+ * <prefix>g_<10 hex of sha256(db NUL schema)>_<preset>, prefix cut so it fits 63 bytes. */
+int prov_group_name(const char *prefix, const char *database, const char *schema,
+                    grant_preset preset, char out[ID_ROLE_MAX + 1]);
+/* "waypoint:v1 group db=<pct> schema=<pct> preset=<name>" (malloc'd). */
+char *prov_group_record(const char *database, const char *schema, grant_preset preset);
+/* The db= field of a role record, percent-decoded into out. 0 on success. */
+int prov_record_database(const char *record, char *out, size_t outsz);
+/* True for a caller-role record (not a group record). */
+bool prov_record_is_role(const char *comment);
+bool prov_record_is_group(const char *comment);
+
+/* ---- SQL text --------------------------------------------------------------------- */
+
+/* The statements giving group qg its preset privileges on schema qs in database qdb
+ * (all already quoted), on the relations listed in tables and seqs (comma-separated
+ * quoted names from PROV_SQL_GRANTABLE; empty or NULL: none), and as default privileges
+ * for what the admin creates later. Statements separated by "; ". Caller frees. */
+char *prov_sql_group_privileges(grant_preset preset, const char *qs, const char *qg,
+                                const char *qdb, const char *tables, const char *seqs);
+extern const char PROV_SQL_GRANTABLE[];
+/* Role state + schema change marks in one round trip (malloc'd):
+ * $1 role name, $2 ttl in ms, $3 JSON [{"i": pair index, "name": schema, "w": watermark}].
+ * qrecords: CockroachDB's quoted waypoint_roles table (ignored for PostgreSQL). */
+char *prov_sql_role_state(prov_dialect d, const char *qrecords);
+/* Advisory/table lock statements for the per-role lock ($1 = lock key text). */
+const char *prov_sql_lock(prov_dialect d);
+const char *prov_sql_unlock(prov_dialect d);
+
+/* ---- pool and keyed locks (prov_pool.c) ------------------------------------------- */
+
+typedef struct prov_pool prov_pool;
+typedef struct prov_keylock prov_keylock;
+
+typedef struct prov_pools {
+    pthread_mutex_t mu;
+    pthread_cond_t cv;
+    prov_pool *head;
+    const prov_settings *s; /* owned by the ctx */
+    int per_db_max;
+    int wait_ms;
+} prov_pools;
+
+typedef struct prov_keylocks {
+    pthread_mutex_t mu;
+    prov_keylock *head;
+} prov_keylocks;
+
+int prov_pools_init(prov_pools *ps, const prov_settings *s);
+void prov_pools_destroy(prov_pools *ps);
+/* Checks out a live admin connection to database (opening one if the pool has room,
+ * waiting up to wait_ms otherwise). A connect failure fills err; *sqlstate (6 bytes,
+ * may be NULL) gets the server's SQLSTATE when it sent one (3D000: no such database). */
+wp_status prov_pool_get(prov_pools *ps, const char *database, PGconn **out, char *sqlstate,
+                        wp_error *err);
+/* True when a pool for database exists (it was checked to exist before). */
+bool prov_pool_known(prov_pools *ps, const char *database);
+/* Returns conn to its pool; a broken connection (or broken=true) is closed instead. */
+void prov_pool_put(prov_pools *ps, const char *database, PGconn *conn, bool broken);
+/* Opens one admin connection outside any pool (prov_create's login check). */
+PGconn *prov_connect(const prov_settings *s, const char *database, char *sqlstate, wp_error *err);
+
+int prov_keylocks_init(prov_keylocks *kl);
+void prov_keylocks_destroy(prov_keylocks *kl);
+/* Blocks until this process holds key; returns the entry to pass to unlock. */
+prov_keylock *prov_keylock_lock(prov_keylocks *kl, const char *key);
+void prov_keylock_unlock(prov_keylocks *kl, prov_keylock *e);
+
+#endif

@@ -1,0 +1,341 @@
+/*
+ * prov_sql: the pure half of provisioning: dialect choices, group-role names and
+ * records, and the SQL text provisioning sends. Nothing here touches a connection, so
+ * the unit tests pin every choice down without a server.
+ *
+ * SQL text here never contains a caller-controlled value: the builders take identifiers
+ * and literals that provision.c already quoted with PQescapeIdentifier/PQescapeLiteral,
+ * and the fixed queries take their values as $n parameters.
+ */
+#include "prov_internal.h"
+
+#include <mbedtls/sha256.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+/* ---- dialect choices ------------------------------------------------------------- */
+
+prov_dialect prov_dialect_from_version(const char *version)
+{
+    return version && strstr(version, "CockroachDB") ? PROV_DIALECT_COCKROACH
+                                                     : PROV_DIALECT_POSTGRES;
+}
+
+prov_lock_kind prov_lock_strategy(prov_dialect d)
+{
+    /* CockroachDB has no advisory locks: a row lock in a lock table stands in. */
+    return d == PROV_DIALECT_COCKROACH ? PROV_LOCK_TABLE : PROV_LOCK_ADVISORY;
+}
+
+prov_record_kind prov_record_strategy(prov_dialect d)
+{
+    /* CockroachDB has no COMMENT ON ROLE: records live in a waypoint_roles table. */
+    return d == PROV_DIALECT_COCKROACH ? PROV_RECORD_TABLE : PROV_RECORD_COMMENT;
+}
+
+bool prov_cleanup_supported(prov_dialect d)
+{
+    return d == PROV_DIALECT_POSTGRES;
+}
+
+int prov_serialization_retries(prov_dialect d)
+{
+    return d == PROV_DIALECT_COCKROACH ? 5 : 0;
+}
+
+bool prov_pwenc_is_md5(const char *setting)
+{
+    return setting && strcmp(setting, "md5") == 0;
+}
+
+const char *prov_sslmode(cfg_backend_tls t)
+{
+    switch (t) {
+    case CFG_BTLS_DISABLE:
+        return "disable";
+    case CFG_BTLS_REQUIRE:
+        return "require";
+    case CFG_BTLS_VERIFY_FULL:
+        return "verify-full";
+    case CFG_BTLS_PREFER:
+    default:
+        return "prefer";
+    }
+}
+
+/* ---- names and records ------------------------------------------------------------- */
+
+/* Preset names as stored in group names and records: a persistent on-server format, so
+ * spelled out here rather than borrowed from the grant module's display names. */
+static const char *preset_name(grant_preset p)
+{
+    switch (p) {
+    case GRANT_PRESET_READONLY:
+        return "readonly";
+    case GRANT_PRESET_READWRITE:
+        return "readwrite";
+    case GRANT_PRESET_ADMIN:
+        return "admin";
+    default:
+        return NULL;
+    }
+}
+
+int prov_group_name(const char *prefix, const char *database, const char *schema,
+                    grant_preset preset, char out[ID_ROLE_MAX + 1])
+{
+    const char *pname = preset_name(preset);
+    if (!prefix || !database || !schema || !pname || preset == GRANT_PRESET_NONE)
+        return -1;
+    size_t dl = strlen(database), sl = strlen(schema);
+    unsigned char *buf = malloc(dl + 1 + sl);
+    if (!buf)
+        return -1;
+    memcpy(buf, database, dl);
+    buf[dl] = '\0'; /* NUL separator: (db "a b", schema "c") != (db "a", schema "b c") */
+    memcpy(buf + dl + 1, schema, sl);
+    unsigned char dig[32];
+    int rc = mbedtls_sha256_ret(buf, dl + 1 + sl, dig, 0);
+    free(buf);
+    if (rc != 0)
+        return -1;
+    char hex[11];
+    for (int i = 0; i < 5; i++)
+        snprintf(hex + 2 * i, 3, "%02x", dig[i]);
+    size_t tail = strlen("g_") + 10 + 1 + strlen(pname);
+    int plen = (int)strlen(prefix);
+    if ((size_t)plen + tail > ID_ROLE_MAX)
+        plen = (int)(ID_ROLE_MAX - tail);
+    snprintf(out, ID_ROLE_MAX + 1, "%.*sg_%s_%s", plen, prefix, hex, pname);
+    return 0;
+}
+
+static int must_escape(unsigned char c)
+{
+    return c <= 0x20 || c >= 0x7f || c == '=' || c == '%' || c == '\'' || c == '"' || c == '\\';
+}
+
+static char *pct_append(char *p, const char *s)
+{
+    static const char digits[] = "0123456789ABCDEF";
+    for (; *s; s++) {
+        unsigned char c = (unsigned char)*s;
+        if (must_escape(c)) {
+            *p++ = '%';
+            *p++ = digits[c >> 4];
+            *p++ = digits[c & 0xf];
+        } else {
+            *p++ = (char)c;
+        }
+    }
+    return p;
+}
+
+char *prov_group_record(const char *database, const char *schema, grant_preset preset)
+{
+    const char *pname = preset_name(preset);
+    if (!database || !schema || !pname)
+        return NULL;
+    size_t n = strlen(PROV_GROUP_RECORD_PREFIX) + 3 * (strlen(database) + strlen(schema)) +
+               strlen(pname) + 32;
+    char *rec = malloc(n);
+    if (!rec)
+        return NULL;
+    char *p = rec + sprintf(rec, "%sdb=", PROV_GROUP_RECORD_PREFIX);
+    p = pct_append(p, database);
+    p += sprintf(p, " schema=");
+    p = pct_append(p, schema);
+    sprintf(p, " preset=%s", pname);
+    return rec;
+}
+
+static int hexval(char c)
+{
+    if (c >= '0' && c <= '9')
+        return c - '0';
+    if (c >= 'A' && c <= 'F')
+        return c - 'A' + 10;
+    if (c >= 'a' && c <= 'f')
+        return c - 'a' + 10;
+    return -1;
+}
+
+int prov_record_database(const char *record, char *out, size_t outsz)
+{
+    if (!record || !prov_record_is_role(record) || outsz == 0)
+        return -1;
+    /* Values are percent-encoded (no spaces, no '='), so " db=" starts exactly one field. */
+    const char *f = strstr(record, " db=");
+    if (!f)
+        return -1;
+    f += 4;
+    size_t n = 0;
+    while (*f && *f != ' ') {
+        int c = (unsigned char)*f;
+        if (c == '%') {
+            int hi = hexval(f[1]), lo = hi < 0 ? -1 : hexval(f[2]);
+            if (hi < 0 || lo < 0)
+                return -1;
+            c = hi * 16 + lo;
+            f += 3;
+        } else {
+            f++;
+        }
+        if (c == 0 || n + 1 >= outsz)
+            return -1;
+        out[n++] = (char)c;
+    }
+    out[n] = '\0';
+    return n > 0 ? 0 : -1;
+}
+
+bool prov_record_is_role(const char *comment)
+{
+    return comment &&
+           strncmp(comment, PROV_ROLE_RECORD_PREFIX, strlen(PROV_ROLE_RECORD_PREFIX)) == 0;
+}
+
+bool prov_record_is_group(const char *comment)
+{
+    return comment &&
+           strncmp(comment, PROV_GROUP_RECORD_PREFIX, strlen(PROV_GROUP_RECORD_PREFIX)) == 0;
+}
+
+/* ---- SQL text ---------------------------------------------------------------------- */
+
+/* $1 schema name -> quoted lists of the tables and of the sequences in it that the
+ * current (admin) role may grant on, and how many it may not. Quoting is the server's
+ * own (format %I). */
+const char PROV_SQL_GRANTABLE[] =
+    "SELECT coalesce(string_agg(format('%I.%I', n.nspname, c.relname), ', ') FILTER (WHERE "
+    "c.relkind <> 'S' AND g), ''), coalesce(string_agg(format('%I.%I', n.nspname, c.relname), "
+    "', ') FILTER (WHERE c.relkind = 'S' AND g), ''), count(*) FILTER (WHERE NOT g) FROM "
+    "pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace, LATERAL (SELECT CASE WHEN "
+    "c.relkind = 'S' THEN has_sequence_privilege(c.oid, 'SELECT WITH GRANT OPTION') ELSE "
+    "has_table_privilege(c.oid, 'SELECT WITH GRANT OPTION') END AS g) AS gr WHERE n.nspname = "
+    "$1 AND c.relkind IN ('r', 'p', 'v', 'm', 'f', 'S')";
+
+char *prov_sql_group_privileges(grant_preset preset, const char *qs, const char *qg,
+                                const char *qdb, const char *tables, const char *seqs)
+{
+    const char *schema_priv, *table_priv, *seq_priv;
+    switch (preset) {
+    case GRANT_PRESET_READONLY:
+        schema_priv = "USAGE", table_priv = "SELECT", seq_priv = "SELECT";
+        break;
+    case GRANT_PRESET_READWRITE:
+        schema_priv = "USAGE", table_priv = "SELECT, INSERT, UPDATE, DELETE";
+        seq_priv = "SELECT, USAGE";
+        break;
+    case GRANT_PRESET_ADMIN:
+        schema_priv = "USAGE, CREATE", table_priv = "ALL PRIVILEGES";
+        seq_priv = "ALL PRIVILEGES";
+        break;
+    default:
+        return NULL;
+    }
+    /* Default privileges cover tables the admin creates later. Existing relations are
+     * named explicitly (tables, sequences: lists of relations the admin may grant on),
+     * because ON ALL TABLES IN SCHEMA fails outright on a relation the admin has no
+     * rights on at all, and one such table must not lock every caller out. */
+#define GROUP_PRIV_FMT                                                                             \
+    "GRANT CONNECT ON DATABASE %s TO %s; "                                                         \
+    "GRANT %s ON SCHEMA %s TO %s; "                                                                \
+    "ALTER DEFAULT PRIVILEGES IN SCHEMA %s GRANT %s ON TABLES TO %s; "                             \
+    "ALTER DEFAULT PRIVILEGES IN SCHEMA %s GRANT %s ON SEQUENCES TO %s"
+    char *sql = NULL, *t = NULL, *q = NULL;
+    if (asprintf(&sql, GROUP_PRIV_FMT, qdb, qg, schema_priv, qs, qg, qs, table_priv, qg, qs,
+                 seq_priv, qg) < 0)
+        return NULL;
+    if (tables && tables[0] &&
+        asprintf(&t, "; GRANT %s ON TABLE %s TO %s", table_priv, tables, qg) < 0)
+        t = NULL, tables = NULL;
+    if (seqs && seqs[0] && asprintf(&q, "; GRANT %s ON SEQUENCE %s TO %s", seq_priv, seqs, qg) < 0)
+        q = NULL, seqs = NULL;
+    char *all = NULL;
+    bool ok = (!tables || !tables[0] || t) && (!seqs || !seqs[0] || q) &&
+              asprintf(&all, "%s%s%s", sql, t ? t : "", q ? q : "") >= 0;
+    free(sql);
+    free(t);
+    free(q);
+    return ok ? all : NULL;
+}
+
+/* Columns: exists, record, elevated attributes, memberships JSON [[name, record]],
+ * VALID UNTIL text (server clock), schema JSON [[name, nsp oid, changed, fingerprint]].
+ * PostgreSQL: "changed" = a relation of the kinds grants cover has an OID above the
+ * group's watermark (an index range scan on pg_class_oid_index: cost follows the number
+ * of new relations, not of all tables); fingerprint = max(pg_class.oid). */
+static const char SQL_STATE_PG[] =
+    "SELECT r.oid IS NOT NULL, shobj_description(r.oid, 'pg_authid'), "
+    "coalesce(r.rolsuper OR r.rolcreatedb OR r.rolcreaterole OR r.rolreplication "
+    "OR r.rolbypassrls, false), "
+    "(SELECT coalesce(json_agg(json_build_array(g.rolname, "
+    "shobj_description(g.oid, 'pg_authid'))), '[]'::json) "
+    "FROM pg_auth_members m JOIN pg_roles g ON g.oid = m.roleid WHERE m.member = r.oid), "
+    "(now() + make_interval(secs => $2::float8 / 1000))::text, "
+    "(SELECT coalesce(json_agg(json_build_array(s.name, n.oid::int8, "
+    "EXISTS (SELECT 1 FROM pg_class c WHERE c.oid > s.w::oid AND c.relnamespace = n.oid "
+    "AND c.relkind IN ('r', 'p', 'v', 'm', 'f', 'S')), "
+    "(SELECT max(oid)::int8 FROM pg_class)) ORDER BY s.i), '[]'::json) "
+    "FROM json_to_recordset($3::json) AS s(i int8, name text, w int8) "
+    "LEFT JOIN pg_namespace n ON n.nspname = s.name) "
+    "FROM (SELECT 1) AS one LEFT JOIN pg_roles r ON r.rolname = $1::name";
+
+/* CockroachDB: records come from waypoint_roles (its quoted qualified name replaces
+ * every @RECORDS@); OIDs are not monotonic, so the
+ * fingerprint is the relation count of the schema and "changed" compares it. */
+static const char SQL_STATE_CRDB[] =
+    "SELECT r.oid IS NOT NULL, (SELECT record FROM @RECORDS@ w WHERE w.role_name = $1), "
+    "coalesce(r.rolsuper OR r.rolcreatedb OR r.rolcreaterole OR r.rolreplication "
+    "OR r.rolbypassrls, false), "
+    "(SELECT coalesce(json_agg(json_build_array(g.rolname, "
+    "(SELECT record FROM @RECORDS@ w2 WHERE w2.role_name = g.rolname))), '[]'::json) "
+    "FROM pg_auth_members m JOIN pg_roles g ON g.oid = m.roleid WHERE m.member = r.oid), "
+    "(now() + ($2::int8 * INTERVAL '1 millisecond'))::text, "
+    "(SELECT coalesce(json_agg(json_build_array(s.name, n.oid::int8, "
+    "(SELECT count(*) FROM pg_class c WHERE c.relnamespace = n.oid "
+    "AND c.relkind IN ('r', 'p', 'v', 'm', 'f', 'S')) != s.w, "
+    "(SELECT count(*) FROM pg_class c WHERE c.relnamespace = n.oid "
+    "AND c.relkind IN ('r', 'p', 'v', 'm', 'f', 'S'))) ORDER BY s.i), '[]'::json) "
+    "FROM json_to_recordset($3::json) AS s(i int8, name text, w int8) "
+    "LEFT JOIN pg_namespace n ON n.nspname = s.name) "
+    "FROM (SELECT 1) AS one LEFT JOIN pg_roles r ON r.rolname = $1::name";
+
+char *prov_sql_role_state(prov_dialect d, const char *qrecords)
+{
+    if (d != PROV_DIALECT_COCKROACH)
+        return strdup(SQL_STATE_PG);
+    static const char tok[] = "@RECORDS@";
+    if (!qrecords)
+        return NULL;
+    size_t n = sizeof SQL_STATE_CRDB + 2 * strlen(qrecords);
+    char *out = malloc(n), *o = out;
+    if (!out)
+        return NULL;
+    for (const char *s = SQL_STATE_CRDB; *s;) {
+        if (strncmp(s, tok, sizeof tok - 1) == 0) {
+            o += sprintf(o, "%s", qrecords);
+            s += sizeof tok - 1;
+        } else {
+            *o++ = *s++;
+        }
+    }
+    *o = '\0';
+    return out;
+}
+
+const char *prov_sql_lock(prov_dialect d)
+{
+    return prov_lock_strategy(d) == PROV_LOCK_TABLE
+               ? "SELECT name FROM waypoint_locks WHERE name = $1 FOR UPDATE"
+               : "SELECT pg_advisory_lock(hashtextextended($1, 0))";
+}
+
+const char *prov_sql_unlock(prov_dialect d)
+{
+    return prov_lock_strategy(d) == PROV_LOCK_TABLE
+               ? "COMMIT"
+               : "SELECT pg_advisory_unlock(hashtextextended($1, 0))";
+}

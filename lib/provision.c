@@ -1,0 +1,1332 @@
+/*
+ * provision: the caller's backend role, created or refreshed on every connection
+ * (spec sections 3.2, 3.5, 4, 5 and 9).
+ *
+ * One prov_ensure_role() call, in the steady state, is four round trips on one pooled
+ * admin connection to the TARGET database: take the per-role advisory lock, read the
+ * role's state (record, attributes, group memberships, server-side expiry time and the
+ * change marks of the granted schemas, all in one query), set the fresh password and
+ * expiry, and (at lease release) unlock. No per-table work happens unless a granted
+ * schema gained relations.
+ *
+ * Privileges are held by shared NOLOGIN group roles, one per (database, schema, preset),
+ * each marked with a Waypoint record; the caller role is only ever a member of exactly
+ * the groups of its (preset, schema) pairs. Narrowing a grant revokes a membership,
+ * widening it grants one, and a group is re-granted ON ALL TABLES/SEQUENCES only when
+ * the schema's relation set changed (an OID watermark per group, kept in memory).
+ *
+ * Every role operation for a role happens under its lock: an in-process keyed mutex
+ * (so concurrent connects of one caller queue here, not in the pool) and a PostgreSQL
+ * advisory lock taken in the role's own database (so several Waypoint instances, and
+ * cleanup, serialize too). The lease keeps that connection checked out until the worker
+ * has authenticated upstream, so the password cannot change in between.
+ *
+ * Safety rules: a role is only touched when its record equals this identity's record
+ * exactly (else the hashed name is tried, else WP_ERR_CONFLICT); identifiers are quoted
+ * with PQescapeIdentifier and DDL literals with PQescapeLiteral (DDL takes no
+ * parameters); the password only ever reaches SQL as a SCRAM verifier or MD5 hash.
+ */
+#include "provision.h"
+
+#include <jansson.h>
+#include <stdarg.h>
+#include <mbedtls/platform_util.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+#include "log.h"
+#include "prov_internal.h"
+#include "rawsql.h"
+#include "scram.h"
+
+/* Cost of SCRAM's PBKDF2 on a 256-bit random secret buys nothing: nobody can brute
+ * force the password from the verifier. A low count keeps every connect fast. */
+#define PROV_SCRAM_ITERATIONS 64
+/* Watermarks are re-proved this often with a full ALL TABLES grant, which also catches
+ * a relation whose creating transaction committed with an OID below a watermark. */
+#define PROV_GROUP_MAX_AGE_S 600
+
+typedef struct group_cache {
+    char name[ID_ROLE_MAX + 1];
+    long long nsp_oid;
+    long long watermark;
+    time_t refreshed;
+    struct group_cache *next;
+} group_cache;
+
+struct prov_ctx {
+    prov_settings s;
+    char *strs[7];
+    prov_dialect dialect;
+    bool md5;
+    prov_pools pools;
+    prov_pools lockpools; /* CockroachDB: lock-table transactions, admin_database */
+    prov_keylocks locks;
+    pthread_mutex_t cache_mu; /* guards groups */
+    group_cache *groups;
+    char *qrecords; /* CockroachDB: quoted waypoint_roles table name */
+};
+
+struct prov_lease {
+    prov_ctx *p;
+    char *db;
+    PGconn *conn;
+    PGconn *lock_conn; /* CockroachDB: holds the lock-table transaction */
+    prov_keylock *kl;
+    char lock_key[ID_ROLE_MAX + 32];
+    char role[ID_ROLE_MAX + 1];
+    char password[44];
+};
+
+/* The role-state row, as read under the role's lock. */
+typedef struct role_state {
+    bool exists;
+    char *record;
+    bool elevated;
+    json_t *members; /* [[group name, record], ...] */
+    char valid_until[64];
+    json_t *schemas; /* [[name, nsp oid|null, changed, fingerprint], ...] per pair */
+} role_state;
+
+/* ---- small helpers ----------------------------------------------------------------- */
+
+static void set_backend_err(wp_error *err, const char *what, PGconn *c)
+{
+    char msg[300];
+    snprintf(msg, sizeof msg, "%s", c ? PQerrorMessage(c) : "no connection");
+    size_t n = strlen(msg);
+    while (n > 0 && msg[n - 1] == '\n')
+        msg[--n] = '\0';
+    log_kv(WP_LOG_ERROR, "prov_backend_error", "step", what, "error", msg, (char *)NULL);
+    wp_error_set(err, WP_SQLSTATE_CONN_FAILURE, "backend provisioning failed");
+}
+
+static const char *res_state(const PGresult *r)
+{
+    const char *s = r ? PQresultErrorField(r, PG_DIAG_SQLSTATE) : NULL;
+    return s ? s : "";
+}
+
+/* PQexecParams with text parameters; returns the result (caller clears) or NULL when
+ * the command failed (the result is cleared; *sqlstate gets its SQLSTATE). */
+static PGresult *run(PGconn *c, const char *sql, int n, const char *const *vals, char sqlstate[6])
+{
+    PGresult *r = PQexecParams(c, sql, n, NULL, vals, NULL, NULL, 0);
+    ExecStatusType st = PQresultStatus(r);
+    if (st == PGRES_TUPLES_OK || st == PGRES_COMMAND_OK) {
+        if (sqlstate)
+            strcpy(sqlstate, "00000");
+        return r;
+    }
+    if (sqlstate)
+        snprintf(sqlstate, 6, "%s", res_state(r));
+    PQclear(r);
+    return NULL;
+}
+
+/* Simple-query execution of our own multi-statement DDL (one implicit transaction). */
+static bool run_ddl(PGconn *c, const char *sql, char sqlstate[6])
+{
+    PGresult *r = PQexec(c, sql);
+    ExecStatusType st = PQresultStatus(r);
+    bool ok = st == PGRES_COMMAND_OK || st == PGRES_TUPLES_OK;
+    if (sqlstate)
+        snprintf(sqlstate, 6, "%s", ok ? "00000" : res_state(r));
+    PQclear(r);
+    return ok;
+}
+
+static char *qident(PGconn *c, const char *s)
+{
+    char *q = PQescapeIdentifier(c, s, strlen(s));
+    char *dup = q ? strdup(q) : NULL;
+    PQfreemem(q);
+    return dup;
+}
+
+static char *qlit(PGconn *c, const char *s)
+{
+    char *q = PQescapeLiteral(c, s, strlen(s));
+    char *dup = q ? strdup(q) : NULL;
+    PQfreemem(q);
+    return dup;
+}
+
+/* printf into a fresh buffer. */
+static char *fmt_sql(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
+static char *fmt_sql(const char *fmt, ...)
+{
+    va_list ap;
+    va_start(ap, fmt);
+    char *out = NULL;
+    if (vasprintf(&out, fmt, ap) < 0)
+        out = NULL;
+    va_end(ap);
+    return out;
+}
+
+static void role_state_clear(role_state *st)
+{
+    free(st->record);
+    json_decref(st->members);
+    json_decref(st->schemas);
+    memset(st, 0, sizeof *st);
+}
+
+/* ---- create / destroy ---------------------------------------------------------------- */
+
+static char *dup_or_null(const char *s, bool *fail)
+{
+    if (!s)
+        return NULL;
+    char *d = strdup(s);
+    if (!d)
+        *fail = true;
+    return d;
+}
+
+static wp_status detect_backend(prov_ctx *p, wp_error *err)
+{
+    PGconn *c = prov_connect(&p->s, p->s.admin_database, NULL, err);
+    if (!c) {
+        log_kv(WP_LOG_ERROR, "prov_admin_login_failed", "listener", p->s.listener_name, "error",
+               err ? err->message : "", (char *)NULL);
+        return WP_ERR_BACKEND;
+    }
+    PGresult *r =
+        run(c, "SELECT version(), current_setting('password_encryption', true)", 0, NULL, NULL);
+    if (!r) {
+        set_backend_err(err, "detect", c);
+        PQfinish(c);
+        return WP_ERR_BACKEND;
+    }
+    p->dialect = prov_dialect_from_version(PQgetvalue(r, 0, 0));
+    p->md5 = p->dialect == PROV_DIALECT_POSTGRES && prov_pwenc_is_md5(PQgetvalue(r, 0, 1));
+    PQclear(r);
+    wp_status st = WP_OK;
+    if (p->dialect == PROV_DIALECT_COCKROACH) {
+        /* Records and locks live in two small tables in admin_database. */
+        if (!run_ddl(c,
+                     "CREATE TABLE IF NOT EXISTS waypoint_roles (role_name STRING PRIMARY KEY, "
+                     "record STRING NOT NULL); CREATE TABLE IF NOT EXISTS waypoint_locks "
+                     "(name STRING PRIMARY KEY)",
+                     NULL)) {
+            set_backend_err(err, "crdb_tables", c);
+            st = WP_ERR_BACKEND;
+        } else {
+            char *qdb = qident(c, p->s.admin_database);
+            p->qrecords = qdb ? fmt_sql("%s.public.waypoint_roles", qdb) : NULL;
+            free(qdb);
+            if (!p->qrecords)
+                st = WP_ERR_NOMEM;
+        }
+    }
+    PQfinish(c);
+    return st;
+}
+
+wp_status prov_create(const prov_settings *s, prov_ctx **out, wp_error *err)
+{
+    *out = NULL;
+    prov_ctx *p = calloc(1, sizeof *p);
+    if (!p)
+        return WP_ERR_NOMEM;
+    bool fail = false;
+    p->s = *s;
+    p->s.host = p->strs[0] = dup_or_null(s->host, &fail);
+    p->s.admin_user = p->strs[1] = dup_or_null(s->admin_user, &fail);
+    p->s.admin_password = p->strs[2] = dup_or_null(s->admin_password, &fail);
+    p->s.admin_database = p->strs[3] =
+        dup_or_null(s->admin_database ? s->admin_database : "postgres", &fail);
+    p->s.backend_ca_file = p->strs[4] = dup_or_null(s->backend_ca_file, &fail);
+    p->s.user_prefix = p->strs[5] = dup_or_null(s->user_prefix ? s->user_prefix : "wp_", &fail);
+    p->s.listener_name = p->strs[6] = dup_or_null(s->listener_name ? s->listener_name : "", &fail);
+    if (fail || !p->s.host || !p->s.admin_user) {
+        for (int i = 0; i < 7; i++)
+            free(p->strs[i]);
+        free(p);
+        wp_error_set(err, WP_SQLSTATE_INTERNAL, "provisioning settings incomplete");
+        return fail ? WP_ERR_NOMEM : WP_ERR_CONFIG;
+    }
+    if (p->s.user_ttl_ms <= 0)
+        p->s.user_ttl_ms = 24LL * 3600 * 1000;
+    if (prov_pools_init(&p->pools, &p->s) != 0 || prov_pools_init(&p->lockpools, &p->s) != 0 ||
+        prov_keylocks_init(&p->locks) != 0 || pthread_mutex_init(&p->cache_mu, NULL) != 0) {
+        for (int i = 0; i < 7; i++)
+            free(p->strs[i]);
+        free(p);
+        return WP_ERR_INTERNAL;
+    }
+    wp_status st = detect_backend(p, err);
+    if (st != WP_OK) {
+        prov_destroy(p);
+        return st;
+    }
+    log_kv(WP_LOG_INFO, "prov_ready", "listener", p->s.listener_name, "dialect",
+           p->dialect == PROV_DIALECT_COCKROACH ? "cockroachdb" : "postgres", "password_hash",
+           p->md5 ? "md5" : "scram-sha-256", (char *)NULL);
+    *out = p;
+    return WP_OK;
+}
+
+void prov_destroy(prov_ctx *p)
+{
+    if (!p)
+        return;
+    prov_pools_destroy(&p->pools);
+    prov_pools_destroy(&p->lockpools);
+    prov_keylocks_destroy(&p->locks);
+    pthread_mutex_destroy(&p->cache_mu);
+    for (group_cache *g = p->groups, *n; g; g = n) {
+        n = g->next;
+        free(g);
+    }
+    for (int i = 0; i < 7; i++)
+        free(p->strs[i]);
+    free(p->qrecords);
+    free(p);
+}
+
+prov_dialect prov_get_dialect(const prov_ctx *p)
+{
+    return p->dialect;
+}
+
+/* ---- the per-role lock --------------------------------------------------------------- */
+
+/* Takes the backend half of the role lock on *c (retrying once on a fresh connection if
+ * the pooled one died with a backend restart). PostgreSQL: a session advisory lock.
+ * CockroachDB: *c is a lock-pool connection left inside a transaction that holds the
+ * lock row FOR UPDATE until release; 40001 is retried. */
+static wp_status backend_lock(prov_ctx *p, prov_pools *pools, const char *db, PGconn **c,
+                              const char *key, wp_error *err)
+{
+    const char *vals[1] = {key};
+    bool table = prov_lock_strategy(p->dialect) == PROV_LOCK_TABLE;
+    for (int attempt = 0; attempt < 2; attempt++) {
+        PGresult *r = NULL;
+        if (table) {
+            for (int i = 0; i <= prov_serialization_retries(p->dialect) && !r; i++) {
+                char ss[6] = "";
+                if (run_ddl(*c, "BEGIN", ss) &&
+                    (r = run(*c,
+                             "INSERT INTO waypoint_locks (name) VALUES ($1) "
+                             "ON CONFLICT DO NOTHING",
+                             1, vals, ss)) != NULL) {
+                    PQclear(r);
+                    r = run(*c, prov_sql_lock(p->dialect), 1, vals, ss);
+                }
+                if (!r)
+                    PQclear(PQexec(*c, "ROLLBACK"));
+                if (!r && strcmp(ss, "40001") != 0)
+                    break;
+            }
+        } else {
+            r = run(*c, prov_sql_lock(p->dialect), 1, vals, NULL);
+        }
+        if (r) {
+            PQclear(r);
+            return WP_OK;
+        }
+        if (attempt == 0 && PQstatus(*c) == CONNECTION_BAD) {
+            prov_pool_put(pools, db, *c, true);
+            *c = NULL;
+            if (prov_pool_get(pools, db, c, NULL, err) != WP_OK)
+                return WP_ERR_BACKEND;
+            continue;
+        }
+        break;
+    }
+    set_backend_err(err, "lock", *c);
+    return WP_ERR_BACKEND;
+}
+
+static void backend_unlock(prov_ctx *p, PGconn *c, const char *key)
+{
+    const char *vals[1] = {key};
+    PGresult *r = run(c, prov_sql_unlock(p->dialect),
+                      prov_lock_strategy(p->dialect) == PROV_LOCK_TABLE ? 0 : 1, vals, NULL);
+    if (!r)
+        log_kv(WP_LOG_WARN, "prov_unlock_failed", "key", key, (char *)NULL);
+    PQclear(r);
+}
+
+static void role_lock_key(char *out, size_t outsz, const char *role)
+{
+    snprintf(out, outsz, "waypoint:role:%s", role);
+}
+
+static wp_status take_backend_lock(prov_ctx *p, prov_lease *l, wp_error *err);
+
+/* ---- reading the role ---------------------------------------------------------------- */
+
+/* JSON for $3: [{"name": schema, "w": watermark}] per pair, in pair order. */
+static char *schemas_param(prov_ctx *p, const char *db, const grant_effective *g)
+{
+    json_t *arr = json_array();
+    if (!arr)
+        return NULL;
+    for (size_t i = 0; i < g->npairs; i++) {
+        char gname[ID_ROLE_MAX + 1];
+        long long w = 0;
+        if (prov_group_name(p->s.user_prefix, db, g->pairs[i].schema, g->pairs[i].preset, gname) ==
+            0) {
+            pthread_mutex_lock(&p->cache_mu);
+            for (group_cache *c = p->groups; c; c = c->next)
+                if (strcmp(c->name, gname) == 0)
+                    w = c->watermark;
+            pthread_mutex_unlock(&p->cache_mu);
+        }
+        json_array_append_new(arr, json_pack("{s:I,s:s,s:I}", "i", (json_int_t)i, "name",
+                                             g->pairs[i].schema, "w", (json_int_t)w));
+    }
+    char *s = json_dumps(arr, JSON_COMPACT);
+    json_decref(arr);
+    return s;
+}
+
+static wp_status parse_state(PGresult *r, PGconn *c, role_state *st, wp_error *err)
+{
+    memset(st, 0, sizeof *st);
+    if (PQresultStatus(r) != PGRES_TUPLES_OK || PQntuples(r) != 1 || PQnfields(r) != 6) {
+        set_backend_err(err, "read_role", c);
+        return WP_ERR_BACKEND;
+    }
+    st->exists = PQgetvalue(r, 0, 0)[0] == 't';
+    st->record = PQgetisnull(r, 0, 1) ? NULL : strdup(PQgetvalue(r, 0, 1));
+    st->elevated = PQgetvalue(r, 0, 2)[0] == 't';
+    st->members = json_loads(PQgetvalue(r, 0, 3), 0, NULL);
+    snprintf(st->valid_until, sizeof st->valid_until, "%s", PQgetvalue(r, 0, 4));
+    st->schemas = json_loads(PQgetvalue(r, 0, 5), 0, NULL);
+    if (!json_is_array(st->members) || !json_is_array(st->schemas) ||
+        (!PQgetisnull(r, 0, 1) && !st->record)) {
+        role_state_clear(st);
+        wp_error_set(err, WP_SQLSTATE_INTERNAL, "backend provisioning failed");
+        return WP_ERR_INTERNAL;
+    }
+    return WP_OK;
+}
+
+static wp_status read_state(prov_ctx *p, PGconn *c, const char *role, const char *schemas,
+                            role_state *st, wp_error *err)
+{
+    memset(st, 0, sizeof *st);
+    char ttl[32];
+    snprintf(ttl, sizeof ttl, "%lld", (long long)p->s.user_ttl_ms);
+    const char *vals[3] = {role, ttl, schemas ? schemas : "[]"};
+    char *sql = prov_sql_role_state(p->dialect, p->qrecords);
+    if (!sql)
+        return WP_ERR_NOMEM;
+    PGresult *r = PQexecParams(c, sql, 3, NULL, vals, NULL, NULL, 0);
+    free(sql);
+    wp_status rc = parse_state(r, c, st, err);
+    PQclear(r);
+    return rc;
+}
+
+/* Next pipeline result for one query: its result, then the NULL that ends it, then the
+ * PIPELINE_SYNC of its own sync point. Returns the result (caller clears) or NULL. */
+static PGresult *pipeline_take(PGconn *c)
+{
+    PGresult *r = PQgetResult(c), *x;
+    while ((x = PQgetResult(c)) != NULL) /* the NULL ends this query's results */
+        PQclear(x);
+    x = PQgetResult(c); /* PGRES_PIPELINE_SYNC */
+    PQclear(x);
+    return r;
+}
+
+/* PostgreSQL: advisory lock and state read in one round trip. Two sync points make them
+ * two transactions, so the read's snapshot is taken after the lock is granted. */
+static wp_status pipelined_lock_read(prov_ctx *p, PGconn *c, const char *key, const char *role,
+                                     const char *schemas, role_state *st, wp_error *err)
+{
+    char ttl[32];
+    snprintf(ttl, sizeof ttl, "%lld", (long long)p->s.user_ttl_ms);
+    const char *kv[1] = {key}, *vals[3] = {role, ttl, schemas ? schemas : "[]"};
+    char *sql = prov_sql_role_state(p->dialect, p->qrecords);
+    if (!sql)
+        return WP_ERR_NOMEM;
+    bool sent = PQenterPipelineMode(c) &&
+                PQsendQueryParams(c, prov_sql_lock(p->dialect), 1, NULL, kv, NULL, NULL, 0) &&
+                PQpipelineSync(c) && PQsendQueryParams(c, sql, 3, NULL, vals, NULL, NULL, 0) &&
+                PQpipelineSync(c);
+    free(sql);
+    PGresult *lr = sent ? pipeline_take(c) : NULL;
+    PGresult *sr = sent ? pipeline_take(c) : NULL;
+    PQexitPipelineMode(c);
+    wp_status rc = WP_ERR_BACKEND;
+    if (lr && PQresultStatus(lr) == PGRES_TUPLES_OK)
+        rc = parse_state(sr, c, st, err);
+    else
+        set_backend_err(err, "lock", c);
+    PQclear(lr);
+    PQclear(sr);
+    return rc;
+}
+
+/* Takes the role's backend lock and reads its state, retrying once on a fresh
+ * connection when the pooled one died (backend restart). */
+static wp_status lock_and_read(prov_ctx *p, prov_lease *l, const char *schemas, role_state *st,
+                               wp_error *err)
+{
+    role_lock_key(l->lock_key, sizeof l->lock_key, l->role);
+    if (prov_lock_strategy(p->dialect) != PROV_LOCK_ADVISORY) {
+        wp_status rc = take_backend_lock(p, l, err);
+        return rc == WP_OK ? read_state(p, l->conn, l->role, schemas, st, err) : rc;
+    }
+    for (int attempt = 0;; attempt++) {
+        wp_status rc = pipelined_lock_read(p, l->conn, l->lock_key, l->role, schemas, st, err);
+        if (rc == WP_OK || attempt > 0 || PQstatus(l->conn) != CONNECTION_BAD)
+            return rc;
+        prov_pool_put(&p->pools, l->db, l->conn, true);
+        l->conn = NULL;
+        char ss[6] = "";
+        if (prov_pool_get(&p->pools, l->db, &l->conn, ss, err) != WP_OK) {
+            l->lock_key[0] = '\0';
+            if (strcmp(ss, "3D000") != 0)
+                return WP_ERR_BACKEND;
+            wp_error_set(err, WP_SQLSTATE_UNDEFINED_DB, "database \"%s\" does not exist", l->db);
+            return WP_ERR_NOT_FOUND;
+        }
+    }
+}
+
+/* ---- group roles ---------------------------------------------------------------------- */
+
+static group_cache *cache_find(prov_ctx *p, const char *name)
+{
+    for (group_cache *c = p->groups; c; c = c->next)
+        if (strcmp(c->name, name) == 0)
+            return c;
+    return NULL;
+}
+
+static void cache_store(prov_ctx *p, const char *name, long long nsp, long long wm)
+{
+    pthread_mutex_lock(&p->cache_mu);
+    group_cache *c = cache_find(p, name);
+    if (!c && (c = calloc(1, sizeof *c)) != NULL) {
+        snprintf(c->name, sizeof c->name, "%s", name);
+        c->next = p->groups;
+        p->groups = c;
+    }
+    if (c) {
+        c->nsp_oid = nsp;
+        c->watermark = wm;
+        c->refreshed = time(NULL);
+    }
+    pthread_mutex_unlock(&p->cache_mu);
+}
+
+static void cache_forget(prov_ctx *p, const char *name)
+{
+    pthread_mutex_lock(&p->cache_mu);
+    group_cache *c = cache_find(p, name);
+    if (c)
+        c->refreshed = 0, c->nsp_oid = -1;
+    pthread_mutex_unlock(&p->cache_mu);
+}
+
+static bool cache_fresh(prov_ctx *p, const char *name, long long nsp)
+{
+    pthread_mutex_lock(&p->cache_mu);
+    group_cache *c = cache_find(p, name);
+    bool fresh = c && c->nsp_oid == nsp && time(NULL) - c->refreshed < PROV_GROUP_MAX_AGE_S;
+    pthread_mutex_unlock(&p->cache_mu);
+    return fresh;
+}
+
+/* Creates group gname if missing and (re)grants its preset on schema, in one
+ * transaction under the group's advisory lock (concurrent GRANTs on one object can fail
+ * with "tuple concurrently updated"). */
+static wp_status refresh_group_tx(prov_ctx *p, PGconn *c, const char *db, const grant_pair *pr,
+                                  const char *gname, wp_error *err)
+{
+    char key[ID_ROLE_MAX + 32];
+    snprintf(key, sizeof key, "waypoint:group:%s", gname);
+    const char *kv[1] = {key}, *nv[1] = {gname};
+    char *rec = prov_group_record(db, pr->schema, pr->preset);
+    char *qg = qident(c, gname), *qs = qident(c, pr->schema), *qdb = qident(c, db);
+    char *qrec = rec ? qlit(c, rec) : NULL;
+    char *privs = NULL;
+    wp_status st = WP_ERR_BACKEND;
+    PGresult *r = NULL;
+    if (!qg || !qs || !qdb || !qrec) {
+        st = WP_ERR_NOMEM;
+        goto out;
+    }
+    if (!run_ddl(c, "BEGIN", NULL))
+        goto fail;
+    const char *sv[1] = {pr->schema};
+    if (!(r = run(c, PROV_SQL_GRANTABLE, 1, sv, NULL)))
+        goto fail;
+    if (strcmp(PQgetvalue(r, 0, 2), "0") != 0)
+        log_kv(WP_LOG_WARN, "prov_schema_not_grantable", "db", db, "schema", pr->schema,
+               "relations", PQgetvalue(r, 0, 2), "reason",
+               "the admin role has no grant option on these relations", (char *)NULL);
+    privs = prov_sql_group_privileges(pr->preset, qs, qg, qdb, PQgetvalue(r, 0, 0),
+                                      PQgetvalue(r, 0, 1));
+    PQclear(r);
+    r = NULL;
+    if (!privs) {
+        PQclear(PQexec(c, "ROLLBACK"));
+        st = WP_ERR_NOMEM;
+        goto out;
+    }
+    if (p->dialect == PROV_DIALECT_POSTGRES) {
+        if (!(r = run(c, "SELECT pg_advisory_xact_lock(hashtextextended($1, 0))", 1, kv, NULL)))
+            goto fail;
+        PQclear(r);
+        r = run(c,
+                "SELECT r.oid IS NOT NULL, shobj_description(r.oid, 'pg_authid') FROM "
+                "(SELECT 1) AS one LEFT JOIN pg_roles r ON r.rolname = $1",
+                1, nv, NULL);
+    } else {
+        char *q = fmt_sql("SELECT r.oid IS NOT NULL, (SELECT record FROM %s WHERE role_name "
+                          "= $1) FROM (SELECT 1) AS one LEFT JOIN pg_roles r ON r.rolname = $1",
+                          p->qrecords);
+        r = q ? run(c, q, 1, nv, NULL) : NULL;
+        free(q);
+    }
+    if (!r)
+        goto fail;
+    bool exists = PQgetvalue(r, 0, 0)[0] == 't';
+    bool ours = !PQgetisnull(r, 0, 1) && strcmp(PQgetvalue(r, 0, 1), rec) == 0;
+    PQclear(r);
+    if (exists && !ours) {
+        PQclear(PQexec(c, "ROLLBACK"));
+        log_kv(WP_LOG_ERROR, "prov_group_conflict", "group", gname, "db", db, "reason",
+               "a role Waypoint did not create has this group's name", (char *)NULL);
+        wp_error_set(err, WP_SQLSTATE_INVALID_AUTH,
+                     "cannot provision role: a backend role name is taken");
+        st = WP_ERR_CONFLICT;
+        goto out;
+    }
+    char *sql = NULL;
+    if (!exists && p->dialect == PROV_DIALECT_POSTGRES)
+        sql = fmt_sql("CREATE ROLE %s NOLOGIN NOINHERIT; COMMENT ON ROLE %s IS %s; %s", qg, qg,
+                      qrec, privs);
+    else if (!exists)
+        sql = fmt_sql("CREATE ROLE %s NOLOGIN; UPSERT INTO %s (role_name, record) VALUES (%s, "
+                      "%s); %s",
+                      qg, p->qrecords, qg, qrec, privs);
+    else
+        sql = strdup(privs);
+    bool ok = sql && run_ddl(c, sql, NULL);
+    free(sql);
+    if (!ok || !run_ddl(c, "COMMIT", NULL))
+        goto fail;
+    log_kv(WP_LOG_INFO, exists ? "prov_group_refreshed" : "prov_group_created", "group", gname,
+           "db", db, "schema", pr->schema, "preset", grant_preset_str(pr->preset), (char *)NULL);
+    st = WP_OK;
+    goto out;
+fail:
+    set_backend_err(err, "group_refresh", c);
+    if (PQtransactionStatus(c) != PQTRANS_IDLE)
+        PQclear(PQexec(c, "ROLLBACK"));
+out:
+    free(rec);
+    free(qg);
+    free(qs);
+    free(qdb);
+    free(qrec);
+    free(privs);
+    return st;
+}
+
+static wp_status refresh_group(prov_ctx *p, PGconn *c, const char *db, const grant_pair *pr,
+                               const char *gname, wp_error *err)
+{
+    char key[ID_ROLE_MAX + 4];
+    snprintf(key, sizeof key, "g:%s", gname);
+    prov_keylock *kl = prov_keylock_lock(&p->locks, key);
+    if (!kl)
+        return WP_ERR_NOMEM;
+    wp_status st = refresh_group_tx(p, c, db, pr, gname, err);
+    prov_keylock_unlock(&p->locks, kl);
+    return st;
+}
+
+static bool name_in(const char *const *names, size_t n, const char *name)
+{
+    for (size_t i = 0; i < n; i++)
+        if (names[i] && strcmp(names[i], name) == 0)
+            return true;
+    return false;
+}
+
+/* Makes the role a member of exactly the groups of its pairs (among Waypoint groups). */
+static wp_status reconcile_members(PGconn *c, const char *role, const role_state *st,
+                                   char (*want)[ID_ROLE_MAX + 1], size_t nwant, wp_error *err)
+{
+    const char **wantp = calloc(nwant + 1, sizeof *wantp);
+    char *qr = qident(c, role);
+    char *sql = strdup("");
+    wp_status rc = WP_OK;
+    if (!wantp || !qr || !sql) {
+        rc = WP_ERR_NOMEM;
+        goto out;
+    }
+    for (size_t i = 0; i < nwant; i++)
+        wantp[i] = want[i][0] ? want[i] : NULL;
+    size_t idx;
+    json_t *m;
+    const char **have = calloc(json_array_size(st->members) + 1, sizeof *have);
+    size_t nhave = 0;
+    if (!have) {
+        rc = WP_ERR_NOMEM;
+        goto out;
+    }
+    json_array_foreach(st->members, idx, m)
+    {
+        const char *gn = json_string_value(json_array_get(m, 0));
+        const char *grec = json_string_value(json_array_get(m, 1));
+        if (!gn)
+            continue;
+        have[nhave++] = gn;
+        if (name_in(wantp, nwant, gn))
+            continue;
+        if (!prov_record_is_group(grec)) {
+            log_kv(WP_LOG_WARN, "prov_foreign_membership", "role", role, "member_of", gn,
+                   (char *)NULL);
+            continue;
+        }
+        char *qg = qident(c, gn), *next = qg ? fmt_sql("%sREVOKE %s FROM %s; ", sql, qg, qr) : NULL;
+        free(qg);
+        free(sql);
+        if (!(sql = next)) {
+            free(have);
+            rc = WP_ERR_NOMEM;
+            goto out;
+        }
+    }
+    for (size_t i = 0; i < nwant; i++) {
+        if (!wantp[i] || name_in(have, nhave, wantp[i]) || name_in(wantp, i, wantp[i]))
+            continue;
+        char *qg = qident(c, wantp[i]);
+        char *next = qg ? fmt_sql("%sGRANT %s TO %s; ", sql, qg, qr) : NULL;
+        free(qg);
+        free(sql);
+        if (!(sql = next)) {
+            free(have);
+            rc = WP_ERR_NOMEM;
+            goto out;
+        }
+    }
+    free(have);
+    if (sql[0] && !run_ddl(c, sql, NULL)) {
+        set_backend_err(err, "membership", c);
+        rc = WP_ERR_BACKEND;
+    }
+out:
+    free(wantp);
+    free(qr);
+    free(sql);
+    return rc;
+}
+
+static wp_status reconcile_grants(prov_ctx *p, PGconn *c, const char *db, const char *role,
+                                  const grant_effective *g, const role_state *st, bool force,
+                                  wp_error *err)
+{
+    char(*want)[ID_ROLE_MAX + 1] = calloc(g->npairs + 1, sizeof *want);
+    if (!want)
+        return WP_ERR_NOMEM;
+    wp_status rc = WP_OK;
+    for (size_t i = 0; i < g->npairs && rc == WP_OK; i++) {
+        grant_pair pr = g->pairs[i];
+        if (g->downgrade != GRANT_PRESET_NONE && pr.preset > g->downgrade)
+            pr.preset = g->downgrade; /* never above the asked maximum */
+        json_t *row = json_array_get(st->schemas, i);
+        json_t *nsp = json_array_get(row, 1);
+        if (!json_is_integer(nsp)) {
+            log_kv(WP_LOG_WARN, "prov_schema_missing", "role", role, "db", db, "schema", pr.schema,
+                   (char *)NULL);
+            continue;
+        }
+        if (prov_group_name(p->s.user_prefix, db, pr.schema, pr.preset, want[i]) != 0) {
+            rc = WP_ERR_INTERNAL;
+            break;
+        }
+        long long nspoid = json_integer_value(nsp);
+        bool changed = json_is_true(json_array_get(row, 2));
+        if (!force && !changed && cache_fresh(p, want[i], nspoid))
+            continue;
+        rc = refresh_group(p, c, db, &pr, want[i], err);
+        if (rc == WP_OK)
+            cache_store(p, want[i], nspoid, json_integer_value(json_array_get(row, 3)));
+    }
+    if (rc == WP_OK)
+        rc = reconcile_members(c, role, st, want, g->npairs, err);
+    if (rc != WP_OK)
+        for (size_t i = 0; i < g->npairs; i++)
+            if (want[i][0])
+                cache_forget(p, want[i]);
+    free(want);
+    return rc;
+}
+
+/* ---- raw SQL --------------------------------------------------------------------------- */
+
+static void free_strs(char **v, size_t n)
+{
+    for (size_t i = 0; v && i < n; i++)
+        free(v[i]);
+    free(v);
+}
+
+/* Renders and validates every template before any runs (all or nothing). */
+static wp_status rawsql_prepare(prov_ctx *p, const id_identity *id, const char *db,
+                                const char *role, const grant_effective *g, char ***out,
+                                wp_error *err)
+{
+    *out = calloc(g->nsql + 1, sizeof **out);
+    if (!*out)
+        return WP_ERR_NOMEM;
+    for (size_t i = 0; i < g->nsql; i++) {
+        wp_error e;
+        wp_error_clear(&e);
+        wp_status st =
+            rawsql_render(g->sql[i].template_text, role, db, id->login_name, &(*out)[i], &e);
+        if (st == WP_OK)
+            st = rawsql_validate((*out)[i], role, &e);
+        if (st != WP_OK) {
+            log_kv(WP_LOG_WARN, "prov_rawsql_refused", "listener", p->s.listener_name, "role", role,
+                   "origin", g->sql[i].origin, "rule", e.message, (char *)NULL);
+            wp_error_set(err, WP_SQLSTATE_INVALID_AUTH,
+                         "a raw SQL grant for this database was refused; see the Waypoint log");
+            free_strs(*out, g->nsql);
+            *out = NULL;
+            return WP_ERR_DENIED;
+        }
+    }
+    return WP_OK;
+}
+
+static wp_status rawsql_apply(PGconn *c, const char *role, const grant_effective *g, char **stmts,
+                              wp_error *err)
+{
+    for (size_t i = 0; i < g->nsql; i++) {
+        char ss[6];
+        /* Extended protocol: the server itself refuses a second statement. */
+        PGresult *r = run(c, stmts[i], 0, NULL, ss);
+        if (!r) {
+            log_kv(WP_LOG_WARN, "prov_rawsql_failed", "role", role, "origin", g->sql[i].origin,
+                   "sqlstate", ss, (char *)NULL);
+            wp_error_set(err, WP_SQLSTATE_INVALID_AUTH,
+                         "a raw SQL grant for this database could not be applied");
+            return WP_ERR_DENIED;
+        }
+        PQclear(r);
+    }
+    return WP_OK;
+}
+
+/* ---- ensure role -------------------------------------------------------------------------- */
+
+static wp_status database_exists(prov_ctx *p, const char *db, wp_error *err)
+{
+    PGconn *c = NULL;
+    if (prov_pool_get(&p->pools, p->s.admin_database, &c, NULL, err) != WP_OK)
+        return WP_ERR_BACKEND;
+    const char *vals[1] = {db};
+    PGresult *r = run(c, "SELECT 1 FROM pg_database WHERE datname = $1", 1, vals, NULL);
+    if (!r && PQstatus(c) == CONNECTION_BAD) { /* backend restarted: one retry */
+        prov_pool_put(&p->pools, p->s.admin_database, c, true);
+        c = NULL;
+        if (prov_pool_get(&p->pools, p->s.admin_database, &c, NULL, err) != WP_OK)
+            return WP_ERR_BACKEND;
+        r = run(c, "SELECT 1 FROM pg_database WHERE datname = $1", 1, vals, NULL);
+    }
+    wp_status st = WP_OK;
+    if (!r) {
+        set_backend_err(err, "database_check", c);
+        st = WP_ERR_BACKEND;
+    } else if (PQntuples(r) == 0) {
+        wp_error_set(err, WP_SQLSTATE_UNDEFINED_DB, "database \"%s\" does not exist", db);
+        st = WP_ERR_NOT_FOUND;
+    }
+    PQclear(r);
+    prov_pool_put(&p->pools, p->s.admin_database, c, false);
+    return st;
+}
+
+/* Sets the fresh password (as verifier) and expiry; creates the role when missing.
+ * Returns WP_ERR_CONFLICT when a concurrent creator turned out to be someone else. */
+static wp_status write_role(prov_ctx *p, PGconn *c, const char *role, const char *record,
+                            role_state *st, const char *password, bool *created, wp_error *err)
+{
+    char verifier[SCRAM_VERIFIER_MAX];
+    wp_status vs =
+        p->md5 ? scram_md5_stored(password, role, verifier)
+               : scram_make_verifier(password, PROV_SCRAM_ITERATIONS, verifier, sizeof verifier);
+    if (vs != WP_OK) {
+        wp_error_set(err, WP_SQLSTATE_INTERNAL, "cannot generate a backend password");
+        return vs;
+    }
+    char *qr = qident(c, role), *qv = qlit(c, verifier), *qu = qlit(c, st->valid_until);
+    char *qrec = qlit(c, record);
+    char *sql = NULL, *qname = NULL;
+    wp_status rc = WP_OK;
+    if (!qr || !qv || !qu || !qrec) {
+        rc = WP_ERR_NOMEM;
+        goto out;
+    }
+    *created = false;
+    if (!st->exists) {
+        const char *attrs = "LOGIN NOSUPERUSER NOCREATEDB NOCREATEROLE NOREPLICATION "
+                            "NOBYPASSRLS INHERIT";
+        if (p->dialect == PROV_DIALECT_POSTGRES)
+            /* The admin joins the role so it can grant on (and later reassign) the
+             * tables an admin-preset caller creates, like the owner could. */
+            sql = fmt_sql("CREATE ROLE %s %s PASSWORD %s VALID UNTIL %s; COMMENT ON ROLE %s IS "
+                          "%s; GRANT %s TO CURRENT_USER",
+                          qr, attrs, qv, qu, qr, qrec, qr);
+        else if ((qname = qlit(c, role)) != NULL)
+            sql = fmt_sql("CREATE ROLE %s LOGIN PASSWORD %s VALID UNTIL %s; UPSERT INTO %s "
+                          "(role_name, record) VALUES (%s, %s)",
+                          qr, qv, qu, p->qrecords, qname, qrec);
+        char ss[6];
+        if (sql && run_ddl(c, sql, ss)) {
+            *created = true;
+            goto out;
+        }
+        if (!sql || strcmp(ss, "42710") != 0) { /* 42710: created concurrently, re-read */
+            set_backend_err(err, "create_role", c);
+            rc = sql ? WP_ERR_BACKEND : WP_ERR_NOMEM;
+            goto out;
+        }
+        rc = WP_ERR_CONFLICT; /* caller re-reads and decides */
+        goto out;
+    }
+    sql = fmt_sql("ALTER ROLE %s LOGIN PASSWORD %s VALID UNTIL %s", qr, qv, qu);
+    if (!sql || !run_ddl(c, sql, NULL)) {
+        set_backend_err(err, "alter_role", c);
+        rc = sql ? WP_ERR_BACKEND : WP_ERR_NOMEM;
+    }
+out:
+    mbedtls_platform_zeroize(verifier, sizeof verifier);
+    free(qr);
+    free(qv);
+    free(qu);
+    free(qrec);
+    free(qname);
+    free(sql);
+    return rc;
+}
+
+static void lease_free(prov_lease *l)
+{
+    if (!l)
+        return;
+    mbedtls_platform_zeroize(l->password, sizeof l->password);
+    free(l->db);
+    free(l);
+}
+
+/* Unlock everything the lease holds (error paths and release). */
+static void lease_unlock(prov_lease *l)
+{
+    prov_ctx *p = l->p;
+    if (l->lock_conn) {
+        if (l->lock_key[0])
+            backend_unlock(p, l->lock_conn, l->lock_key);
+        prov_pool_put(&p->lockpools, p->s.admin_database, l->lock_conn, false);
+        l->lock_conn = NULL;
+    }
+    if (l->conn) {
+        bool broken = PQstatus(l->conn) != CONNECTION_OK;
+        if (l->lock_key[0] && !broken && prov_lock_strategy(p->dialect) == PROV_LOCK_ADVISORY)
+            backend_unlock(p, l->conn, l->lock_key);
+        if (PQtransactionStatus(l->conn) == PQTRANS_INERROR)
+            PQclear(PQexec(l->conn, "ROLLBACK"));
+        prov_pool_put(&p->pools, l->db, l->conn, broken);
+        l->conn = NULL;
+    }
+    l->lock_key[0] = '\0';
+    prov_keylock_unlock(&p->locks, l->kl);
+    l->kl = NULL;
+}
+
+static wp_status take_backend_lock(prov_ctx *p, prov_lease *l, wp_error *err)
+{
+    role_lock_key(l->lock_key, sizeof l->lock_key, l->role);
+    wp_status rc;
+    if (prov_lock_strategy(p->dialect) == PROV_LOCK_TABLE) {
+        rc = prov_pool_get(&p->lockpools, p->s.admin_database, &l->lock_conn, NULL, err);
+        if (rc == WP_OK)
+            rc = backend_lock(p, &p->lockpools, p->s.admin_database, &l->lock_conn, l->lock_key,
+                              err);
+    } else {
+        rc = backend_lock(p, &p->pools, l->db, &l->conn, l->lock_key, err);
+    }
+    if (rc != WP_OK)
+        l->lock_key[0] = '\0';
+    return rc == WP_OK ? WP_OK : WP_ERR_BACKEND;
+}
+
+/* Locks role name, reads its state. Returns WP_OK when the role is free or ours,
+ * WP_ERR_CONFLICT when it belongs to someone else (lock released). */
+static wp_status claim(prov_ctx *p, prov_lease *l, const char *record, const char *schemas,
+                       role_state *st, wp_error *err)
+{
+    char key[ID_ROLE_MAX + 4];
+    snprintf(key, sizeof key, "r:%s", l->role);
+    if (!(l->kl = prov_keylock_lock(&p->locks, key)))
+        return WP_ERR_NOMEM;
+    char ss[6] = "";
+    if (prov_pool_get(&p->pools, l->db, &l->conn, ss, err) != WP_OK) {
+        lease_unlock(l);
+        if (strcmp(ss, "3D000") == 0) {
+            wp_error_set(err, WP_SQLSTATE_UNDEFINED_DB, "database \"%s\" does not exist", l->db);
+            return WP_ERR_NOT_FOUND;
+        }
+        return WP_ERR_BACKEND;
+    }
+    wp_status rc = lock_and_read(p, l, schemas, st, err);
+    if (rc != WP_OK) {
+        lease_unlock(l);
+        return rc;
+    }
+    if (st->exists && (!st->record || strcmp(st->record, record) != 0)) {
+        lease_unlock(l);
+        role_state_clear(st);
+        return WP_ERR_CONFLICT;
+    }
+    if (st->exists && st->elevated) {
+        log_kv(WP_LOG_ERROR, "prov_role_elevated", "role", l->role, "reason",
+               "role has attributes Waypoint never grants; refusing to use it", (char *)NULL);
+        wp_error_set(err, WP_SQLSTATE_INVALID_AUTH,
+                     "cannot provision role: the backend role was modified outside Waypoint");
+        lease_unlock(l);
+        role_state_clear(st);
+        return WP_ERR_DENIED;
+    }
+    return WP_OK;
+}
+
+/* Picks the plain or hashed name, locked and verified (the role is written later). */
+static wp_status claim_name(prov_ctx *p, prov_lease *l, const id_identity *id, const char *scope,
+                            const char *schemas, role_state *st, wp_error *err)
+{
+    char *record = id_role_record(id, l->db, scope);
+    if (!record)
+        return WP_ERR_NOMEM;
+    wp_status rc = WP_ERR_CONFLICT;
+    for (int hashed = 0; hashed < 2 && rc == WP_ERR_CONFLICT; hashed++) {
+        if (id_role_name(p->s.user_prefix, id, l->db, scope, hashed, l->role, err) != WP_OK) {
+            rc = WP_ERR_INVALID;
+            break;
+        }
+        rc = claim(p, l, record, schemas, st, err);
+    }
+    free(record);
+    if (rc == WP_ERR_CONFLICT) {
+        log_kv(WP_LOG_ERROR, "prov_role_conflict", "role", l->role, "db", l->db, "reason",
+               "plain and hashed role names are both taken by other roles", (char *)NULL);
+        wp_error_set(err, WP_SQLSTATE_INVALID_AUTH,
+                     "cannot provision role: the backend role name is taken");
+    }
+    return rc;
+}
+
+static wp_status ensure_locked(prov_ctx *p, prov_lease *l, const id_identity *id, const char *scope,
+                               const grant_effective *g, const char *schemas, wp_error *err)
+{
+    role_state st;
+    char **stmts = NULL;
+    bool created = false;
+    wp_status rc = claim_name(p, l, id, scope, schemas, &st, err);
+    if (rc != WP_OK)
+        return rc;
+    bool raw = g->nsql > 0 && g->downgrade == GRANT_PRESET_NONE;
+    if (raw && (rc = rawsql_prepare(p, id, l->db, l->role, g, &stmts, err)) != WP_OK)
+        goto out;
+    if ((rc = wp_random_password(l->password)) != WP_OK) {
+        wp_error_set(err, WP_SQLSTATE_INTERNAL, "cannot generate a backend password");
+        goto out;
+    }
+    char *record = id_role_record(id, l->db, scope);
+    rc = record ? write_role(p, l->conn, l->role, record, &st, l->password, &created, err)
+                : WP_ERR_NOMEM;
+    if (rc == WP_ERR_CONFLICT) { /* another instance created it a moment ago: re-read */
+        role_state_clear(&st);
+        rc = read_state(p, l->conn, l->role, schemas, &st, err);
+        if (rc == WP_OK && (!st.exists || !st.record || strcmp(st.record, record) != 0)) {
+            log_kv(WP_LOG_ERROR, "prov_role_conflict", "role", l->role, "reason",
+                   "role appeared concurrently with another record", (char *)NULL);
+            wp_error_set(err, WP_SQLSTATE_INVALID_AUTH,
+                         "cannot provision role: the backend role name is taken");
+            rc = WP_ERR_CONFLICT;
+        } else if (rc == WP_OK) {
+            rc = write_role(p, l->conn, l->role, record, &st, l->password, &created, err);
+        }
+    }
+    free(record);
+    if (rc != WP_OK)
+        goto out;
+    if (created)
+        log_kv(WP_LOG_INFO, "prov_role_created", "role", l->role, "db", l->db, "login",
+               id->login_name, "scope", scope ? scope : "full", (char *)NULL);
+    rc = reconcile_grants(p, l->conn, l->db, l->role, g, &st, false, err);
+    if (rc == WP_ERR_BACKEND) { /* a cached group may have been dropped: heal once */
+        role_state_clear(&st);
+        rc = read_state(p, l->conn, l->role, schemas, &st, err);
+        if (rc == WP_OK)
+            rc = reconcile_grants(p, l->conn, l->db, l->role, g, &st, true, err);
+    }
+    if (rc == WP_OK && raw)
+        rc = rawsql_apply(l->conn, l->role, g, stmts, err);
+out:
+    free_strs(stmts, g->nsql);
+    role_state_clear(&st);
+    return rc;
+}
+
+wp_status prov_ensure_role(prov_ctx *p, const id_identity *id, const char *database,
+                           const grant_effective *g, prov_lease **out, wp_error *err)
+{
+    *out = NULL;
+    if (!p || !id || !database || !g)
+        return WP_ERR_INVALID;
+    if (g->nsql > 0 && !p->s.allow_raw_sql) {
+        log_kv(WP_LOG_WARN, "prov_rawsql_disabled", "listener", p->s.listener_name, "login",
+               id->login_name, "db", database, (char *)NULL);
+        wp_error_set(err, WP_SQLSTATE_INVALID_AUTH, "raw SQL grants are disabled on this listener");
+        return WP_ERR_DENIED;
+    }
+    /* A pool exists only for a database seen to exist; if it was dropped since, the
+     * pooled connection is dead and the reconnect reports 3D000. */
+    wp_status rc = prov_pool_known(&p->pools, database) ? WP_OK : database_exists(p, database, err);
+    if (rc != WP_OK)
+        return rc;
+    prov_lease *l = calloc(1, sizeof *l);
+    char *schemas = schemas_param(p, database, g);
+    if (!l || !schemas || !(l->db = strdup(database))) {
+        free(schemas);
+        lease_free(l);
+        return WP_ERR_NOMEM;
+    }
+    l->p = p;
+    const char *scope = g->downgrade == GRANT_PRESET_NONE ? NULL : grant_preset_str(g->downgrade);
+    rc = ensure_locked(p, l, id, scope, g, schemas, err);
+    free(schemas);
+    if (rc != WP_OK) {
+        if (l->kl)
+            lease_unlock(l);
+        lease_free(l);
+        return rc;
+    }
+    *out = l;
+    return WP_OK;
+}
+
+const char *prov_lease_role(const prov_lease *l)
+{
+    return l ? l->role : NULL;
+}
+
+const char *prov_lease_password(const prov_lease *l)
+{
+    return l ? l->password : NULL;
+}
+
+void prov_lease_release(prov_lease *l)
+{
+    if (!l)
+        return;
+    lease_unlock(l);
+    lease_free(l);
+}
+
+/* ---- touch and cleanup ----------------------------------------------------------------- */
+
+void prov_touch_role(prov_ctx *p, const char *role)
+{
+    if (!p || !role)
+        return;
+    wp_error err;
+    wp_error_clear(&err);
+    PGconn *c = NULL;
+    const char *db = p->s.admin_database;
+    if (prov_pool_get(&p->pools, db, &c, NULL, &err) != WP_OK) {
+        log_kv(WP_LOG_WARN, "prov_touch_failed", "role", role, "error", err.message, (char *)NULL);
+        return;
+    }
+    role_state st;
+    memset(&st, 0, sizeof st);
+    wp_status rc = read_state(p, c, role, NULL, &st, &err);
+    if (rc == WP_ERR_BACKEND && PQstatus(c) == CONNECTION_BAD) { /* one retry */
+        prov_pool_put(&p->pools, db, c, true);
+        c = NULL;
+        if (prov_pool_get(&p->pools, db, &c, NULL, &err) != WP_OK)
+            return;
+        rc = read_state(p, c, role, NULL, &st, &err);
+    }
+    bool ok = false;
+    if (rc == WP_OK && st.exists && prov_record_is_role(st.record)) {
+        char *qr = qident(c, role), *qu = qlit(c, st.valid_until);
+        char *sql = qr && qu ? fmt_sql("ALTER ROLE %s VALID UNTIL %s", qr, qu) : NULL;
+        ok = sql && run_ddl(c, sql, NULL);
+        free(qr);
+        free(qu);
+        free(sql);
+    } else if (rc == WP_OK) {
+        ok = true; /* not ours (or gone): nothing to do */
+    }
+    role_state_clear(&st);
+    if (!ok)
+        log_kv(WP_LOG_WARN, "prov_touch_failed", "role", role, (char *)NULL);
+    prov_pool_put(&p->pools, db, c, false);
+}
+
+/* REASSIGN OWNED + DROP OWNED in every database where the role owns or was granted
+ * something (pg_shdepend knows exactly which). c is the locked connection. */
+static bool drop_owned_everywhere(prov_ctx *p, PGconn *c, const char *lockdb, const char *role,
+                                  const char *qr)
+{
+    const char *vals[1] = {role};
+    PGresult *r = run(c,
+                      "SELECT DISTINCT d.datname FROM pg_shdepend s JOIN pg_database d ON "
+                      "d.oid = s.dbid JOIN pg_roles a ON a.oid = s.refobjid WHERE "
+                      "s.refclassid = 'pg_authid'::regclass AND a.rolname = $1",
+                      1, vals, NULL);
+    if (!r)
+        return false;
+    char *qa = qident(c, p->s.admin_user);
+    char *sql = qa ? fmt_sql("REASSIGN OWNED BY %s TO %s; DROP OWNED BY %s", qr, qa, qr) : NULL;
+    bool ok = sql != NULL;
+    for (int i = 0; ok && i < PQntuples(r); i++) {
+        const char *dbn = PQgetvalue(r, i, 0);
+        PGconn *dc = c;
+        wp_error e;
+        if (strcmp(dbn, lockdb) != 0 && prov_pool_get(&p->pools, dbn, &dc, NULL, &e) != WP_OK) {
+            ok = false;
+            break;
+        }
+        ok = run_ddl(dc, sql, NULL);
+        if (!ok)
+            log_kv(WP_LOG_WARN, "prov_cleanup_drop_owned_failed", "role", role, "db", dbn, "error",
+                   PQerrorMessage(dc), (char *)NULL);
+        if (dc != c)
+            prov_pool_put(&p->pools, dbn, dc, false);
+    }
+    PQclear(r);
+    free(qa);
+    free(sql);
+    return ok;
+}
+
+/* One expired role, under its lock; returns true when it was dropped. */
+static bool cleanup_one(prov_ctx *p, PGconn *c, const char *lockdb, const char *role,
+                        const char *record)
+{
+    const char *vals[1] = {role};
+    PGresult *r = run(c,
+                      "SELECT shobj_description(oid, 'pg_authid'), rolvaliduntil < now() "
+                      "FROM pg_roles WHERE rolname = $1",
+                      1, vals, NULL);
+    bool still = r && PQntuples(r) == 1 && !PQgetisnull(r, 0, 0) &&
+                 strcmp(PQgetvalue(r, 0, 0), record) == 0 && PQgetvalue(r, 0, 1)[0] == 't';
+    PQclear(r);
+    if (!still)
+        return false; /* refreshed by a connect meanwhile, or no longer ours */
+    char *qr = qident(c, role), *qa = qident(c, p->s.admin_user);
+    char *nolog = qr ? fmt_sql("ALTER ROLE %s NOLOGIN", qr) : NULL;
+    char *relog = qr ? fmt_sql("ALTER ROLE %s LOGIN", qr) : NULL;
+    char *member = qr && qa ? fmt_sql("GRANT %s TO %s", qr, qa) : NULL;
+    char *drop = qr ? fmt_sql("DROP ROLE %s", qr) : NULL;
+    bool dropped = false;
+    if (!nolog || !relog || !member || !drop || !run_ddl(c, nolog, NULL))
+        goto out;
+    r = run(c, "SELECT count(*) FROM pg_stat_activity WHERE usename = $1", 1, vals, NULL);
+    bool busy = !r || strcmp(PQgetvalue(r, 0, 0), "0") != 0;
+    PQclear(r);
+    if (busy) {
+        run_ddl(c, relog, NULL);
+        log_kv(WP_LOG_INFO, "prov_cleanup_skip", "role", role, "reason", "role has a session",
+               (char *)NULL);
+        goto out;
+    }
+    /* REASSIGN/DROP OWNED need the admin to be a member of the role. */
+    if (!run_ddl(c, member, NULL) || !drop_owned_everywhere(p, c, lockdb, role, qr) ||
+        !run_ddl(c, drop, NULL)) {
+        log_kv(WP_LOG_WARN, "prov_cleanup_failed", "role", role, "error", PQerrorMessage(c),
+               (char *)NULL);
+        goto out;
+    }
+    dropped = true;
+    log_kv(WP_LOG_INFO, "prov_role_dropped", "role", role, "db", lockdb, (char *)NULL);
+out:
+    free(qr);
+    free(qa);
+    free(nolog);
+    free(relog);
+    free(member);
+    free(drop);
+    return dropped;
+}
+
+static bool cleanup_locked(prov_ctx *p, const char *role, const char *record)
+{
+    char db[256];
+    wp_error e;
+    wp_error_clear(&e);
+    /* The role's lock lives in its own database (where connects take it); a role whose
+     * database is gone cannot be connected to, so admin_database serves. */
+    if (prov_record_database(record, db, sizeof db) != 0 || database_exists(p, db, &e) != WP_OK)
+        snprintf(db, sizeof db, "%s", p->s.admin_database);
+    char key[ID_ROLE_MAX + 4], lkey[ID_ROLE_MAX + 32];
+    snprintf(key, sizeof key, "r:%s", role);
+    role_lock_key(lkey, sizeof lkey, role);
+    prov_keylock *kl = prov_keylock_lock(&p->locks, key);
+    if (!kl)
+        return false;
+    PGconn *c = NULL;
+    bool dropped = false;
+    if (prov_pool_get(&p->pools, db, &c, NULL, &e) == WP_OK &&
+        backend_lock(p, &p->pools, db, &c, lkey, &e) == WP_OK) {
+        dropped = cleanup_one(p, c, db, role, record);
+        backend_unlock(p, c, lkey);
+    }
+    prov_pool_put(&p->pools, db, c, false);
+    prov_keylock_unlock(&p->locks, kl);
+    return dropped;
+}
+
+wp_status prov_cleanup(prov_ctx *p, int *dropped, wp_error *err)
+{
+    *dropped = 0;
+    if (!prov_cleanup_supported(p->dialect)) {
+        log_kv(WP_LOG_INFO, "prov_cleanup_skipped", "reason",
+               "not run on CockroachDB (expired roles cannot log in)", (char *)NULL);
+        return WP_OK;
+    }
+    PGconn *c = NULL;
+    if (prov_pool_get(&p->pools, p->s.admin_database, &c, NULL, err) != WP_OK)
+        return WP_ERR_BACKEND;
+    const char *vals[1] = {PROV_ROLE_RECORD_PREFIX};
+    PGresult *r = run(c,
+                      "SELECT rolname, shobj_description(oid, 'pg_authid') FROM pg_roles "
+                      "WHERE rolvaliduntil < now() AND left(shobj_description(oid, "
+                      "'pg_authid'), length($1)) = $1",
+                      1, vals, NULL);
+    if (!r) {
+        set_backend_err(err, "cleanup_list", c);
+        prov_pool_put(&p->pools, p->s.admin_database, c, false);
+        return WP_ERR_BACKEND;
+    }
+    prov_pool_put(&p->pools, p->s.admin_database, c, false);
+    for (int i = 0; i < PQntuples(r); i++) {
+        const char *rec = PQgetvalue(r, i, 1);
+        if (!id_record_is_waypoint(rec) || !prov_record_is_role(rec))
+            continue;
+        if (cleanup_locked(p, PQgetvalue(r, i, 0), rec))
+            (*dropped)++;
+    }
+    PQclear(r);
+    return WP_OK;
+}

@@ -1,0 +1,636 @@
+/*
+ * tls: mbedTLS 2.28 (TLS 1.2) for both sides of the proxy, exposed as a wp_io.
+ *
+ * Server side. A tls_server_ctx is built per listener (and again on every reload): one
+ * read-only mbedtls_ssl_config, its own CTR_DRBG, and a certs_store (certs.c) that
+ * chooses the certificate in the SNI callback. The config is referenced by every
+ * connection's mbedtls_ssl_context for the connection's whole life, so the context is
+ * reference counted: tls_server_free drops the listener's reference and the last
+ * connection frees it. That makes a reload swap safe while old sessions run on.
+ *
+ * RNG thread safety: mbedTLS is built with MBEDTLS_THREADING_C (pthread), so
+ * mbedtls_ctr_drbg_random and mbedtls_entropy_func each lock the context's own mutex.
+ * All worker threads can therefore share one DRBG per tls_server_ctx with no extra
+ * lock. The client side shares one process-wide DRBG (seeded once via pthread_once, for
+ * the same reason) instead of seeding a DRBG per backend connection.
+ *
+ * Sockets stay blocking for everyone else; our BIO callbacks use MSG_DONTWAIT and map
+ * EAGAIN to WANT_READ/WANT_WRITE. The handshake loop polls with the deadline, and the
+ * wp_io read/write ops return -1/EAGAIN so io.c's helpers poll and retry. mbedTLS only
+ * ever reads the bytes a record needs, so nothing it has buffered is invisible to
+ * poll() except decrypted data, which `pending` reports.
+ *
+ * Pre-handshake bytes: tls_server_accept hands the raw fd to mbedTLS; any plaintext a
+ * client pipelined after its SSLRequest is parsed as (invalid) TLS and fails the
+ * handshake, never surfacing as application data. On the backend side we read exactly
+ * the one-byte answer to SSLRequest and refuse if anything else is already waiting
+ * (the CVE-2021-23222 pattern).
+ */
+#include "tls.h"
+
+#include <arpa/inet.h>
+#include <errno.h>
+#include <poll.h>
+#include <pthread.h>
+#include <stdatomic.h>
+#include <stddef.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/socket.h>
+
+#include <mbedtls/ctr_drbg.h>
+#include <mbedtls/entropy.h>
+#include <mbedtls/error.h>
+#include <mbedtls/md.h>
+#include <mbedtls/net_sockets.h>
+#include <mbedtls/ssl.h>
+
+#include "certs.h"
+#include "log.h"
+#include "tailscale.h"
+
+#define TLS_SNI_MAX 255
+
+struct tls_server_ctx {
+    atomic_int refs;
+    mbedtls_ssl_config conf;
+    mbedtls_entropy_context entropy;
+    mbedtls_ctr_drbg_context drbg;
+    certs_store *certs;
+};
+
+typedef struct tls_conn {
+    mbedtls_ssl_context ssl; /* first member: the SNI callback gets back here from ssl */
+    int fd;
+    tls_server_ctx *srv;    /* server side: holds a reference */
+    const certs_pair *cert; /* server side: the chosen certificate (referenced) */
+    char sni[TLS_SNI_MAX + 1];
+    int has_sni;
+    mbedtls_ssl_config cconf; /* client side only */
+    mbedtls_x509_crt ca;
+    int client;
+} tls_conn;
+
+static const char *tls_alpn_list[] = {"postgresql", NULL};
+
+/* --- BIO and polling -------------------------------------------------------------- */
+
+static int bio_send(void *ctx, const unsigned char *buf, size_t len)
+{
+    tls_conn *c = ctx;
+    ssize_t r;
+    do {
+        r = send(c->fd, buf, len, MSG_NOSIGNAL | MSG_DONTWAIT);
+    } while (r < 0 && errno == EINTR);
+    if (r >= 0)
+        return (int)r;
+    if (errno == EAGAIN || errno == EWOULDBLOCK)
+        return MBEDTLS_ERR_SSL_WANT_WRITE;
+    return errno == EPIPE || errno == ECONNRESET ? MBEDTLS_ERR_NET_CONN_RESET
+                                                 : MBEDTLS_ERR_NET_SEND_FAILED;
+}
+
+static int bio_recv(void *ctx, unsigned char *buf, size_t len)
+{
+    tls_conn *c = ctx;
+    ssize_t r;
+    do {
+        r = recv(c->fd, buf, len, MSG_DONTWAIT);
+    } while (r < 0 && errno == EINTR);
+    if (r >= 0)
+        return (int)r;
+    if (errno == EAGAIN || errno == EWOULDBLOCK)
+        return MBEDTLS_ERR_SSL_WANT_READ;
+    return errno == ECONNRESET ? MBEDTLS_ERR_NET_CONN_RESET : MBEDTLS_ERR_NET_RECV_FAILED;
+}
+
+/* Waits for fd to become ready; WP_ERR_TIMEOUT once deadline_ms (0 = none) passes. */
+static wp_status poll_fd(int fd, short events, int64_t deadline_ms)
+{
+    for (;;) {
+        int timeout = -1;
+        if (deadline_ms > 0) {
+            int64_t left = deadline_ms - wp_now_ms();
+            if (left <= 0)
+                return WP_ERR_TIMEOUT;
+            timeout = left > 1000000 ? 1000000 : (int)left;
+        }
+        struct pollfd p = {.fd = fd, .events = events};
+        int r = poll(&p, 1, timeout);
+        if (r > 0)
+            return WP_OK;
+        if (r == 0)
+            return WP_ERR_TIMEOUT;
+        if (errno != EINTR)
+            return WP_ERR_IO;
+    }
+}
+
+/* --- wp_io ops ----------------------------------------------------------------------- */
+
+static ssize_t tls_read(wp_io *io, void *buf, size_t n)
+{
+    tls_conn *c = io->impl;
+    int r = mbedtls_ssl_read(&c->ssl, buf, n);
+    if (r > 0)
+        return r;
+    if (r == 0 || r == MBEDTLS_ERR_SSL_PEER_CLOSE_NOTIFY || r == MBEDTLS_ERR_SSL_CONN_EOF)
+        return 0;
+    if (r == MBEDTLS_ERR_SSL_WANT_READ || r == MBEDTLS_ERR_SSL_WANT_WRITE) {
+        errno = EAGAIN;
+        return -1;
+    }
+    errno = r == MBEDTLS_ERR_NET_CONN_RESET ? ECONNRESET : EIO;
+    return -1;
+}
+
+static ssize_t tls_write(wp_io *io, const void *buf, size_t n)
+{
+    tls_conn *c = io->impl;
+    int r = mbedtls_ssl_write(&c->ssl, buf, n);
+    if (r >= 0)
+        return r;
+    if (r == MBEDTLS_ERR_SSL_WANT_READ || r == MBEDTLS_ERR_SSL_WANT_WRITE) {
+        errno = EAGAIN;
+        return -1;
+    }
+    errno = r == MBEDTLS_ERR_NET_CONN_RESET ? EPIPE : EIO;
+    return -1;
+}
+
+static size_t tls_pending(wp_io *io)
+{
+    tls_conn *c = io->impl;
+    size_t n = mbedtls_ssl_get_bytes_avail(&c->ssl);
+    if (n == 0 && mbedtls_ssl_check_pending(&c->ssl))
+        n = 1; /* a whole record is buffered but not yet decrypted */
+    return n;
+}
+
+/* Best effort close_notify: a short bounded wait, never a hang on a stuck peer. */
+static void tls_shutdown(wp_io *io)
+{
+    tls_conn *c = io->impl;
+    if (!c)
+        return;
+    int64_t deadline = wp_now_ms() + 500;
+    for (;;) {
+        int r = mbedtls_ssl_close_notify(&c->ssl);
+        if (r != MBEDTLS_ERR_SSL_WANT_WRITE && r != MBEDTLS_ERR_SSL_WANT_READ)
+            return;
+        if (poll_fd(c->fd, POLLOUT, deadline) != WP_OK)
+            return;
+    }
+}
+
+static const wp_io_ops tls_ops = {tls_read, tls_write, tls_pending, tls_shutdown};
+
+/* --- server context -------------------------------------------------------------------- */
+
+static void server_unref(tls_server_ctx *s)
+{
+    if (!s || atomic_fetch_sub(&s->refs, 1) != 1)
+        return;
+    mbedtls_ssl_config_free(&s->conf);
+    mbedtls_ctr_drbg_free(&s->drbg);
+    mbedtls_entropy_free(&s->entropy);
+    certs_free(s->certs);
+    free(s);
+}
+
+void tls_server_free(tls_server_ctx *s)
+{
+    server_unref(s);
+}
+
+static int sni_callback(void *arg, mbedtls_ssl_context *ssl, const unsigned char *name, size_t len)
+{
+    tls_server_ctx *s = arg;
+    tls_conn *c = (tls_conn *)((char *)ssl - offsetof(tls_conn, ssl));
+    if (len == 0 || len > TLS_SNI_MAX || memchr(name, '\0', len))
+        return -1;
+    memcpy(c->sni, name, len);
+    c->sni[len] = '\0';
+    c->has_sni = 1;
+
+    const certs_pair *p;
+    certs_source src;
+    if (certs_select(s->certs, c->sni, &p, &src) != WP_OK) {
+        log_kv(WP_LOG_WARN, "tls_no_certificate", "sni", c->sni, (char *)NULL);
+        return -1;
+    }
+    if (mbedtls_ssl_set_hs_own_cert(ssl, (mbedtls_x509_crt *)&p->chain,
+                                    (mbedtls_pk_context *)&p->key) != 0) {
+        certs_release(s->certs, p);
+        return -1;
+    }
+    certs_release(s->certs, c->cert); /* a second SNI callback cannot happen, but be tidy */
+    c->cert = p;
+    return 0;
+}
+
+static wp_status rng_seed(mbedtls_entropy_context *e, mbedtls_ctr_drbg_context *d, const char *who,
+                          wp_error *err)
+{
+    int rc =
+        mbedtls_ctr_drbg_seed(d, mbedtls_entropy_func, e, (const unsigned char *)who, strlen(who));
+    if (rc != 0) {
+        wp_error_set(err, WP_SQLSTATE_INTERNAL, "TLS: cannot seed random generator (%d)", rc);
+        return WP_ERR_INTERNAL;
+    }
+    return WP_OK;
+}
+
+static wp_status server_conf(tls_server_ctx *s, wp_error *err)
+{
+    mbedtls_ssl_config *c = &s->conf;
+    if (mbedtls_ssl_config_defaults(c, MBEDTLS_SSL_IS_SERVER, MBEDTLS_SSL_TRANSPORT_STREAM,
+                                    MBEDTLS_SSL_PRESET_DEFAULT) != 0 ||
+        mbedtls_ssl_conf_alpn_protocols(c, tls_alpn_list) != 0) {
+        wp_error_set(err, WP_SQLSTATE_INTERNAL, "TLS: cannot set up server configuration");
+        return WP_ERR_INTERNAL;
+    }
+    mbedtls_ssl_conf_min_version(c, MBEDTLS_SSL_MAJOR_VERSION_3, MBEDTLS_SSL_MINOR_VERSION_3);
+    mbedtls_ssl_conf_renegotiation(c, MBEDTLS_SSL_RENEGOTIATION_DISABLED);
+    mbedtls_ssl_conf_rng(c, mbedtls_ctr_drbg_random, &s->drbg);
+    mbedtls_ssl_conf_sni(c, sni_callback, s);
+    const certs_pair *file = certs_file_pair(s->certs);
+    /* Without SNI mbedTLS uses the config's own certificate: the file one (rule 1/3). */
+    if (file && mbedtls_ssl_conf_own_cert(c, (mbedtls_x509_crt *)&file->chain,
+                                          (mbedtls_pk_context *)&file->key) != 0) {
+        wp_error_set(err, WP_SQLSTATE_INTERNAL, "TLS: cannot use cert_file");
+        return WP_ERR_INTERNAL;
+    }
+    return WP_OK;
+}
+
+wp_status tls_server_new_src(const cfg_listener *l, certs_fetch_fn fetch, void *fetch_arg,
+                             tls_server_ctx **out, wp_error *err)
+{
+    *out = NULL;
+    tls_server_ctx *s = calloc(1, sizeof(*s));
+    if (!s)
+        return WP_ERR_NOMEM;
+    atomic_init(&s->refs, 1);
+    mbedtls_ssl_config_init(&s->conf);
+    mbedtls_entropy_init(&s->entropy);
+    mbedtls_ctr_drbg_init(&s->drbg);
+    certs_opts o = {.cert_file = l->cert_file,
+                    .key_file = l->key_file,
+                    .use_tailscale = l->use_tailscale_tls && fetch != NULL,
+                    .fetch = fetch,
+                    .fetch_arg = fetch_arg};
+    wp_status st = certs_new(&o, &s->certs, err);
+    if (st == WP_OK)
+        st = rng_seed(&s->entropy, &s->drbg, "waypoint-tls-server", err);
+    if (st == WP_OK)
+        st = server_conf(s, err);
+    if (st != WP_OK) {
+        server_unref(s);
+        return st;
+    }
+    *out = s;
+    return WP_OK;
+}
+
+static wp_status ts_fetch(void *arg, const char *domain, char **pem, size_t *pem_len, wp_error *err)
+{
+    return ts_cert_pair((const ts_client *)arg, domain, pem, pem_len, err);
+}
+
+wp_status tls_server_new(const cfg_listener *l, const ts_client *ts, tls_server_ctx **out,
+                         wp_error *err)
+{
+    return tls_server_new_src(l, ts ? ts_fetch : NULL, (void *)ts, out, err);
+}
+
+/* --- handshake ----------------------------------------------------------------------- */
+
+static void conn_free(tls_conn *c)
+{
+    if (!c)
+        return;
+    mbedtls_ssl_free(&c->ssl);
+    if (c->srv) {
+        certs_release(c->srv->certs, c->cert);
+        server_unref(c->srv);
+    }
+    if (c->client) {
+        mbedtls_ssl_config_free(&c->cconf);
+        mbedtls_x509_crt_free(&c->ca);
+    }
+    free(c);
+}
+
+void tls_io_free(wp_io *io)
+{
+    if (!io || io->ops != &tls_ops)
+        return;
+    conn_free(io->impl);
+    io->impl = NULL;
+    io->ops = NULL; /* fail loudly rather than fall back to plaintext */
+}
+
+const char *tls_io_sni(const wp_io *io)
+{
+    if (!io || io->ops != &tls_ops)
+        return NULL;
+    const tls_conn *c = io->impl;
+    return c->has_sni ? c->sni : NULL;
+}
+
+static wp_status mbed_fail(wp_error *err, const char *sqlstate, const char *what, int rc)
+{
+    char buf[160];
+    mbedtls_strerror(rc, buf, sizeof(buf));
+    wp_error_set(err, sqlstate, "%s: %s", what, buf);
+    return WP_ERR_TLS;
+}
+
+/* Drives the handshake to completion or failure within the deadline. When require_alpn
+ * is set it stops right after the ClientHello if no "postgresql" ALPN was agreed, so
+ * the client gets a no_application_protocol alert instead of a session. */
+static wp_status handshake(tls_conn *c, int require_alpn, int64_t deadline_ms, const char *who,
+                           const char *sqlstate, wp_error *err)
+{
+    int alpn_checked = !require_alpn;
+    while (c->ssl.state != MBEDTLS_SSL_HANDSHAKE_OVER) {
+        int r = mbedtls_ssl_handshake_step(&c->ssl);
+        if (r == 0) {
+            if (!alpn_checked && c->ssl.state > MBEDTLS_SSL_CLIENT_HELLO) {
+                const char *a = mbedtls_ssl_get_alpn_protocol(&c->ssl);
+                if (!a || strcmp(a, "postgresql") != 0) {
+                    mbedtls_ssl_send_alert_message(&c->ssl, MBEDTLS_SSL_ALERT_LEVEL_FATAL,
+                                                   MBEDTLS_SSL_ALERT_MSG_NO_APPLICATION_PROTOCOL);
+                    wp_error_set(err, WP_SQLSTATE_PROTOCOL,
+                                 "direct SSL connection without ALPN protocol \"postgresql\"");
+                    return WP_ERR_TLS;
+                }
+                alpn_checked = 1;
+            }
+            continue;
+        }
+        wp_status st = WP_OK;
+        if (r == MBEDTLS_ERR_SSL_WANT_READ)
+            st = poll_fd(c->fd, POLLIN, deadline_ms);
+        else if (r == MBEDTLS_ERR_SSL_WANT_WRITE)
+            st = poll_fd(c->fd, POLLOUT, deadline_ms);
+        else
+            return mbed_fail(err, sqlstate, who, r);
+        if (st == WP_ERR_TIMEOUT) {
+            wp_error_set(err, sqlstate, "%s: timed out", who);
+            return WP_ERR_TIMEOUT;
+        }
+        if (st != WP_OK) {
+            wp_error_set(err, sqlstate, "%s: %s", who, strerror(errno));
+            return st;
+        }
+    }
+    return WP_OK;
+}
+
+wp_status tls_server_accept(tls_server_ctx *s, int fd, int require_alpn, int64_t deadline_ms,
+                            wp_io *io, wp_error *err)
+{
+    tls_conn *c = calloc(1, sizeof(*c));
+    if (!c)
+        return WP_ERR_NOMEM;
+    c->fd = fd;
+    mbedtls_ssl_init(&c->ssl);
+    atomic_fetch_add(&s->refs, 1);
+    c->srv = s;
+    int rc = mbedtls_ssl_setup(&c->ssl, &s->conf);
+    if (rc != 0) {
+        conn_free(c);
+        return mbed_fail(err, WP_SQLSTATE_INTERNAL, "TLS setup", rc);
+    }
+    mbedtls_ssl_set_bio(&c->ssl, c, bio_send, bio_recv, NULL);
+    wp_status st =
+        handshake(c, require_alpn, deadline_ms, "TLS handshake", WP_SQLSTATE_PROTOCOL, err);
+    if (st != WP_OK) {
+        conn_free(c);
+        return st;
+    }
+    io->ops = &tls_ops;
+    io->fd = fd;
+    io->impl = c;
+    return WP_OK;
+}
+
+/* --- client (backend) side ----------------------------------------------------------- */
+
+/* Process-wide client DRBG: seeded once, locked internally by mbedTLS (see top). */
+static mbedtls_entropy_context client_entropy;
+static mbedtls_ctr_drbg_context client_drbg;
+static int client_rng_ok;
+static pthread_once_t client_rng_once = PTHREAD_ONCE_INIT;
+
+static void client_rng_init(void)
+{
+    mbedtls_entropy_init(&client_entropy);
+    mbedtls_ctr_drbg_init(&client_drbg);
+    client_rng_ok = rng_seed(&client_entropy, &client_drbg, "waypoint-tls-client", NULL) == WP_OK;
+}
+
+static wp_status client_conf(tls_conn *c, const char *server_name, cfg_backend_tls mode,
+                             const char *ca_file, int is_ip, wp_error *err)
+{
+    pthread_once(&client_rng_once, client_rng_init);
+    if (!client_rng_ok) {
+        wp_error_set(err, WP_SQLSTATE_CONN_FAILURE, "TLS: random generator unavailable");
+        return WP_ERR_INTERNAL;
+    }
+    mbedtls_ssl_config *cf = &c->cconf;
+    if (mbedtls_ssl_config_defaults(cf, MBEDTLS_SSL_IS_CLIENT, MBEDTLS_SSL_TRANSPORT_STREAM,
+                                    MBEDTLS_SSL_PRESET_DEFAULT) != 0) {
+        wp_error_set(err, WP_SQLSTATE_CONN_FAILURE, "TLS: cannot set up client configuration");
+        return WP_ERR_INTERNAL;
+    }
+    mbedtls_ssl_conf_min_version(cf, MBEDTLS_SSL_MAJOR_VERSION_3, MBEDTLS_SSL_MINOR_VERSION_3);
+    mbedtls_ssl_conf_rng(cf, mbedtls_ctr_drbg_random, &client_drbg);
+    mbedtls_ssl_conf_session_tickets(cf, MBEDTLS_SSL_SESSION_TICKETS_DISABLED);
+    if (mode == CFG_BTLS_VERIFY_FULL) {
+        if (!ca_file) {
+            wp_error_set(err, WP_SQLSTATE_CONN_FAILURE,
+                         "backend_tls = verify-full needs backend_ca_file");
+            return WP_ERR_CONFIG;
+        }
+        int rc = mbedtls_x509_crt_parse_file(&c->ca, ca_file);
+        if (rc < 0 || c->ca.version == 0) {
+            wp_error_set(err, WP_SQLSTATE_CONN_FAILURE, "cannot load backend_ca_file '%s'",
+                         ca_file);
+            return WP_ERR_CONFIG;
+        }
+        mbedtls_ssl_conf_ca_chain(cf, &c->ca, NULL);
+        mbedtls_ssl_conf_authmode(cf, MBEDTLS_SSL_VERIFY_REQUIRED);
+    } else {
+        /* require/prefer: encryption without authentication, as libpq's sslmode=require
+         * without a root certificate. */
+        mbedtls_ssl_conf_authmode(cf, MBEDTLS_SSL_VERIFY_NONE);
+    }
+    int rc = mbedtls_ssl_setup(&c->ssl, cf);
+    /* SNI must not carry an IP literal (RFC 6066); IP hosts are checked after the
+     * handshake against iPAddress SANs instead. */
+    if (rc == 0 && !is_ip)
+        rc = mbedtls_ssl_set_hostname(&c->ssl, server_name);
+    if (rc != 0)
+        return mbed_fail(err, WP_SQLSTATE_CONN_FAILURE, "TLS setup", rc);
+    mbedtls_ssl_set_bio(&c->ssl, c, bio_send, bio_recv, NULL);
+    return WP_OK;
+}
+
+/* verify-full against an IP literal: an iPAddress SAN must hold it; when the certificate
+ * has no DNS/IP SANs at all, the CN may spell it (libpq's behaviour). */
+static int ip_matches(const mbedtls_x509_crt *crt, const char *host)
+{
+    unsigned char want[16];
+    size_t wlen = 4;
+    if (inet_pton(AF_INET, host, want) != 1) {
+        if (inet_pton(AF_INET6, host, want) != 1)
+            return 0;
+        wlen = 16;
+    }
+    const unsigned char ip_tag = MBEDTLS_ASN1_CONTEXT_SPECIFIC | MBEDTLS_X509_SAN_IP_ADDRESS;
+    const unsigned char dns_tag = MBEDTLS_ASN1_CONTEXT_SPECIFIC | MBEDTLS_X509_SAN_DNS_NAME;
+    int any_san = 0;
+    for (const mbedtls_x509_sequence *s = &crt->subject_alt_names; s; s = s->next) {
+        if (!s->buf.p)
+            continue;
+        if (s->buf.tag == ip_tag || s->buf.tag == dns_tag)
+            any_san = 1;
+        if (s->buf.tag == ip_tag && s->buf.len == wlen && memcmp(s->buf.p, want, wlen) == 0)
+            return 1;
+    }
+    return !any_san && certs_name_matches(crt, host);
+}
+
+/* tls-server-end-point (RFC 5929 section 4.1): hash of the DER certificate with its
+ * signature hash, SHA-256 when that is MD5 or SHA-1 (or unknown). */
+static wp_status channel_binding(const mbedtls_x509_crt *crt, unsigned char out[64], size_t *len)
+{
+    mbedtls_md_type_t t = crt->sig_md;
+    if (t == MBEDTLS_MD_NONE || t == MBEDTLS_MD_MD5 || t == MBEDTLS_MD_SHA1 ||
+        t == MBEDTLS_MD_MD2 || t == MBEDTLS_MD_MD4 || t == MBEDTLS_MD_RIPEMD160)
+        t = MBEDTLS_MD_SHA256;
+    const mbedtls_md_info_t *md = mbedtls_md_info_from_type(t);
+    if (!md || mbedtls_md_get_size(md) > 64 || mbedtls_md(md, crt->raw.p, crt->raw.len, out))
+        return WP_ERR_INTERNAL;
+    *len = mbedtls_md_get_size(md);
+    return WP_OK;
+}
+
+/* Sends SSLRequest and reads the one-byte answer: 1 = 'S', 0 = 'N'. */
+static wp_status ssl_request(int fd, int64_t deadline_ms, int *yes, wp_error *err)
+{
+    static const unsigned char req[8] = {0, 0, 0, 8, 0x04, 0xd2, 0x16, 0x2f}; /* 80877103 */
+    wp_io plain;
+    io_plain_init(&plain, fd);
+    unsigned char b;
+    wp_status st = io_write_all(&plain, req, sizeof(req), deadline_ms);
+    if (st == WP_OK)
+        st = io_read_full(&plain, &b, 1, deadline_ms);
+    if (st != WP_OK) {
+        wp_error_set(err, WP_SQLSTATE_CONN_FAILURE, "SSL negotiation failed: %s",
+                     st == WP_ERR_TIMEOUT  ? "timed out"
+                     : st == WP_ERR_CLOSED ? "server closed the connection"
+                                           : strerror(errno));
+        return st;
+    }
+    if (b != 'S' && b != 'N') {
+        wp_error_set(err, WP_SQLSTATE_CONN_FAILURE,
+                     "backend sent an invalid response to SSL negotiation (0x%02x)", b);
+        return WP_ERR_PROTOCOL;
+    }
+    if (b == 'S') {
+        unsigned char extra;
+        if (recv(fd, &extra, 1, MSG_PEEK | MSG_DONTWAIT) > 0) {
+            wp_error_set(err, WP_SQLSTATE_CONN_FAILURE,
+                         "backend sent unencrypted data after its SSL response");
+            return WP_ERR_PROTOCOL;
+        }
+    }
+    *yes = b == 'S';
+    return WP_OK;
+}
+
+static wp_status client_handshake(tls_conn *c, const char *server_name, cfg_backend_tls mode,
+                                  int is_ip, int64_t deadline_ms, wp_error *err)
+{
+    wp_status st =
+        handshake(c, 0, deadline_ms, "backend TLS handshake", WP_SQLSTATE_CONN_FAILURE, err);
+    if (st != WP_OK) {
+        uint32_t flags = mbedtls_ssl_get_verify_result(&c->ssl);
+        if (mode == CFG_BTLS_VERIFY_FULL && flags != 0 && flags != (uint32_t)-1) {
+            char info[256];
+            mbedtls_x509_crt_verify_info(info, sizeof(info), "", flags);
+            info[strcspn(info, "\n")] = '\0';
+            wp_error_set(err, WP_SQLSTATE_CONN_FAILURE,
+                         "backend certificate verification failed: %s", info);
+        }
+        return st;
+    }
+    const mbedtls_x509_crt *peer = mbedtls_ssl_get_peer_cert(&c->ssl);
+    if (!peer) {
+        wp_error_set(err, WP_SQLSTATE_CONN_FAILURE, "backend sent no certificate");
+        return WP_ERR_TLS;
+    }
+    if (mode == CFG_BTLS_VERIFY_FULL && is_ip && !ip_matches(peer, server_name)) {
+        wp_error_set(err, WP_SQLSTATE_CONN_FAILURE,
+                     "backend certificate verification failed: address %s not in certificate",
+                     server_name);
+        return WP_ERR_TLS;
+    }
+    return WP_OK;
+}
+
+static int is_ip_literal(const char *h)
+{
+    unsigned char tmp[16];
+    return inet_pton(AF_INET, h, tmp) == 1 || inet_pton(AF_INET6, h, tmp) == 1;
+}
+
+wp_status tls_client_start(int fd, const char *server_name, cfg_backend_tls mode,
+                           const char *ca_file, int64_t deadline_ms, wp_io *io, int *is_tls,
+                           unsigned char cb_hash[64], size_t *cb_len, wp_error *err)
+{
+    *is_tls = 0;
+    *cb_len = 0;
+    io_plain_init(io, fd);
+    if (mode == CFG_BTLS_DISABLE)
+        return WP_OK;
+    int yes = 0;
+    wp_status st = ssl_request(fd, deadline_ms, &yes, err);
+    if (st != WP_OK)
+        return st;
+    if (!yes) {
+        if (mode == CFG_BTLS_PREFER)
+            return WP_OK;
+        wp_error_set(err, WP_SQLSTATE_CONN_FAILURE, "backend does not support SSL");
+        wp_error_hint(err, "enable ssl on the server or set backend_tls = \"prefer\"");
+        return WP_ERR_TLS;
+    }
+    tls_conn *c = calloc(1, sizeof(*c));
+    if (!c)
+        return WP_ERR_NOMEM;
+    c->fd = fd;
+    c->client = 1;
+    mbedtls_ssl_init(&c->ssl);
+    mbedtls_ssl_config_init(&c->cconf);
+    mbedtls_x509_crt_init(&c->ca);
+    int is_ip = is_ip_literal(server_name);
+    st = client_conf(c, server_name, mode, ca_file, is_ip, err);
+    if (st == WP_OK)
+        st = client_handshake(c, server_name, mode, is_ip, deadline_ms, err);
+    if (st == WP_OK && channel_binding(mbedtls_ssl_get_peer_cert(&c->ssl), cb_hash, cb_len))
+        st = WP_ERR_INTERNAL;
+    if (st != WP_OK) {
+        conn_free(c);
+        *cb_len = 0;
+        return st;
+    }
+    io->ops = &tls_ops;
+    io->impl = c;
+    *is_tls = 1;
+    return WP_OK;
+}
