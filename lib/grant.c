@@ -13,7 +13,8 @@
  * Limits come only from rules that granted something here. Per field the smallest
  * non-zero value wins; zero or missing falls back to the config defaults.
  *
- * Schemas must be plain ASCII identifiers ([A-Za-z_][A-Za-z0-9_$]*, at most 63 bytes).
+ * Schemas must be plain ASCII identifiers ([A-Za-z_][A-Za-z0-9_$]*, at most 63 bytes),
+ * and not a system schema (pg_*, information_schema).
  * They are used exactly as written (provisioning quotes them, so case is preserved);
  * anything else, including non-ASCII names, is refused rather than spliced into SQL.
  *
@@ -126,6 +127,10 @@ static const char *closest_preset(const char *s)
 int grant_schema_valid(const char *s)
 {
     if (!s || !(isalpha((unsigned char)s[0]) || s[0] == '_'))
+        return 0;
+    /* System schemas (PostgreSQL reserves the pg_ prefix): a preset there would reach
+     * the catalogs (pg_authid) whenever the admin role is a superuser. */
+    if (strncmp(s, "pg_", 3) == 0 || strcmp(s, "information_schema") == 0)
         return 0;
     size_t n = 0;
     for (; s[n]; n++) {
@@ -388,7 +393,9 @@ static wp_status apply_entry(resolve_ctx *c, json_t *entry)
             char v[GRANT_ECHO_MAX + 4];
             echo_value(v, schema);
             wp_error_set(c->err, WP_SQLSTATE_INVALID_AUTH,
-                         "grant rule %zu: schema \"%s\" is not a valid identifier", c->rule, v);
+                         "grant rule %zu: schema \"%s\" is not a valid identifier or is a "
+                         "system schema",
+                         c->rule, v);
             return WP_ERR_INVALID;
         }
         for (size_t p = 0; p < np; p++)

@@ -395,9 +395,10 @@ wp_status id_role_name(const char *prefix, const id_identity *id, const char *da
     if (b.len < keep)
         keep = b.len;
     snprintf(out + keep, ID_ROLE_MAX + 1 - keep, "_%s", hex);
-    /* Only reachable by a crafted 40-bit hash fixed point; never hand out one name
-     * for both forms. */
-    if (hashed && b.len <= ID_ROLE_MAX && strcmp(out, plain) == 0) {
+    /* Never hand out one name for both forms: a name cut for length is already the
+     * hashed form (no alternative exists), and a short one only matches by a crafted
+     * 40-bit hash fixed point. */
+    if (hashed && (b.len > ID_ROLE_MAX || strcmp(out, plain) == 0)) {
         wp_error_set(err, WP_SQLSTATE_INVALID_AUTH, "role name collision cannot be resolved");
         return WP_ERR_CONFLICT;
     }

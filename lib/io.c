@@ -30,8 +30,10 @@ static ssize_t plain_read(wp_io *io, void *buf, size_t n)
 static ssize_t plain_write(wp_io *io, const void *buf, size_t n)
 {
     ssize_t r;
+    /* MSG_DONTWAIT: on a blocking socket a plain send() would wait for buffer space with
+     * no bound; returning EAGAIN lets io_write_all wait in poll() up to its deadline. */
     do {
-        r = send(io->fd, buf, n, MSG_NOSIGNAL);
+        r = send(io->fd, buf, n, MSG_NOSIGNAL | MSG_DONTWAIT);
     } while (r < 0 && errno == EINTR);
     return r;
 }

@@ -71,6 +71,10 @@ const char *log_quote(char *buf, unsigned long bufsz, const char *value)
         return buf;
     if (!value)
         value = "";
+    if (bufsz < 3) { /* no room for a quoted "" */
+        buf[0] = '\0';
+        return buf;
+    }
     if (!needs_quotes(value)) {
         snprintf(buf, bufsz, "%s", value);
         return buf;

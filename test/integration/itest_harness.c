@@ -8,7 +8,10 @@
 #include <stdint.h>
 #include <cmocka.h>
 
+#include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 #include "pgcluster.h"
 
@@ -61,6 +64,28 @@ static void test_scram(void **state)
     login_with("scram-sha-256", "scram-sha-256");
 }
 
+/* A start that fails after the server came up (here: the setup SQL is refused) must not
+ * leave that server running: nothing would ever stop it. */
+static void test_failed_start_leaves_no_server(void **state)
+{
+    (void)state;
+    char root[] = "/tmp/wp-itest.XXXXXX";
+    assert_non_null(mkdtemp(root));
+    char cmd[1024], pidfile[512];
+    snprintf(cmd, sizeof(cmd),
+             "'%s/test/support/pgcluster.sh' start '%s/pg' "
+             "--set 'default_transaction_read_only = on' >/dev/null 2>&1",
+             WP_SOURCE_DIR, root);
+    int rc = system(cmd);
+    snprintf(pidfile, sizeof(pidfile), "%s/pg/data/postmaster.pid", root);
+    int running = access(pidfile, F_OK) == 0;
+    snprintf(cmd, sizeof(cmd), "'%s/test/support/pgcluster.sh' stop '%s/pg'; rm -rf '%s'",
+             WP_SOURCE_DIR, root, root);
+    assert_int_equal(system(cmd), 0);
+    assert_int_not_equal(rc, 0);
+    assert_false(running);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -68,6 +93,7 @@ int main(void)
         cmocka_unit_test(test_password),
         cmocka_unit_test(test_md5),
         cmocka_unit_test(test_scram),
+        cmocka_unit_test(test_failed_start_leaves_no_server),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

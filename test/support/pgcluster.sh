@@ -115,6 +115,10 @@ cmd_start() {
         cat "$dir/server.log" >&2 2>/dev/null || true
         exit 1
     fi
+    # Until setup succeeds and the reaper runs, a failing step must not leave the server
+    # running with nothing left to stop it. (Expanded now: locals are gone when it runs.)
+    trap "as_pg \"\$BIN/pg_ctl\" -D $(printf %q "$dir/data") -m immediate -w -t 30 stop \
+        >/dev/null 2>&1 || true" EXIT
 
     as_pg "$BIN/psql" -X -q -v ON_ERROR_STOP=1 -h "$dir" -p "$port" -U postgres -d postgres \
         >/dev/null <<SQL
@@ -136,6 +140,7 @@ SQL
         disown
     fi
 
+    trap - EXIT
     cat >"$dir/cluster.env" <<ENV
 PORT=$port
 HOST=127.0.0.1

@@ -254,6 +254,27 @@ static void test_schema_validation(void **state)
     assert_false(grant_schema_valid("$x"));
 }
 
+/* System schemas are never grantable: with a superuser admin, "readonly" on pg_catalog
+ * would expose pg_authid and "admin" there would let the role make itself superuser. */
+static void test_system_schemas_refused(void **state)
+{
+    (void)state;
+    const char *sys[] = {"pg_catalog", "pg_toast", "pg_temp_1", "information_schema"};
+    for (size_t i = 0; i < sizeof(sys) / sizeof(sys[0]); i++) {
+        char rules[512];
+        snprintf(rules, sizeof(rules),
+                 "[" RULE("{\"appdb\":{\"permissions\":[\"readonly\"],\"schemas\":[\"%s\"]}}") "]",
+                 sys[i]);
+        expect_error(rules, WP_ERR_INVALID, sys[i]);
+    }
+    assert_false(grant_schema_valid("pg_catalog"));
+    assert_false(grant_schema_valid("information_schema"));
+    /* Names PostgreSQL lets users create stay valid. */
+    assert_true(grant_schema_valid("PG_stuff"));
+    assert_true(grant_schema_valid("pgdata"));
+    assert_true(grant_schema_valid("app_information_schema"));
+}
+
 static void test_malformed_rules(void **state)
 {
     (void)state;
@@ -494,6 +515,7 @@ int main(void)
         cmocka_unit_test(test_unknown_preset_hint),
         cmocka_unit_test(test_case_insensitive_dedup),
         cmocka_unit_test(test_schema_validation),
+        cmocka_unit_test(test_system_schemas_refused),
         cmocka_unit_test(test_malformed_rules),
         cmocka_unit_test(test_downgrade_resolve),
         cmocka_unit_test(test_sql_templates),

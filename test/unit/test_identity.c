@@ -400,6 +400,19 @@ static void test_role_collision_alternative(void **state)
     assert_int_equal(strlen(plain), 63);
     assert_int_equal(strlen(h1), 63);
     assert_string_not_equal(plain, h1);
+
+    /* Over-long names are already in hashed form: there is no second name to fall back
+     * to, so asking for the collision alternative must not hand out the same name. */
+    char dbl[80], first[ID_ROLE_MAX + 1], alt[ID_ROLE_MAX + 1];
+    memset(dbl, 'z', 79);
+    dbl[79] = '\0';
+    role("wp_", a, dbl, NULL, 0, first);
+    wp_error err;
+    wp_status st = id_role_name("wp_", a, dbl, NULL, 1, alt, &err);
+    if (st == WP_OK)
+        assert_string_not_equal(first, alt);
+    else
+        assert_int_equal(st, WP_ERR_CONFLICT);
     id_free(a);
 }
 
