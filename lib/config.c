@@ -218,6 +218,9 @@ static void diag_push(loader *ld, bool is_error, char *msg)
 }
 
 static void vreport(loader *ld, bool is_error, int line, const char *key, const char *fmt,
+                    va_list ap) __attribute__((format(printf, 5, 0)));
+
+static void vreport(loader *ld, bool is_error, int line, const char *key, const char *fmt,
                     va_list ap)
 {
     char prefix[256], body[768];

@@ -401,6 +401,41 @@ static int sess_identify(sess *s)
 
 /* -------------------------------------------------- 3. what they may do ---- */
 
+/* PostgreSQL matches setting names case-insensitively and accepts any dotted name as a
+ * custom setting, so "WAYPOINT_PRESETS" or "waypoint.presets" sent as startup parameters
+ * would reach the backend silently and the downgrade would be lost. Every spelling is
+ * Waypoint's own: all of them are read and none is forwarded. */
+static int sess_is_own_param(const char *key)
+{
+    return strcasecmp(key, "waypoint_presets") == 0 || strcasecmp(key, "waypoint.presets") == 0;
+}
+
+/* The downgrade asked for through any channel; when several are given the lowest
+ * maximum wins, so adding a channel can only restrict further. */
+static wp_status sess_downgrade(sess *s, wp_error *e)
+{
+    grant_preset lowest = GRANT_PRESET_NONE;
+    for (size_t i = 0; i < s->su.nparams; i++) {
+        if (!sess_is_own_param(s->su.params[i].key))
+            continue;
+        grant_preset p;
+        wp_status st = grant_parse_downgrade(s->su.params[i].value, &p, e);
+        if (st != WP_OK)
+            return st;
+        if (lowest == GRANT_PRESET_NONE || p < lowest)
+            lowest = p;
+    }
+    grant_preset from_options = GRANT_PRESET_NONE;
+    wp_status st = grant_extract_downgrade(NULL, pgw_startup_get(&s->su, "options"),
+                                           &from_options, &s->options, e);
+    if (st != WP_OK)
+        return st;
+    if (from_options != GRANT_PRESET_NONE && (lowest == GRANT_PRESET_NONE || from_options < lowest))
+        lowest = from_options;
+    s->downgrade = lowest;
+    return WP_OK;
+}
+
 static int sess_authorize(sess *s)
 {
     const char *user = pgw_startup_get(&s->su, "user");
@@ -409,9 +444,7 @@ static int sess_authorize(sess *s)
         s->database = user ? user : "";
     wp_error e;
     wp_error_clear(&e);
-    if (grant_extract_downgrade(pgw_startup_get(&s->su, "waypoint_presets"),
-                                pgw_startup_get(&s->su, "options"), &s->downgrade, &s->options,
-                                &e) != WP_OK)
+    if (sess_downgrade(s, &e) != WP_OK)
         return sess_refuse(s, &e, NULL);
     if (grant_resolve(s->id->cap_rules, s->lc->name, s->database, &s->env->cfg->default_limits,
                       s->downgrade, &s->grant, &e) != WP_OK) {
@@ -433,7 +466,7 @@ static int sess_authorize(sess *s)
 /* The client's parameters minus the ones Waypoint owns, plus the database. */
 static pgw_param *sess_forward_params(sess *s, size_t *n)
 {
-    static const char *own[] = {"user", "database", "waypoint_presets", "options", "replication"};
+    static const char *own[] = {"user", "database", "options", "replication"};
     pgw_param *p = calloc(s->su.nparams + 2, sizeof(*p));
     if (!p)
         return NULL;
@@ -442,7 +475,7 @@ static pgw_param *sess_forward_params(sess *s, size_t *n)
         int skip = 0;
         for (size_t k = 0; k < sizeof(own) / sizeof(own[0]); k++)
             skip |= strcmp(s->su.params[i].key, own[k]) == 0;
-        if (!skip)
+        if (!skip && !sess_is_own_param(s->su.params[i].key))
             p[(*n)++] = s->su.params[i];
     }
     if (s->options && s->options[strspn(s->options, " \t")] != '\0')

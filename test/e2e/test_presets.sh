@@ -41,3 +41,24 @@ assert_eq "1" "$out" "admin asked on a readonly grant: SELECT still works"
 # The narrowed grant applies to the full-grant role at its next connection.
 out=$(wpsql "" -c "INSERT INTO items VALUES (4, 'four')" 2>&1) && fail "narrowed grant not applied"
 assert_contains "$out" "42501" "narrowed grant applies at the next connection"
+
+# The startup-parameter channel, as drivers such as Go's pgx send it (libpq cannot, so a
+# minimal raw client does). Every spelling PostgreSQL would accept as a setting name is
+# Waypoint's own: none may reach the backend and none may be ignored.
+e2e_identity '{"appdb": {"permissions": ["readwrite"]}}'
+RAW="$E2E_BIN/test/wp_rawclient"
+for key in waypoint_presets WAYPOINT_PRESETS waypoint.presets Waypoint.Presets; do
+    out=$("$RAW" 127.0.0.1 "$WP_PORT" "INSERT INTO items VALUES (10, 'ten')" \
+        user=anyone database=appdb "$key=readonly" 2>&1) && fail "$key=readonly: INSERT succeeded"
+    assert_contains "$out" "ERROR 42501" "startup parameter $key=readonly: INSERT fails with 42501"
+done
+out=$("$RAW" 127.0.0.1 "$WP_PORT" "SELECT current_user" user=anyone database=appdb \
+    waypoint_presets=readonly)
+assert_eq "wp_alice_laptop_appdb_readonly" "$out" "startup parameter downgrade: readonly role"
+out=$("$RAW" 127.0.0.1 "$WP_PORT" "SELECT 1" user=anyone database=appdb waypoint_presets=bogus 2>&1) &&
+    fail "invalid startup-parameter preset accepted"
+assert_contains "$out" "ERROR 22023" "invalid startup-parameter preset: 22023"
+# Two channels: the lower maximum wins.
+out=$("$RAW" 127.0.0.1 "$WP_PORT" "SELECT current_user" user=anyone database=appdb \
+    waypoint_presets=readwrite "options=-c waypoint.presets=readonly")
+assert_eq "wp_alice_laptop_appdb_readonly" "$out" "two channels: the lower maximum wins"
