@@ -33,8 +33,8 @@ PIDS=()
 cleanup() {
     for p in "${PIDS[@]+"${PIDS[@]}"}"; do kill "$p" 2>/dev/null || true; done
     [ -f "$T/pgb/pgbouncer.pid" ] && kill "$(cat "$T/pgb/pgbouncer.pid")" 2>/dev/null || true
-    "$SRC/test/support/pgcluster.sh" stop "$T/pg" >/dev/null 2>&1 || true
-    rm -rf "$T"
+    [ "${BENCH_KEEP:-0}" = 1 ] || "$SRC/test/support/pgcluster.sh" stop "$T/pg" >/dev/null 2>&1 || true
+    if [ "${BENCH_KEEP:-0}" = 1 ]; then say "kept $T"; else rm -rf "$T"; fi
 }
 trap cleanup EXIT
 

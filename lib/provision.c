@@ -1144,43 +1144,62 @@ void prov_lease_release(prov_lease *l)
 
 /* ---- touch and cleanup ----------------------------------------------------------------- */
 
-void prov_touch_role(prov_ctx *p, const char *role)
+/* Sets VALID UNTIL on a locked connection, if the role is Waypoint's. */
+static bool touch_locked(prov_ctx *p, PGconn *c, const char *role)
 {
-    if (!p || !role)
-        return;
     wp_error err;
     wp_error_clear(&err);
-    PGconn *c = NULL;
-    const char *db = p->s.admin_database;
-    if (prov_pool_get(&p->pools, db, &c, NULL, &err) != WP_OK) {
-        log_kv(WP_LOG_WARN, "prov_touch_failed", "role", role, "error", err.message, (char *)NULL);
-        return;
-    }
     role_state st;
     memset(&st, 0, sizeof st);
-    wp_status rc = read_state(p, c, role, NULL, &st, &err);
-    if (rc == WP_ERR_BACKEND && PQstatus(c) == CONNECTION_BAD) { /* one retry */
-        prov_pool_put(&p->pools, db, c, true);
-        c = NULL;
-        if (prov_pool_get(&p->pools, db, &c, NULL, &err) != WP_OK)
-            return;
-        rc = read_state(p, c, role, NULL, &st, &err);
-    }
-    bool ok = false;
-    if (rc == WP_OK && st.exists && prov_record_is_role(st.record)) {
+    if (read_state(p, c, role, NULL, &st, &err) != WP_OK)
+        return false;
+    bool ok = true; /* not ours (or gone): nothing to do */
+    if (st.exists && prov_record_is_role(st.record)) {
         char *qr = qident(c, role), *qu = qlit(c, st.valid_until);
         char *sql = qr && qu ? fmt_sql("ALTER ROLE %s VALID UNTIL %s", qr, qu) : NULL;
         ok = sql && run_ddl(c, sql, NULL);
         free(qr);
         free(qu);
         free(sql);
-    } else if (rc == WP_OK) {
-        ok = true; /* not ours (or gone): nothing to do */
     }
     role_state_clear(&st);
+    return ok;
+}
+
+void prov_touch_role(prov_ctx *p, const char *role, const char *database, int64_t session_ms)
+{
+    if (!p || !role || !*role)
+        return;
+    /* The connect already pushed the expiry to connect time + ttl; for a session shorter
+     * than ttl/100 the disconnect would move it by less than that, and would cost every
+     * short-lived connection (pgbench -C, serverless clients) a locked round trip. */
+    if (session_ms >= 0 && session_ms < p->s.user_ttl_ms / 100)
+        return;
+    /* Same locks as a connect: two ALTER ROLEs of one role at once fail with "tuple
+     * concurrently updated", and a touch must not change a role between a concurrent
+     * connect setting its password and that connection logging in. */
+    const char *db = database && *database ? database : p->s.admin_database;
+    char key[ID_ROLE_MAX + 4], lkey[ID_ROLE_MAX + 32];
+    snprintf(key, sizeof key, "r:%s", role);
+    role_lock_key(lkey, sizeof lkey, role);
+    prov_keylock *kl = prov_keylock_lock(&p->locks, key);
+    if (!kl)
+        return;
+    wp_error err;
+    wp_error_clear(&err);
+    PGconn *c = NULL;
+    bool ok = false;
+    if (prov_pool_get(&p->pools, db, &c, NULL, &err) == WP_OK &&
+        backend_lock(p, &p->pools, db, &c, lkey, &err) == WP_OK) {
+        ok = touch_locked(p, c, role);
+        backend_unlock(p, c, lkey);
+    }
     if (!ok)
-        log_kv(WP_LOG_WARN, "prov_touch_failed", "role", role, (char *)NULL);
-    prov_pool_put(&p->pools, db, c, false);
+        log_kv(WP_LOG_WARN, "prov_touch_failed", "role", role, "error",
+               err.message[0] ? err.message : "backend refused", (char *)NULL);
+    if (c)
+        prov_pool_put(&p->pools, db, c, PQstatus(c) == CONNECTION_BAD);
+    prov_keylock_unlock(&p->locks, kl);
 }
 
 /* REASSIGN OWNED + DROP OWNED in every database where the role owns or was granted
@@ -1305,21 +1324,28 @@ wp_status prov_cleanup(prov_ctx *p, int *dropped, wp_error *err)
                "not run on CockroachDB (expired roles cannot log in)", (char *)NULL);
         return WP_OK;
     }
-    PGconn *c = NULL;
-    if (prov_pool_get(&p->pools, p->s.admin_database, &c, NULL, err) != WP_OK)
-        return WP_ERR_BACKEND;
     const char *vals[1] = {PROV_ROLE_RECORD_PREFIX};
-    PGresult *r = run(c,
-                      "SELECT rolname, shobj_description(oid, 'pg_authid') FROM pg_roles "
-                      "WHERE rolvaliduntil < now() AND left(shobj_description(oid, "
-                      "'pg_authid'), length($1)) = $1",
-                      1, vals, NULL);
-    if (!r) {
-        set_backend_err(err, "cleanup_list", c);
-        prov_pool_put(&p->pools, p->s.admin_database, c, false);
-        return WP_ERR_BACKEND;
+    PGresult *r = NULL;
+    /* Two attempts: a pooled connection may have died with a backend restart since it
+     * was last used, and only a query tells. */
+    for (int attempt = 0; attempt < 2 && !r; attempt++) {
+        PGconn *c = NULL;
+        if (prov_pool_get(&p->pools, p->s.admin_database, &c, NULL, err) != WP_OK)
+            return WP_ERR_BACKEND;
+        r = run(c,
+                "SELECT rolname, shobj_description(oid, 'pg_authid') FROM pg_roles "
+                "WHERE rolvaliduntil < now() AND left(shobj_description(oid, "
+                "'pg_authid'), length($1)) = $1",
+                1, vals, NULL);
+        bool broken = PQstatus(c) == CONNECTION_BAD;
+        if (!r && (!broken || attempt == 1))
+            set_backend_err(err, "cleanup_list", c);
+        prov_pool_put(&p->pools, p->s.admin_database, c, broken);
+        if (!r && !broken)
+            return WP_ERR_BACKEND;
     }
-    prov_pool_put(&p->pools, p->s.admin_database, c, false);
+    if (!r)
+        return WP_ERR_BACKEND;
     for (int i = 0; i < PQntuples(r); i++) {
         const char *rec = PQgetvalue(r, i, 1);
         if (!id_record_is_waypoint(rec) || !prov_record_is_role(rec))

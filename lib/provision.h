@@ -56,8 +56,11 @@ const char *prov_lease_password(const prov_lease *l);
 /* Releases the per-role lock (after upstream authentication finished, either way). */
 void prov_lease_release(prov_lease *l);
 
-/* On disconnect: VALID UNTIL now() + user_ttl. Best effort, logs failures. */
-void prov_touch_role(prov_ctx *p, const char *role);
+/* On disconnect: VALID UNTIL now() + user_ttl, under the role's lock (taken in
+ * database, where connects take it). Skipped for sessions shorter than user_ttl/100,
+ * whose connect-time expiry is still within that margin; session_ms < 0 forces it.
+ * Best effort, logs failures. */
+void prov_touch_role(prov_ctx *p, const char *role, const char *database, int64_t session_ms);
 
 /* One cleanup pass (spec 5.5). *dropped gets the number of roles dropped. */
 wp_status prov_cleanup(prov_ctx *p, int *dropped, wp_error *err);

@@ -712,7 +712,7 @@ static void sess_end(sess *s, int relayed)
 {
     if (relayed) {
         sess_log_end(s);
-        prov_touch_role(s->lsn->prov, s->role);
+        prov_touch_role(s->lsn->prov, s->role, s->database, wp_now_ms() - s->start_ms);
     }
     if (s->wp_pid)
         cancel_unregister(s->env->cancel, s->wp_pid);

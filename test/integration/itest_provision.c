@@ -711,7 +711,7 @@ static void test_touch_extends_expiry(void **state)
     char sql[256];
     snprintf(sql, sizeof sql, "ALTER ROLE \"%s\" VALID UNTIL '2001-01-01'", role);
     assert_int_equal(pgc_exec(super_appdb, sql), 0);
-    prov_touch_role(P, role);
+    prov_touch_role(P, role, "appdb", -1);
     assert_int_equal(count_q(super_appdb,
                              "SELECT count(*) FROM pg_roles WHERE rolname = $1 AND "
                              "rolvaliduntil > now() + interval '50 minutes'",
@@ -720,7 +720,7 @@ static void test_touch_extends_expiry(void **state)
     /* A role Waypoint did not create is left alone. */
     assert_int_equal(pgc_exec(super_appdb, "CREATE ROLE wp_touch_foreign VALID UNTIL '2001-01-01'"),
                      0);
-    prov_touch_role(P, "wp_touch_foreign");
+    prov_touch_role(P, "wp_touch_foreign", "appdb", -1);
     assert_int_equal(count_q(super_appdb,
                              "SELECT count(*) FROM pg_roles WHERE rolname = $1 AND "
                              "rolvaliduntil < '2002-01-01'",
@@ -735,6 +735,47 @@ static void expire(const char *role)
     char sql[256];
     snprintf(sql, sizeof sql, "ALTER ROLE \"%s\" VALID UNTIL '2001-01-01'", role);
     assert_int_equal(pgc_exec(super_appdb, sql), 0);
+}
+
+/* A disconnect's touch racing the next connect of the same role (pgbench -C does this)
+ * must not make either fail: both ALTER the same pg_authid row, which PostgreSQL refuses
+ * with "tuple concurrently updated" unless they are serialized by the role lock. */
+typedef struct touch_race {
+    const char *role;
+    int rounds;
+} touch_race;
+
+static void *toucher(void *arg)
+{
+    touch_race *t = arg;
+    for (int i = 0; i < t->rounds; i++)
+        prov_touch_role(P, t->role, "appdb", -1);
+    return NULL;
+}
+
+static void test_touch_races_connect(void **state)
+{
+    (void)state;
+    id_identity *id = ident("race@example.com", "pc", "nRACE");
+    grant_effective *g =
+        grant("appdb", "{\"appdb\":{\"permissions\":[\"readonly\"]}}", GRANT_PRESET_NONE);
+    char role[64];
+    PQfinish(connect_as(id, "appdb", g, role));
+    touch_race t = {role, 60};
+    pthread_t th;
+    assert_int_equal(pthread_create(&th, NULL, toucher, &t), 0);
+    for (int i = 0; i < 60; i++) {
+        prov_lease *l = NULL;
+        wp_error err;
+        wp_error_clear(&err);
+        wp_status st = prov_ensure_role(P, id, "appdb", g, &l, &err);
+        if (st != WP_OK)
+            fail_msg("connect %d during touches: %s", i, err.message);
+        prov_lease_release(l);
+    }
+    pthread_join(th, NULL);
+    grant_free(g);
+    id_free(id);
 }
 
 static void test_cleanup(void **state)
@@ -885,6 +926,7 @@ int main(void)
         cmocka_unit_test(test_search_path_trap),
         cmocka_unit_test(test_raw_sql),
         cmocka_unit_test(test_touch_extends_expiry),
+        cmocka_unit_test(test_touch_races_connect),
         cmocka_unit_test(test_cleanup),
         cmocka_unit_test(test_no_password_in_server_log),
     };
