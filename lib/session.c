@@ -426,8 +426,8 @@ static wp_status sess_downgrade(sess *s, wp_error *e)
             lowest = p;
     }
     grant_preset from_options = GRANT_PRESET_NONE;
-    wp_status st = grant_extract_downgrade(NULL, pgw_startup_get(&s->su, "options"),
-                                           &from_options, &s->options, e);
+    wp_status st = grant_extract_downgrade(NULL, pgw_startup_get(&s->su, "options"), &from_options,
+                                           &s->options, e);
     if (st != WP_OK)
         return st;
     if (from_options != GRANT_PRESET_NONE && (lowest == GRANT_PRESET_NONE || from_options < lowest))
@@ -484,28 +484,36 @@ static pgw_param *sess_forward_params(sess *s, size_t *n)
     return p;
 }
 
+/* The backend connection (TCP, TLS, and PostgreSQL's fork of a backend process) is
+ * opened before provisioning: the role lock is held from setting the password until
+ * the upstream login (spec 5.2), and every concurrent connect of the same caller waits
+ * for it, so only the work that depends on the password belongs inside it. */
 static int sess_provision_and_login(sess *s)
 {
     wp_error e;
     wp_error_clear(&e);
+    wp_status st = up_connect(&s->up, s->lc->backend_host, s->lc->backend_port, s->lc->backend_tls,
+                              s->lc->backend_ca_file, s->deadline_ms, &e);
+    if (st != WP_OK) {
+        if (st == WP_ERR_TIMEOUT)
+            wp_error_set(&e, WP_SQLSTATE_CONN_FAILURE, "%s",
+                         "timeout while connecting to the backend");
+        return sess_refuse_private(s, &e);
+    }
+    s->up_open = 1;
     prov_lease *lease = NULL;
     if (prov_ensure_role(s->lsn->prov, s->id, s->database, s->grant, &lease, &e) != WP_OK)
         return sess_refuse_private(s, &e);
     snprintf(s->role, sizeof(s->role), "%s", prov_lease_role(lease));
 
-    wp_status st = up_connect(&s->up, s->lc->backend_host, s->lc->backend_port, s->lc->backend_tls,
-                              s->lc->backend_ca_file, s->deadline_ms, &e);
-    if (st == WP_OK) {
-        s->up_open = 1;
-        size_t n = 0;
-        pgw_param *params = sess_forward_params(s, &n);
-        st = params ? up_login(&s->up, PGW_PROTO_30, params, n, s->role, prov_lease_password(lease),
-                               s->deadline_ms, &e)
-                    : WP_ERR_NOMEM;
-        free(params);
-        if (st == WP_ERR_NOMEM)
-            wp_error_set(&e, WP_SQLSTATE_INTERNAL, "out of memory");
-    }
+    size_t n = 0;
+    pgw_param *params = sess_forward_params(s, &n);
+    st = params ? up_login(&s->up, PGW_PROTO_30, params, n, s->role, prov_lease_password(lease),
+                           s->deadline_ms, &e)
+                : WP_ERR_NOMEM;
+    free(params);
+    if (st == WP_ERR_NOMEM)
+        wp_error_set(&e, WP_SQLSTATE_INTERNAL, "out of memory");
     prov_lease_release(lease); /* the password may rotate again from here on */
     if (st == WP_OK)
         return 1;
