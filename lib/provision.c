@@ -78,6 +78,7 @@ struct prov_lease {
     char lock_key[ID_ROLE_MAX + 32];
     char role[ID_ROLE_MAX + 1];
     char password[44];
+    char verifier[SCRAM_VERIFIER_MAX]; /* SCRAM: made before the lock; MD5: in write_role */
 };
 
 /* The role-state row, as read under the role's lock. */
@@ -857,17 +858,15 @@ static wp_status database_exists(prov_ctx *p, const char *db, wp_error *err)
 /* Sets the fresh password (as verifier) and expiry; creates the role when missing.
  * Returns WP_ERR_CONFLICT when a concurrent creator turned out to be someone else. */
 static wp_status write_role(prov_ctx *p, PGconn *c, const char *role, const char *record,
-                            role_state *st, const char *password, bool *created, wp_error *err)
+                            role_state *st, const prov_lease *l, bool *created, wp_error *err)
 {
-    char verifier[SCRAM_VERIFIER_MAX];
-    wp_status vs =
-        p->md5 ? scram_md5_stored(password, role, verifier)
-               : scram_make_verifier(password, PROV_SCRAM_ITERATIONS, verifier, sizeof verifier);
-    if (vs != WP_OK) {
+    char verifier[SCRAM_VERIFIER_MAX] = ""; /* MD5 salts with the role name: made here */
+    if (p->md5 && scram_md5_stored(l->password, role, verifier) != WP_OK) {
         wp_error_set(err, WP_SQLSTATE_INTERNAL, "cannot generate a backend password");
-        return vs;
+        return WP_ERR_INTERNAL;
     }
-    char *qr = qident(c, role), *qv = qlit(c, verifier), *qu = qlit(c, st->valid_until);
+    char *qr = qident(c, role), *qv = qlit(c, p->md5 ? verifier : l->verifier),
+         *qu = qlit(c, st->valid_until);
     char *qrec = qlit(c, record);
     char *sql = NULL, *qname = NULL;
     wp_status rc = WP_OK;
@@ -923,6 +922,7 @@ static void lease_free(prov_lease *l)
     if (!l)
         return;
     mbedtls_platform_zeroize(l->password, sizeof l->password);
+    mbedtls_platform_zeroize(l->verifier, sizeof l->verifier);
     free(l->db);
     free(l);
 }
@@ -1045,13 +1045,8 @@ static wp_status ensure_locked(prov_ctx *p, prov_lease *l, const id_identity *id
     bool raw = g->nsql > 0 && g->downgrade == GRANT_PRESET_NONE;
     if (raw && (rc = rawsql_prepare(p, id, l->db, l->role, g, &stmts, err)) != WP_OK)
         goto out;
-    if ((rc = wp_random_password(l->password)) != WP_OK) {
-        wp_error_set(err, WP_SQLSTATE_INTERNAL, "cannot generate a backend password");
-        goto out;
-    }
     char *record = id_role_record(id, l->db, scope);
-    rc = record ? write_role(p, l->conn, l->role, record, &st, l->password, &created, err)
-                : WP_ERR_NOMEM;
+    rc = record ? write_role(p, l->conn, l->role, record, &st, l, &created, err) : WP_ERR_NOMEM;
     if (rc == WP_ERR_CONFLICT) { /* another instance created it a moment ago: re-read */
         role_state_clear(&st);
         rc = read_state(p, l->conn, l->role, schemas, &st, err);
@@ -1062,7 +1057,7 @@ static wp_status ensure_locked(prov_ctx *p, prov_lease *l, const id_identity *id
                          "cannot provision role: the backend role name is taken");
             rc = WP_ERR_CONFLICT;
         } else if (rc == WP_OK) {
-            rc = write_role(p, l->conn, l->role, record, &st, l->password, &created, err);
+            rc = write_role(p, l->conn, l->role, record, &st, l, &created, err);
         }
     }
     free(record);
@@ -1111,6 +1106,19 @@ wp_status prov_ensure_role(prov_ctx *p, const id_identity *id, const char *datab
         return WP_ERR_NOMEM;
     }
     l->p = p;
+    /* The fresh password and its SCRAM verifier (a PBKDF2) depend on nothing the lock
+     * protects, so they are made before it: every concurrent connect of this caller
+     * waits for the lock, and only the work that needs it belongs inside. */
+    rc = wp_random_password(l->password);
+    if (rc == WP_OK && !p->md5)
+        rc = scram_make_verifier(l->password, PROV_SCRAM_ITERATIONS, l->verifier,
+                                 sizeof l->verifier);
+    if (rc != WP_OK) {
+        wp_error_set(err, WP_SQLSTATE_INTERNAL, "cannot generate a backend password");
+        free(schemas);
+        lease_free(l);
+        return rc;
+    }
     const char *scope = g->downgrade == GRANT_PRESET_NONE ? NULL : grant_preset_str(g->downgrade);
     rc = ensure_locked(p, l, id, scope, g, schemas, err);
     free(schemas);
