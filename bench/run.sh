@@ -21,7 +21,8 @@ BULK_MB=${BENCH_BULK_MB:-1024}
 IDLE_COUNTS=${BENCH_IDLE:-"1 100 1000"}
 SCALE=${BENCH_SCALE:-10}
 ONLY=${BENCH_ONLY:-.}
-PATHS="direct pgbouncer waypoint"
+BENCH_WRAP=${BENCH_WRAP:-}
+PATHS=${BENCH_PATHS:-"direct pgbouncer waypoint"}
 
 say() { echo "bench: $*" >&2; }
 die() { echo "bench: FATAL: $*" >&2; exit 1; }
@@ -122,7 +123,8 @@ cat >"$T/wp/state.json" <<JSON
 JSON
 python3 "$SRC/test/support/localapi_standin.py" --socket "$T/wp/ts.sock" \
     --state "$T/wp/state.json" --ready-file "$T/wp/standin.ready" 2>"$T/wp/standin.log" &
-PIDS+=($!)
+STANDIN_PID=$!
+PIDS+=("$STANDIN_PID")
 wait_for 20 test -e "$T/wp/standin.ready" || die "stand-in did not start"
 cat >"$T/wp/waypoint.toml" <<TOML
 [tailscale]
@@ -148,10 +150,12 @@ admin_password = "$ADMIN_PASSWORD"
 admin_database = "postgres"
 TOML
 say "starting Waypoint on $WP_PORT"
-"$WAYPOINT" -config "$T/wp/waypoint.toml" 2>"$T/wp/waypoint.log" &
+# BENCH_WRAP runs Waypoint under a profiler, e.g.
+#   BENCH_WRAP="valgrind --tool=callgrind --callgrind-out-file=/tmp/cg.%p" BENCH_ONLY=connect-c1
+$BENCH_WRAP "$WAYPOINT" -config "$T/wp/waypoint.toml" 2>"$T/wp/waypoint.log" &
 WP_PID=$!
 PIDS+=("$WP_PID")
-wait_for 20 pg_isready -q -h 127.0.0.1 -p "$WP_PORT" || die "Waypoint did not start: $(tail -5 "$T/wp/waypoint.log")"
+wait_for 180 pg_isready -q -h 127.0.0.1 -p "$WP_PORT" || die "Waypoint did not start: $(tail -5 "$T/wp/waypoint.log")"
 
 # --- helpers --------------------------------------------------------------------------
 use_path() { # sets libpq environment for a path
@@ -166,6 +170,7 @@ use_path() { # sets libpq environment for a path
 median() { sort -g | awk '{v[NR]=$1} END {if (NR==0) print "nan"; else if (NR%2) print v[(NR+1)/2]; else print (v[NR/2]+v[NR/2+1])/2}'; }
 
 cpu_ticks() { awk '{print $14+$15}' "/proc/$1/stat"; }
+cpu_ms() { awk -v t="$1" -v n="$2" -v hz="$(getconf CLK_TCK)" 'BEGIN{printf "%.2f", n ? t/hz*1000/n : 0}'; } # ticks, count
 
 R=$T/results
 mkdir -p "$R"
@@ -214,7 +219,17 @@ connects() {
         local w="connect-c$clients"
         [[ $w =~ $ONLY ]] || continue
         for p in $PATHS; do
+            local wp0=0 si0=0
+            if [ "$p" = waypoint ]; then
+                wp0=$(cpu_ticks "$WP_PID")
+                si0=$(cpu_ticks "$STANDIN_PID")
+            fi
             run_pgbench "$w" "$p" -C -S -c "$clients" -j "$((clients < 2 ? 1 : 2))"
+            if [ "$p" = waypoint ]; then # CPU ms per connect: Waypoint, and the stand-in
+                local n
+                n=$(tail -1 "$R/$w.tx.$p")
+                echo "$(cpu_ms "$(($(cpu_ticks "$WP_PID") - wp0))" "$n") $(cpu_ms "$(($(cpu_ticks "$STANDIN_PID") - si0))" "$n")" >>"$R/$w.cpu"
+            fi
         done
     done
 }
@@ -275,38 +290,47 @@ memory
 
 # --- report ---------------------------------------------------------------------------
 fmt_ratio() { awk -v a="$1" -v b="$2" 'BEGIN{ if (b+0 == 0 || a == "nan") print "-"; else printf "%.2f", a/b }'; }
-row() { # row LABEL FILEBASE UNIT
+fmt_num() { awk -v v="$1" 'BEGIN{ if (v == "nan") print "-"; else if (v+0 >= 100) printf "%.0f", v; else if (v+0 >= 1) printf "%.1f", v; else printf "%.3f", v }'; }
+med() { if [ -s "$1" ]; then median <"$1"; else echo nan; fi; }
+row() { # row LABEL FILEBASE: medians per path, then Waypoint/direct and Waypoint/PgBouncer
     local d g w
-    d=$(median <"$R/$2.direct" 2>/dev/null || echo nan)
-    g=$(median <"$R/$2.pgbouncer" 2>/dev/null || echo nan)
-    w=$(median <"$R/$2.waypoint" 2>/dev/null || echo nan)
-    echo "| $1 | $d | $g | $w | $(fmt_ratio "$w" "$d") | $(fmt_ratio "$w" "$g") |"
+    d=$(med "$R/$2.direct")
+    g=$(med "$R/$2.pgbouncer")
+    w=$(med "$R/$2.waypoint")
+    [ "$d$g$w" = nannannan ] && return 0
+    echo "| $1 | $(fmt_num "$d") | $(fmt_num "$g") | $(fmt_num "$w") | $(fmt_ratio "$w" "$d") | $(fmt_ratio "$w" "$g") |"
 }
 
 echo
-echo "Machine: $(nproc) cores, $(awk '/MemTotal/{printf "%.0f GiB", $2/1048576}' /proc/meminfo), $(uname -r); rounds=$ROUNDS, ${SECS}s per pgbench run, scale $SCALE"
+echo "Machine: $(nproc) cores ($(awk -F': ' '/model name/{print $2; exit}' /proc/cpuinfo)), $(awk '/MemTotal/{printf "%.0f GiB", $2/1048576}' /proc/meminfo), Linux $(uname -r); $(postgres -V 2>/dev/null || "$(pg_config --bindir)/postgres" -V), $(pgbouncer -V 2>/dev/null | head -1)"
+echo "Rounds: $ROUNDS (median shown), ${SECS}s per pgbench run, pgbench scale $SCALE, bulk ${BULK_MB} MiB per COPY"
 echo
 echo "| workload | direct | PgBouncer | Waypoint | Waypoint/direct | Waypoint/PgBouncer |"
 echo "|---|---|---|---|---|---|"
-for f in "$R"/*.direct; do
-    b=$(basename "$f" .direct)
-    case $b in
-    *.tx | *.lat) continue ;;
-    select-* | connect-*) row "$b TPS" "$b" ;;
-    copy-out-*) row "$b MB/s" "$b" ;;
-    esac
+for mode in simple prepared; do
+    for c in 1 8 32; do row "select-only $mode, $c clients: TPS" "select-$mode-c$c"; done
 done
-for f in "$R"/*.lat.direct; do
-    [ -e "$f" ] || continue
-    b=$(basename "$f" .direct)
-    row "${b%.lat} latency ms" "$b"
+row "select-only simple, 8 clients, sslmode=require: TPS" select-tls-c8
+for c in 1 4; do row "connect per transaction (-C -S), $c clients: connects/s" "connect-c$c"; done
+row "COPY TO STDOUT, plain: MB/s" copy-out-disable
+row "COPY TO STDOUT, sslmode=require: MB/s" copy-out-require
+for mode in simple prepared; do
+    for c in 1 8 32; do row "select-only $mode, $c clients: mean latency ms (lower is better)" "select-$mode-c$c.lat"; done
 done
-if [ -f "$R/cpu-per-10k.waypoint" ]; then
-    echo "| CPU s per 10k tx (select-simple-c8) | - | $(median <"$R/cpu-per-10k.pgbouncer") | $(median <"$R/cpu-per-10k.waypoint") | - | $(fmt_ratio "$(median <"$R/cpu-per-10k.waypoint")" "$(median <"$R/cpu-per-10k.pgbouncer")") |"
+row "select-only simple, 8 clients, TLS: mean latency ms (lower is better)" select-tls-c8.lat
+for c in 1 4; do row "connect per transaction, $c clients: mean latency ms (lower is better)" "connect-c$c.lat"; done
+if [ -s "$R/cpu-per-10k.waypoint" ]; then
+    g=$(med "$R/cpu-per-10k.pgbouncer")
+    w=$(med "$R/cpu-per-10k.waypoint")
+    echo "| proxy CPU s per 10k transactions (select-only simple, 8 clients; lower is better) | - | $(fmt_num "$g") | $(fmt_num "$w") | - | $(fmt_ratio "$w" "$g") |"
 fi
+for c in 1 4; do
+    [ -s "$R/connect-c$c.cpu" ] || continue
+    echo "| CPU ms per connect, $c clients: Waypoint (LocalAPI stand-in) | - | - | $(awk '{print $1}' "$R/connect-c$c.cpu" | median) ($(awk '{print $2}' "$R/connect-c$c.cpu" | median)) | - | - |"
+done
 if [ -f "$R/idle" ]; then
     echo
-    echo "| idle Waypoint connections | RSS before KiB | RSS with them KiB | KiB per connection |"
+    echo "| idle Waypoint connections | Waypoint RSS before, KiB | RSS with them, KiB | KiB per connection |"
     echo "|---|---|---|---|"
     while read -r n base rss; do
         echo "| $n | $base | $rss | $(awk -v a="$rss" -v b="$base" -v n="$n" 'BEGIN{printf "%.1f", (a-b)/n}') |"
