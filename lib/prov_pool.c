@@ -246,11 +246,21 @@ void prov_pool_put(prov_pools *ps, const char *database, PGconn *conn, bool brok
     pthread_mutex_lock(&ps->mu);
     prov_pool *p = pool_find(ps, database, false);
     if (!p || broken || PQstatus(conn) != CONNECTION_OK || p->nidle >= PROV_POOL_MAX) {
+        /* A dead connection usually means a backend restart or terminated admin
+         * sessions: its idle siblings are dead too, but may not show it yet (checkout
+         * only sees a termination that already arrived), and a caller retries once. */
+        int nstale = 0;
+        PGconn *stale[PROV_POOL_MAX];
+        if (p && PQstatus(conn) == CONNECTION_BAD)
+            while (p->nidle > 0)
+                stale[nstale++] = p->idle[--p->nidle];
         if (p)
-            p->nopen--;
+            p->nopen -= 1 + nstale;
         pthread_cond_broadcast(&ps->cv);
         pthread_mutex_unlock(&ps->mu);
         PQfinish(conn);
+        for (int i = 0; i < nstale; i++)
+            PQfinish(stale[i]);
         return;
     }
     p->idle[p->nidle++] = conn;

@@ -927,7 +927,35 @@ static void lease_free(prov_lease *l)
     free(l);
 }
 
-/* Unlock everything the lease holds (error paths and release). */
+/* Sends the advisory unlock without waiting for its answer. Returns false when the
+ * connection may still hold the lock (it must then be closed, which releases it). */
+static bool unlock_send(prov_ctx *p, PGconn *c, const char *key)
+{
+    const char *vals[1] = {key};
+    if (PQtransactionStatus(c) == PQTRANS_INERROR) /* else the unlock itself would fail */
+        PQclear(PQexec(c, "ROLLBACK"));
+    return PQstatus(c) == CONNECTION_OK &&
+           PQsendQueryParams(c, prov_sql_unlock(p->dialect), 1, NULL, vals, NULL, NULL, 0);
+}
+
+/* The answer to unlock_send(): true when the lock is released. */
+static bool unlock_wait(PGconn *c, const char *key)
+{
+    PGresult *r = PQgetResult(c), *x;
+    bool ok = r && PQresultStatus(r) == PGRES_TUPLES_OK;
+    PQclear(r);
+    while ((x = PQgetResult(c)) != NULL)
+        PQclear(x);
+    if (!ok)
+        log_kv(WP_LOG_WARN, "prov_unlock_failed", "key", key, (char *)NULL);
+    return ok;
+}
+
+/* Unlock everything the lease holds (error paths and release). The in-process lock is
+ * released as soon as the advisory unlock is on the wire: the next connect of the same
+ * role then queues on the advisory lock in PostgreSQL, which that unlock frees, instead
+ * of waiting one more round trip for this one's acknowledgement. A connection whose
+ * unlock failed is closed, which releases the lock. */
 static void lease_unlock(prov_lease *l)
 {
     prov_ctx *p = l->p;
@@ -937,18 +965,21 @@ static void lease_unlock(prov_lease *l)
         prov_pool_put(&p->lockpools, p->s.admin_database, l->lock_conn, false);
         l->lock_conn = NULL;
     }
-    if (l->conn) {
-        bool broken = PQstatus(l->conn) != CONNECTION_OK;
-        if (l->lock_key[0] && !broken && prov_lock_strategy(p->dialect) == PROV_LOCK_ADVISORY)
-            backend_unlock(p, l->conn, l->lock_key);
-        if (PQtransactionStatus(l->conn) == PQTRANS_INERROR)
-            PQclear(PQexec(l->conn, "ROLLBACK"));
-        prov_pool_put(&p->pools, l->db, l->conn, broken);
-        l->conn = NULL;
-    }
+    char key[sizeof l->lock_key];
+    snprintf(key, sizeof key, "%s", l->lock_key);
+    bool locked = l->conn && key[0] && prov_lock_strategy(p->dialect) == PROV_LOCK_ADVISORY;
+    bool sent = locked && unlock_send(p, l->conn, key);
+    if (l->conn && !locked && PQtransactionStatus(l->conn) == PQTRANS_INERROR)
+        PQclear(PQexec(l->conn, "ROLLBACK"));
     l->lock_key[0] = '\0';
     prov_keylock_unlock(&p->locks, l->kl);
     l->kl = NULL;
+    if (l->conn) {
+        bool broken = (locked && !sent) || (sent && !unlock_wait(l->conn, key)) ||
+                      PQstatus(l->conn) != CONNECTION_OK;
+        prov_pool_put(&p->pools, l->db, l->conn, broken);
+        l->conn = NULL;
+    }
 }
 
 static wp_status take_backend_lock(prov_ctx *p, prov_lease *l, wp_error *err)
