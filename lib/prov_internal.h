@@ -33,6 +33,11 @@ const char *prov_sslmode(cfg_backend_tls t);
 
 #define PROV_GROUP_RECORD_PREFIX "waypoint:v1 group "
 #define PROV_ROLE_RECORD_PREFIX "waypoint:v1 login="
+#define PROV_ORPHANS_RECORD "waypoint:v1 orphans"
+
+/* The powerless NOLOGIN role that cleanup reassigns dropped caller roles' objects to:
+ * <prefix>orphans, prefix cut so it fits 63 bytes. */
+void prov_orphans_name(const char *prefix, char out[ID_ROLE_MAX + 1]);
 
 /* Shared group role for (database, schema, preset):
  * <prefix>g_<10 hex of sha256(db NUL schema)>_<preset>, prefix cut so it fits 63 bytes. */

@@ -111,6 +111,16 @@ int prov_group_name(const char *prefix, const char *database, const char *schema
     return 0;
 }
 
+void prov_orphans_name(const char *prefix, char out[ID_ROLE_MAX + 1])
+{
+    /* No '_' after the prefix: caller and group names always have one, so no clash. */
+    static const char tail[] = "orphans";
+    int plen = (int)strlen(prefix);
+    if ((size_t)plen + strlen(tail) > ID_ROLE_MAX)
+        plen = (int)(ID_ROLE_MAX - strlen(tail));
+    snprintf(out, ID_ROLE_MAX + 1, "%.*s%s", plen, prefix, tail);
+}
+
 static int must_escape(unsigned char c)
 {
     return c <= 0x20 || c >= 0x7f || c == '=' || c == '%' || c == '\'' || c == '"' || c == '\\';

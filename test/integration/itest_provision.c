@@ -765,7 +765,7 @@ static void test_cleanup(void **state)
         count_q(super_appdb, "SELECT count(*) FROM pg_roles WHERE rolname = $1", r_owner), 0);
     assert_int_equal(count_q(super_appdb,
                              "SELECT count(*) FROM pg_tables WHERE tablename = $1 AND "
-                             "tableowner = 'wp_admin'",
+                             "tableowner = 'wp_orphans'",
                              "owned_by_caller"),
                      1);
     /* The live one stays, and can still log in. */
@@ -832,6 +832,12 @@ static void test_cleanup_never_hands_code_to_admin(void **state)
                              "m.member = o.oid)",
                              "planter_data"),
                      1);
+    /* CREATE on the schema was only lent to it for the REASSIGN. */
+    assert_int_equal(count_q(super_appdb,
+                             "SELECT count(*) FROM pg_roles WHERE rolname = $1 AND "
+                             "has_schema_privilege(oid, 'adm', 'CREATE')",
+                             "wp_orphans"),
+                     0);
     grant_free(g);
     id_free(id);
 }
@@ -898,19 +904,25 @@ static void test_preset_privilege_matrix(void **state)
         const char *preset;
         const char *want; /* schema U C | table S I U D T R Tr | seq S U Up */
     } cells[] = {
-        {"readonly", "10" "1000000" "100"},
-        {"readwrite", "10" "1111000" "110"},
-        {"admin", "11" "1111111" "111"},
+        {"readonly", "10"
+                     "1000000"
+                     "100"},
+        {"readwrite", "10"
+                      "1111000"
+                      "110"},
+        {"admin", "11"
+                  "1111111"
+                  "111"},
     };
     static const struct {
-        const char *fn;  /* has_<fn>_privilege */
-        int obj;         /* 0 schema, 1 table, 2 sequence */
+        const char *fn; /* has_<fn>_privilege */
+        int obj;        /* 0 schema, 1 table, 2 sequence */
         const char *priv;
     } checks[] = {
-        {"schema", 0, "USAGE"},     {"schema", 0, "CREATE"},    {"table", 1, "SELECT"},
-        {"table", 1, "INSERT"},     {"table", 1, "UPDATE"},     {"table", 1, "DELETE"},
-        {"table", 1, "TRUNCATE"},   {"table", 1, "REFERENCES"}, {"table", 1, "TRIGGER"},
-        {"sequence", 2, "SELECT"},  {"sequence", 2, "USAGE"},   {"sequence", 2, "UPDATE"},
+        {"schema", 0, "USAGE"},    {"schema", 0, "CREATE"},    {"table", 1, "SELECT"},
+        {"table", 1, "INSERT"},    {"table", 1, "UPDATE"},     {"table", 1, "DELETE"},
+        {"table", 1, "TRUNCATE"},  {"table", 1, "REFERENCES"}, {"table", 1, "TRIGGER"},
+        {"sequence", 2, "SELECT"}, {"sequence", 2, "USAGE"},   {"sequence", 2, "UPDATE"},
     };
     for (size_t i = 0; i < 3; i++) {
         char login[64], dbs[256], role[64];
@@ -931,8 +943,8 @@ static void test_preset_privilege_matrix(void **state)
                          expr);
                 int want = cells[i].want[k] - '0';
                 if (count_q(super_appdb, q, role) != want)
-                    fail_msg("%s (pass %d): %s is %d, want %d", cells[i].preset, pass, expr,
-                             !want, want);
+                    fail_msg("%s (pass %d): %s is %d, want %d", cells[i].preset, pass, expr, !want,
+                             want);
             }
             assert_int_equal(count_q(super_appdb,
                                      "SELECT count(*) FROM pg_roles r WHERE r.rolname = $1 AND "
@@ -958,10 +970,9 @@ static void test_narrowing_admin_to_readonly(void **state)
 {
     (void)state;
     id_identity *id = ident("narrow@example.com", "pc", "nNARROW");
-    grant_effective *wide =
-        grant("appdb",
-              "{\"appdb\":{\"permissions\":[\"admin\"],\"schemas\":[\"public\",\"secret\"]}}",
-              GRANT_PRESET_NONE);
+    grant_effective *wide = grant(
+        "appdb", "{\"appdb\":{\"permissions\":[\"admin\"],\"schemas\":[\"public\",\"secret\"]}}",
+        GRANT_PRESET_NONE);
     grant_effective *narrow =
         grant("appdb", "{\"appdb\":{\"permissions\":[\"readonly\"],\"schemas\":[\"public\"]}}",
               GRANT_PRESET_NONE);
