@@ -53,6 +53,14 @@ bool prov_record_is_group(const char *comment);
 
 /* ---- SQL text --------------------------------------------------------------------- */
 
+/* SQL condition: the current (admin) role holds a membership in role oid X that it granted
+ * itself, as Waypoint does when it creates a role. A COMMENT alone is no proof: any other
+ * CREATEROLE role can write one. Nobody but a superuser can record a grantor other than
+ * themselves (PostgreSQL 15: GRANTED BY needs superuser; 16+: ADMIN held by that role). */
+#define PROV_SQL_ADMIN_MADE(X)                                                                     \
+    "EXISTS (SELECT 1 FROM pg_auth_members am WHERE am.roleid = " X " AND am.member = "            \
+    "am.grantor AND am.member = (SELECT oid FROM pg_roles WHERE rolname = current_user))"
+
 /* The statements giving group qg its preset privileges on schema qs in database qdb
  * (all already quoted), on the relations listed in tables and seqs (comma-separated
  * quoted names from PROV_SQL_GRANTABLE; empty or NULL: none), and as default privileges

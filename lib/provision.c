@@ -1194,13 +1194,15 @@ static wp_status ensure_orphans(prov_ctx *p, PGconn *c, char name[ID_ROLE_MAX + 
     prov_orphans_name(p->s.user_prefix, name);
     const char *vals[2] = {name, PROV_ORPHANS_RECORD};
     for (int attempt = 0; attempt < 2; attempt++) { /* create if missing, then verify */
-        PGresult *r = run(c,
-                          "SELECT shobj_description(r.oid, 'pg_authid') IS NOT DISTINCT FROM $2 "
-                          "AND NOT (r.rolcanlogin OR r.rolsuper OR r.rolcreatedb OR "
-                          "r.rolcreaterole OR r.rolreplication OR r.rolbypassrls) AND NOT EXISTS "
-                          "(SELECT 1 FROM pg_auth_members m WHERE m.member = r.oid) "
-                          "FROM pg_roles r WHERE r.rolname = $1",
-                          2, vals, NULL);
+        /* clang-format off */
+        static const char q[] =
+            "SELECT " PROV_SQL_ADMIN_MADE("r.oid") " AND "
+            "shobj_description(r.oid, 'pg_authid') IS NOT DISTINCT FROM $2 AND NOT "
+            "(r.rolcanlogin OR r.rolsuper OR r.rolcreatedb OR r.rolcreaterole OR "
+            "r.rolreplication OR r.rolbypassrls) AND NOT EXISTS (SELECT 1 FROM "
+            "pg_auth_members m WHERE m.member = r.oid) FROM pg_roles r WHERE r.rolname = $1";
+        /* clang-format on */
+        PGresult *r = run(c, q, 2, vals, NULL);
         if (!r) {
             set_backend_err(err, "orphans_check", c);
             return WP_ERR_BACKEND;
@@ -1306,7 +1308,7 @@ static bool cleanup_one(prov_ctx *p, PGconn *c, const char *lockdb, const char *
     const char *vals[1] = {role};
     PGresult *r = run(c,
                       "SELECT shobj_description(oid, 'pg_authid'), rolvaliduntil < now() "
-                      "FROM pg_roles WHERE rolname = $1",
+                      "AND " PROV_SQL_ADMIN_MADE("oid") " FROM pg_roles WHERE rolname = $1",
                       1, vals, NULL);
     bool still = r && PQntuples(r) == 1 && !PQgetisnull(r, 0, 0) &&
                  strcmp(PQgetvalue(r, 0, 0), record) == 0 && PQgetvalue(r, 0, 1)[0] == 't';
@@ -1391,7 +1393,7 @@ wp_status prov_cleanup(prov_ctx *p, int *dropped, wp_error *err)
     PGresult *r = run(c,
                       "SELECT rolname, shobj_description(oid, 'pg_authid') FROM pg_roles "
                       "WHERE rolvaliduntil < now() AND left(shobj_description(oid, "
-                      "'pg_authid'), length($1)) = $1",
+                      "'pg_authid'), length($1)) = $1 AND " PROV_SQL_ADMIN_MADE("oid"),
                       1, vals, NULL);
     char orphans[ID_ROLE_MAX + 1];
     wp_status ost = r && PQntuples(r) > 0 ? ensure_orphans(p, c, orphans, err) : WP_OK;
