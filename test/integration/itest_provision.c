@@ -700,6 +700,46 @@ static void test_raw_sql(void **state)
     id_free(id);
 }
 
+/* A downgraded connection gets a separate role and never the grant's raw SQL, even with
+ * raw SQL enabled; the full-scope role of the same caller does get it. */
+static void test_downgrade_gets_no_raw_sql(void **state)
+{
+    (void)state;
+    prov_settings s = settings(true);
+    prov_ctx *p = NULL;
+    wp_error err;
+    wp_error_clear(&err);
+    assert_int_equal(prov_create(&s, &p, &err), WP_OK);
+    id_identity *id = ident("dgraw@example.com", "pc", "nDGRAW");
+    const char *dbs = "{\"appdb\":{\"permissions\":[\"readwrite\"],\"sql\":["
+                      "\"GRANT TRUNCATE ON public.audit TO {{.Role}}\"]}}";
+    grant_effective *down = grant("appdb", dbs, GRANT_PRESET_READONLY);
+    prov_lease *l = ensure_ok(p, id, "appdb", down);
+    char role[64];
+    snprintf(role, sizeof role, "%s", prov_lease_role(l));
+    prov_lease_release(l);
+    assert_int_equal(count_q(super_appdb,
+                             "SELECT count(*) FROM pg_roles r WHERE rolname = $1 AND NOT "
+                             "has_table_privilege(r.oid, 'public.audit', 'TRUNCATE') AND NOT "
+                             "has_table_privilege(r.oid, 'public.audit', 'INSERT') AND "
+                             "has_table_privilege(r.oid, 'public.audit', 'SELECT')",
+                             role),
+                     1);
+    grant_effective *full = grant("appdb", dbs, GRANT_PRESET_NONE);
+    l = ensure_ok(p, id, "appdb", full);
+    assert_string_not_equal(prov_lease_role(l), role);
+    assert_int_equal(count_q(super_appdb,
+                             "SELECT count(*) FROM pg_roles r WHERE rolname = $1 AND "
+                             "has_table_privilege(r.oid, 'public.audit', 'TRUNCATE')",
+                             prov_lease_role(l)),
+                     1);
+    prov_lease_release(l);
+    prov_destroy(p);
+    grant_free(down);
+    grant_free(full);
+    id_free(id);
+}
+
 static void test_touch_extends_expiry(void **state)
 {
     (void)state;
@@ -1101,6 +1141,7 @@ int main(void)
         cmocka_unit_test(test_reconnect_after_admin_sessions_die),
         cmocka_unit_test(test_search_path_trap),
         cmocka_unit_test(test_raw_sql),
+        cmocka_unit_test(test_downgrade_gets_no_raw_sql),
         cmocka_unit_test(test_touch_extends_expiry),
         cmocka_unit_test(test_cleanup),
         cmocka_unit_test(test_cleanup_never_hands_code_to_admin),
