@@ -111,6 +111,16 @@ int prov_group_name(const char *prefix, const char *database, const char *schema
     return 0;
 }
 
+void prov_orphans_name(const char *prefix, char out[ID_ROLE_MAX + 1])
+{
+    /* No '_' after the prefix: caller and group names always have one, so no clash. */
+    static const char tail[] = "orphans";
+    int plen = (int)strlen(prefix);
+    if ((size_t)plen + strlen(tail) > ID_ROLE_MAX)
+        plen = (int)(ID_ROLE_MAX - strlen(tail));
+    snprintf(out, ID_ROLE_MAX + 1, "%.*s%s", plen, prefix, tail);
+}
+
 static int must_escape(unsigned char c)
 {
     return c <= 0x20 || c >= 0x7f || c == '=' || c == '%' || c == '\'' || c == '"' || c == '\\';
@@ -262,13 +272,16 @@ char *prov_sql_group_privileges(grant_preset preset, const char *qs, const char 
     return ok ? all : NULL;
 }
 
-/* Columns: exists, record, elevated attributes, memberships JSON [[name, record]],
+/* Columns: exists, record (NULL unless the admin made the role, see PROV_SQL_ADMIN_MADE),
+ * elevated attributes, memberships JSON [[name, record]],
  * VALID UNTIL text (server clock), schema JSON [[name, nsp oid, changed, fingerprint]].
  * PostgreSQL: "changed" = a relation of the kinds grants cover has an OID above the
  * group's watermark (an index range scan on pg_class_oid_index: cost follows the number
  * of new relations, not of all tables); fingerprint = max(pg_class.oid). */
+/* clang-format off */
 static const char SQL_STATE_PG[] =
-    "SELECT r.oid IS NOT NULL, shobj_description(r.oid, 'pg_authid'), "
+    "SELECT r.oid IS NOT NULL, "
+    "CASE WHEN " PROV_SQL_ADMIN_MADE("r.oid") " THEN shobj_description(r.oid, 'pg_authid') END, "
     "coalesce(r.rolsuper OR r.rolcreatedb OR r.rolcreaterole OR r.rolreplication "
     "OR r.rolbypassrls, false), "
     "(SELECT coalesce(json_agg(json_build_array(g.rolname, "
@@ -282,6 +295,7 @@ static const char SQL_STATE_PG[] =
     "FROM json_to_recordset($3::json) AS s(i int8, name text, w int8) "
     "LEFT JOIN pg_namespace n ON n.nspname = s.name) "
     "FROM (SELECT 1) AS one LEFT JOIN pg_roles r ON r.rolname = $1::name";
+/* clang-format on */
 
 /* CockroachDB: records come from waypoint_roles (its quoted qualified name replaces
  * every @RECORDS@); OIDs are not monotonic, so the

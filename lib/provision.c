@@ -1202,10 +1202,93 @@ void prov_touch_role(prov_ctx *p, const char *role, const char *database, int64_
     prov_keylock_unlock(&p->locks, kl);
 }
 
-/* REASSIGN OWNED + DROP OWNED in every database where the role owns or was granted
- * something (pg_shdepend knows exactly which). c is the locked connection. */
+/* Objects keep running with their OWNER's rights (SECURITY DEFINER functions, views,
+ * rules, index expressions evaluated by VACUUM/ANALYZE), so what a dropped caller owned
+ * must never go to the CREATEROLE admin: an admin-preset caller could plant a function
+ * and have it run as the admin after cleanup. It goes to <prefix>orphans instead:
+ * NOLOGIN, no attributes, no memberships (re-checked every pass, fail closed), with the
+ * admin as a member so it can still grant on and manage the kept data. */
+static wp_status ensure_orphans(prov_ctx *p, PGconn *c, char name[ID_ROLE_MAX + 1], wp_error *err)
+{
+    prov_orphans_name(p->s.user_prefix, name);
+    const char *vals[2] = {name, PROV_ORPHANS_RECORD};
+    for (int attempt = 0; attempt < 2; attempt++) { /* create if missing, then verify */
+        /* clang-format off */
+        static const char q[] =
+            "SELECT " PROV_SQL_ADMIN_MADE("r.oid") " AND "
+            "shobj_description(r.oid, 'pg_authid') IS NOT DISTINCT FROM $2 AND NOT "
+            "(r.rolcanlogin OR r.rolsuper OR r.rolcreatedb OR r.rolcreaterole OR "
+            "r.rolreplication OR r.rolbypassrls) AND NOT EXISTS (SELECT 1 FROM "
+            "pg_auth_members m WHERE m.member = r.oid) FROM pg_roles r WHERE r.rolname = $1";
+        /* clang-format on */
+        PGresult *r = run(c, q, 2, vals, NULL);
+        if (!r) {
+            set_backend_err(err, "orphans_check", c);
+            return WP_ERR_BACKEND;
+        }
+        int n = PQntuples(r);
+        bool ok = n == 1 && PQgetvalue(r, 0, 0)[0] == 't';
+        PQclear(r);
+        if (n == 1 && ok)
+            return WP_OK;
+        if (n == 1) {
+            log_kv(WP_LOG_ERROR, "prov_orphans_conflict", "role", name, "reason",
+                   "not a powerless role Waypoint created; cleanup will not run", (char *)NULL);
+            wp_error_set(err, WP_SQLSTATE_INTERNAL, "cleanup: role \"%s\" is not usable", name);
+            return WP_ERR_CONFLICT;
+        }
+        char *qo = qident(c, name), *qrec = qlit(c, PROV_ORPHANS_RECORD);
+        char *sql = qo && qrec ? fmt_sql("CREATE ROLE %s NOLOGIN NOINHERIT NOSUPERUSER NOCREATEDB "
+                                         "NOCREATEROLE NOREPLICATION NOBYPASSRLS; COMMENT ON "
+                                         "ROLE %s IS %s; GRANT %s TO CURRENT_USER",
+                                         qo, qo, qrec, qo)
+                               : NULL;
+        char ss[6] = "";
+        bool created = sql && run_ddl(c, sql, ss);
+        free(qo);
+        free(qrec);
+        free(sql);
+        if (!created && strcmp(ss, "42710") != 0) { /* 42710: another instance won */
+            set_backend_err(err, "orphans_create", c);
+            return WP_ERR_BACKEND;
+        }
+    }
+    set_backend_err(err, "orphans_create", c);
+    return WP_ERR_BACKEND;
+}
+
+/* REASSIGN OWNED BY role TO orphans + DROP OWNED BY role in the database dc is connected
+ * to. Changing a function's (type's, ...) owner needs the new owner to have CREATE on its
+ * schema, so the orphans role gets CREATE on exactly the schemas where role owns
+ * something, inside the same implicit transaction, revoked again before it commits. */
+static bool reassign_in_db(PGconn *dc, const char *role, const char *qr, const char *qo)
+{
+    const char *vals[1] = {role};
+    PGresult *r = run(dc,
+                      "SELECT coalesce(string_agg(DISTINCT quote_ident(x.s), ', '), '') FROM "
+                      "(SELECT (pg_identify_object(d.classid, d.objid, d.objsubid)).schema AS s "
+                      "FROM pg_shdepend d JOIN pg_database db ON db.oid = d.dbid AND db.datname "
+                      "= current_database() JOIN pg_roles a ON a.oid = d.refobjid WHERE "
+                      "d.refclassid = 'pg_authid'::regclass AND d.deptype = 'o' AND a.rolname "
+                      "= $1) AS x WHERE x.s IS NOT NULL",
+                      1, vals, NULL);
+    if (!r)
+        return false;
+    const char *schemas = PQgetvalue(r, 0, 0);
+    char *sql = schemas[0] ? fmt_sql("GRANT CREATE ON SCHEMA %s TO %s; REASSIGN OWNED BY %s TO %s; "
+                                     "DROP OWNED BY %s; REVOKE CREATE ON SCHEMA %s FROM %s",
+                                     schemas, qo, qr, qo, qr, schemas, qo)
+                           : fmt_sql("REASSIGN OWNED BY %s TO %s; DROP OWNED BY %s", qr, qo, qr);
+    PQclear(r);
+    bool ok = sql && run_ddl(dc, sql, NULL);
+    free(sql);
+    return ok;
+}
+
+/* reassign_in_db in every database where the role owns or was granted something
+ * (pg_shdepend knows exactly which). c is the locked connection. */
 static bool drop_owned_everywhere(prov_ctx *p, PGconn *c, const char *lockdb, const char *role,
-                                  const char *qr)
+                                  const char *qr, const char *orphans)
 {
     const char *vals[1] = {role};
     PGresult *r = run(c,
@@ -1215,9 +1298,8 @@ static bool drop_owned_everywhere(prov_ctx *p, PGconn *c, const char *lockdb, co
                       1, vals, NULL);
     if (!r)
         return false;
-    char *qa = qident(c, p->s.admin_user);
-    char *sql = qa ? fmt_sql("REASSIGN OWNED BY %s TO %s; DROP OWNED BY %s", qr, qa, qr) : NULL;
-    bool ok = sql != NULL;
+    char *qo = qident(c, orphans);
+    bool ok = qo != NULL;
     for (int i = 0; ok && i < PQntuples(r); i++) {
         const char *dbn = PQgetvalue(r, i, 0);
         PGconn *dc = c;
@@ -1226,7 +1308,7 @@ static bool drop_owned_everywhere(prov_ctx *p, PGconn *c, const char *lockdb, co
             ok = false;
             break;
         }
-        ok = run_ddl(dc, sql, NULL);
+        ok = reassign_in_db(dc, role, qr, qo);
         if (!ok)
             log_kv(WP_LOG_WARN, "prov_cleanup_drop_owned_failed", "role", role, "db", dbn, "error",
                    PQerrorMessage(dc), (char *)NULL);
@@ -1234,19 +1316,18 @@ static bool drop_owned_everywhere(prov_ctx *p, PGconn *c, const char *lockdb, co
             prov_pool_put(&p->pools, dbn, dc, false);
     }
     PQclear(r);
-    free(qa);
-    free(sql);
+    free(qo);
     return ok;
 }
 
 /* One expired role, under its lock; returns true when it was dropped. */
 static bool cleanup_one(prov_ctx *p, PGconn *c, const char *lockdb, const char *role,
-                        const char *record)
+                        const char *record, const char *orphans)
 {
     const char *vals[1] = {role};
     PGresult *r = run(c,
                       "SELECT shobj_description(oid, 'pg_authid'), rolvaliduntil < now() "
-                      "FROM pg_roles WHERE rolname = $1",
+                      "AND " PROV_SQL_ADMIN_MADE("oid") " FROM pg_roles WHERE rolname = $1",
                       1, vals, NULL);
     bool still = r && PQntuples(r) == 1 && !PQgetisnull(r, 0, 0) &&
                  strcmp(PQgetvalue(r, 0, 0), record) == 0 && PQgetvalue(r, 0, 1)[0] == 't';
@@ -1271,7 +1352,7 @@ static bool cleanup_one(prov_ctx *p, PGconn *c, const char *lockdb, const char *
         goto out;
     }
     /* REASSIGN/DROP OWNED need the admin to be a member of the role. */
-    if (!run_ddl(c, member, NULL) || !drop_owned_everywhere(p, c, lockdb, role, qr) ||
+    if (!run_ddl(c, member, NULL) || !drop_owned_everywhere(p, c, lockdb, role, qr, orphans) ||
         !run_ddl(c, drop, NULL)) {
         log_kv(WP_LOG_WARN, "prov_cleanup_failed", "role", role, "error", PQerrorMessage(c),
                (char *)NULL);
@@ -1289,7 +1370,7 @@ out:
     return dropped;
 }
 
-static bool cleanup_locked(prov_ctx *p, const char *role, const char *record)
+static bool cleanup_locked(prov_ctx *p, const char *role, const char *record, const char *orphans)
 {
     char db[256];
     wp_error e;
@@ -1308,7 +1389,7 @@ static bool cleanup_locked(prov_ctx *p, const char *role, const char *record)
     bool dropped = false;
     if (prov_pool_get(&p->pools, db, &c, NULL, &e) == WP_OK &&
         backend_lock(p, &p->pools, db, &c, lkey, &e) == WP_OK) {
-        dropped = cleanup_one(p, c, db, role, record);
+        dropped = cleanup_one(p, c, db, role, record, orphans);
         backend_unlock(p, c, lkey);
     }
     prov_pool_put(&p->pools, db, c, false);
@@ -1326,6 +1407,7 @@ wp_status prov_cleanup(prov_ctx *p, int *dropped, wp_error *err)
     }
     const char *vals[1] = {PROV_ROLE_RECORD_PREFIX};
     PGresult *r = NULL;
+    char orphans[ID_ROLE_MAX + 1];
     /* Two attempts: a pooled connection may have died with a backend restart since it
      * was last used, and only a query tells. */
     for (int attempt = 0; attempt < 2 && !r; attempt++) {
@@ -1335,12 +1417,17 @@ wp_status prov_cleanup(prov_ctx *p, int *dropped, wp_error *err)
         r = run(c,
                 "SELECT rolname, shobj_description(oid, 'pg_authid') FROM pg_roles "
                 "WHERE rolvaliduntil < now() AND left(shobj_description(oid, "
-                "'pg_authid'), length($1)) = $1",
+                "'pg_authid'), length($1)) = $1 AND " PROV_SQL_ADMIN_MADE("oid"),
                 1, vals, NULL);
         bool broken = PQstatus(c) == CONNECTION_BAD;
         if (!r && (!broken || attempt == 1))
             set_backend_err(err, "cleanup_list", c);
+        wp_status ost = r && PQntuples(r) > 0 ? ensure_orphans(p, c, orphans, err) : WP_OK;
         prov_pool_put(&p->pools, p->s.admin_database, c, broken);
+        if (ost != WP_OK) {
+            PQclear(r);
+            return ost;
+        }
         if (!r && !broken)
             return WP_ERR_BACKEND;
     }
@@ -1350,7 +1437,7 @@ wp_status prov_cleanup(prov_ctx *p, int *dropped, wp_error *err)
         const char *rec = PQgetvalue(r, i, 1);
         if (!id_record_is_waypoint(rec) || !prov_record_is_role(rec))
             continue;
-        if (cleanup_locked(p, PQgetvalue(r, i, 0), rec))
+        if (cleanup_locked(p, PQgetvalue(r, i, 0), rec, orphans))
             (*dropped)++;
     }
     PQclear(r);

@@ -78,6 +78,23 @@ static void test_group_name(void **state)
     assert_int_equal(prov_group_name("wp_", "appdb", "public", GRANT_PRESET_NONE, c), -1);
 }
 
+static void test_orphans_name(void **state)
+{
+    (void)state;
+    char o[ID_ROLE_MAX + 1];
+    prov_orphans_name("wp_", o);
+    assert_string_equal(o, "wp_orphans");
+    char longp[80];
+    memset(longp, 'p', sizeof longp - 1);
+    longp[sizeof longp - 1] = '\0';
+    prov_orphans_name(longp, o);
+    assert_int_equal(strlen(o), ID_ROLE_MAX);
+    assert_string_equal(o + ID_ROLE_MAX - 7, "orphans");
+    /* Never a role or group record: cleanup and reconcile leave it alone. */
+    assert_false(prov_record_is_role(PROV_ORPHANS_RECORD));
+    assert_false(prov_record_is_group(PROV_ORPHANS_RECORD));
+}
+
 static void test_group_record(void **state)
 {
     (void)state;
@@ -210,10 +227,15 @@ static void test_keylock(void **state)
 int main(void)
 {
     const struct CMUnitTest tests[] = {
-        cmocka_unit_test(test_dialect_choices), cmocka_unit_test(test_pwenc_and_sslmode),
-        cmocka_unit_test(test_group_name),      cmocka_unit_test(test_group_record),
-        cmocka_unit_test(test_record_database), cmocka_unit_test(test_group_privileges_sql),
-        cmocka_unit_test(test_role_state_sql),  cmocka_unit_test(test_keylock),
+        cmocka_unit_test(test_dialect_choices),
+        cmocka_unit_test(test_pwenc_and_sslmode),
+        cmocka_unit_test(test_group_name),
+        cmocka_unit_test(test_group_record),
+        cmocka_unit_test(test_orphans_name),
+        cmocka_unit_test(test_record_database),
+        cmocka_unit_test(test_group_privileges_sql),
+        cmocka_unit_test(test_role_state_sql),
+        cmocka_unit_test(test_keylock),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
