@@ -1167,8 +1167,8 @@ static void check_shared_backend(loader *ld, size_t li)
             err(ld, line ? line : l->line, "user_prefix",
                 "listeners '%s' and '%s' share backend %s:%d and user_prefix '%s'; give each "
                 "its own user_prefix so their roles (and grants) stay apart",
-                o->name ? o->name : "?", l->name ? l->name : "?", l->backend_host,
-                l->backend_port, l->user_prefix);
+                o->name ? o->name : "?", l->name ? l->name : "?", l->backend_host, l->backend_port,
+                l->user_prefix);
             return;
         }
     }

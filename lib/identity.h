@@ -34,8 +34,8 @@ typedef struct id_identity {
 
 /* Parses a WhoIs 200 body. capability selects the CapMap entry. On error returns
  * WP_ERR_INVALID with a message naming the field, and *out is untouched. */
-wp_status id_parse_whois(const char *json, size_t len, const char *capability,
-                         id_identity **out, wp_error *err);
+wp_status id_parse_whois(const char *json, size_t len, const char *capability, id_identity **out,
+                         wp_error *err);
 void id_free(id_identity *id);
 int id_is_tagged(const id_identity *id);
 

@@ -527,8 +527,7 @@ static wp_status check_objects(json_t *g, const char *objtype, wp_error *err)
     {
         if (schema_names) {
             if (system_schema(sval(obj)))
-                return deny(err, "system schema %.63s is not allowed",
-                            sval(obj) ? sval(obj) : "?");
+                return deny(err, "system schema %.63s is not allowed", sval(obj) ? sval(obj) : "?");
         } else if (strcmp(objtype, "OBJECT_DATABASE") != 0) {
             wp_status st = check_object(obj, err);
             if (st != WP_OK)
@@ -581,13 +580,14 @@ static wp_status check_default_privs(json_t *adp, const char *role, wp_error *er
             return deny(err, "unknown ALTER DEFAULT PRIVILEGES option");
         size_t k;
         json_t *sch;
-        json_array_foreach(json_object_get(json_object_get(json_object_get(
-                               json_object_get(opt, "DefElem"), "arg"), "List"), "items"),
-                           k, sch)
+        json_array_foreach(
+            json_object_get(
+                json_object_get(json_object_get(json_object_get(opt, "DefElem"), "arg"), "List"),
+                "items"),
+            k, sch)
         {
             if (system_schema(sval(sch)))
-                return deny(err, "system schema %.63s is not allowed",
-                            sval(sch) ? sval(sch) : "?");
+                return deny(err, "system schema %.63s is not allowed", sval(sch) ? sval(sch) : "?");
         }
     }
     return check_grant(json_object_get(adp, "action"), role, true, err);

@@ -253,8 +253,8 @@ static void test_snapshot_detects_hostile_effects(void **state)
 static void test_extended_protocol_single_statement(void **state)
 {
     (void)state;
-    PGresult *r = PQexecParams(admin, "GRANT SELECT ON public.t TO rawsql_r; DROP TABLE t", 0, NULL, NULL,
-                               NULL, NULL, 0);
+    PGresult *r = PQexecParams(admin, "GRANT SELECT ON public.t TO rawsql_r; DROP TABLE t", 0, NULL,
+                               NULL, NULL, NULL, 0);
     assert_int_equal(PQresultStatus(r), PGRES_FATAL_ERROR);
     PQclear(r);
     assert_true(query_bool("SELECT to_regclass('public.t') IS NOT NULL", NULL));

@@ -102,7 +102,8 @@ static void test_render_bad_syntax(void **state)
     (void)state;
     render_fails("GRANT SELECT ON public.t TO {{.Other}}", WP_ERR_INVALID, "{{.Other}}");
     render_fails("GRANT SELECT ON public.t TO {{.Role", WP_ERR_INVALID, "unterminated");
-    render_fails("GRANT SELECT ON public.t TO {{.Role | printf}}", WP_ERR_INVALID, "{{.Role | printf}}");
+    render_fails("GRANT SELECT ON public.t TO {{.Role | printf}}", WP_ERR_INVALID,
+                 "{{.Role | printf}}");
     render_fails("{{template \"x\"}}", WP_ERR_INVALID, "{{template \"x\"}}");
     render_fails("GRANT SELECT ON public.t TO {{- .Role -}}", WP_ERR_INVALID, "unknown syntax");
     render_fails("{{/* comment */}}", WP_ERR_INVALID, "unknown syntax");
@@ -202,7 +203,8 @@ static void test_refused_statement_count(void **state)
     (void)state;
     expect_refused("GRANT SELECT ON public.t TO {{.Role}}; GRANT SELECT ON public.u TO {{.Role}}",
                    "must be exactly one statement");
-    expect_refused("GRANT SELECT ON public.t TO {{.Role}}; DROP TABLE t", "must be exactly one statement");
+    expect_refused("GRANT SELECT ON public.t TO {{.Role}}; DROP TABLE t",
+                   "must be exactly one statement");
     expect_refused("GRANT SELECT ON public.t TO {{.Role}} /* */; DROP TABLE t",
                    "must be exactly one statement");
     expect_refused("", "no statement");
@@ -216,23 +218,29 @@ static void test_refused_grantee(void **state)
     expect_refused("GRANT SELECT ON public.t TO PUBLIC", "grantee is not the role (PUBLIC)");
     expect_refused("GRANT SELECT ON public.t TO bob", "grantee is not the role (another role)");
     expect_refused("GRANT SELECT ON public.t TO {{.Role}}, bob", "grantee is not the role");
-    expect_refused("GRANT SELECT ON public.t TO CURRENT_USER", "grantee is not the role (CURRENT_USER)");
-    expect_refused("GRANT SELECT ON public.t TO SESSION_USER", "grantee is not the role (SESSION_USER)");
-    expect_refused("GRANT SELECT ON public.t TO CURRENT_ROLE", "grantee is not the role (CURRENT_ROLE)");
+    expect_refused("GRANT SELECT ON public.t TO CURRENT_USER",
+                   "grantee is not the role (CURRENT_USER)");
+    expect_refused("GRANT SELECT ON public.t TO SESSION_USER",
+                   "grantee is not the role (SESSION_USER)");
+    expect_refused("GRANT SELECT ON public.t TO CURRENT_ROLE",
+                   "grantee is not the role (CURRENT_ROLE)");
     /* Quote breaking: the ; ends the statement, the rest is a comment. */
-    expect_refused("GRANT SELECT ON public.\"t\" TO bob; --\" TO {{.Role}}", "grantee is not the role");
+    expect_refused("GRANT SELECT ON public.\"t\" TO bob; --\" TO {{.Role}}",
+                   "grantee is not the role");
     /* Comment tricks: the role only appears inside comments. */
     expect_refused("GRANT SELECT ON public.t TO bob /* {{.Role}} */", "grantee is not the role");
     expect_refused("GRANT SELECT ON public.t TO {{.Role}} --\n, bob", "grantee is not the role");
     /* A case-folded unquoted name is not the role. */
-    expect_refused_sql("GRANT SELECT ON public.t TO MixedCase", "MixedCase", "grantee is not the role");
+    expect_refused_sql("GRANT SELECT ON public.t TO MixedCase", "MixedCase",
+                       "grantee is not the role");
 }
 
 static void test_refused_options(void **state)
 {
     (void)state;
     expect_refused("GRANT SELECT ON public.t TO {{.Role}} WITH GRANT OPTION", "WITH GRANT OPTION");
-    expect_refused("REVOKE GRANT OPTION FOR SELECT ON public.t FROM {{.Role}}", "REVOKE GRANT OPTION FOR");
+    expect_refused("REVOKE GRANT OPTION FOR SELECT ON public.t FROM {{.Role}}",
+                   "REVOKE GRANT OPTION FOR");
     expect_refused("REVOKE SELECT ON public.t FROM {{.Role}} CASCADE", "CASCADE");
     expect_refused("GRANT SELECT ON public.t TO {{.Role}} GRANTED BY postgres", "GRANTED BY");
 }
@@ -415,8 +423,9 @@ static void test_refused_system_objects(void **state)
     expect_refused("GRANT EXECUTE ON FUNCTION pg_catalog.pg_read_file(text) TO {{.Role}}",
                    "system schema pg_catalog");
     expect_refused("GRANT USAGE ON TYPE pg_catalog.int4 TO {{.Role}}", "system schema pg_catalog");
-    expect_refused("ALTER DEFAULT PRIVILEGES IN SCHEMA pg_catalog GRANT SELECT ON TABLES TO {{.Role}}",
-                   "system schema pg_catalog");
+    expect_refused(
+        "ALTER DEFAULT PRIVILEGES IN SCHEMA pg_catalog GRANT SELECT ON TABLES TO {{.Role}}",
+        "system schema pg_catalog");
     expect_refused("GRANT SELECT ON pg_temp_3.x TO {{.Role}}", "system schema pg_temp_3");
     expect_allowed("GRANT EXECUTE ON FUNCTION reporting.refresh(int) TO {{.Role}}");
     expect_allowed("GRANT USAGE ON TYPE public.mood TO {{.Role}}");
