@@ -286,6 +286,9 @@ static void test_fake_channel_binding_choice(void **state)
     assert_int_equal(strncmp(gs2, "n,,n=,r=", 8), 0);
     sasl_choice(32, "SCRAM-SHA-256\0", 15, mech, gs2);
     assert_string_equal(mech, "SCRAM-SHA-256");
+    /* TLS but no -PLUS on offer: flag 'y' (RFC 5802 section 6), so a server that does
+     * support channel binding sees that someone stripped -PLUS from its list. */
+    assert_int_equal(strncmp(gs2, "y,,n=,r=", 8), 0);
 }
 
 static void script_negotiate(fake *f, uint32_t version, const char *opt)
