@@ -142,9 +142,12 @@ static wp_status auth_sasl(login *l, const unsigned char *body, size_t len)
         scram_client_new(l->password, plus ? l->c->cb_hash : NULL, plus ? l->c->cb_len : 0, NULL);
     if (!l->scram)
         return fail(l->err, WP_ERR_INTERNAL, WP_SQLSTATE_INTERNAL, "could not start SCRAM");
+    /* TLS without -PLUS on offer: say we could bind, so a stripped offer is detected. */
+    st = !plus && l->c->cb_len ? scram_client_set_tls_without_plus(l->scram) : WP_OK;
     char *first = NULL;
     size_t n = 0;
-    st = scram_client_first(l->scram, &first, &n);
+    if (st == WP_OK)
+        st = scram_client_first(l->scram, &first, &n);
     if (st == WP_OK)
         st = pgw_build_sasl_initial(&l->out, scram_client_mechanism(l->scram), first, n);
     free(first);
