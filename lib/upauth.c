@@ -34,6 +34,7 @@ typedef struct login {
     wp_error *err;
     scram_client *scram;
     int sasl_verified;
+    int answered; /* a method (cleartext, MD5, SASL) has been answered */
     int requests; /* authentication requests seen so far */
     pgw_buf out;
 } login;
@@ -214,6 +215,14 @@ static wp_status on_auth(login *l, const unsigned char *body, size_t len, int *d
         return bad_backend(l, "malformed authentication request from the backend");
     uint32_t code = get32(body);
     l->requests++;
+    /* PostgreSQL asks for exactly one method. A second request (another method, or the
+     * same again) could only get the password sent twice or in a weaker form, e.g. in
+     * cleartext after SCRAM had begun. */
+    if (code == PGW_AUTH_CLEARTEXT || code == PGW_AUTH_MD5 || code == PGW_AUTH_SASL) {
+        if (l->answered)
+            return bad_backend(l, "backend asked for a second authentication method");
+        l->answered = 1;
+    }
     switch (code) {
     case PGW_AUTH_OK:
         if (l->scram && !l->sasl_verified)
