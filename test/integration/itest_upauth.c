@@ -354,6 +354,13 @@ static void test_fake_negotiate(void **state)
     script_negotiate(&f, PGW_PROTO_30, NULL); /* asked 3.2, backend speaks 3.0 */
     script_auth(&f, PGW_AUTH_OK, NULL, 0);
     assert_int_equal(fake_login(&f, PGW_PROTO_32, &err), WP_OK);
+    assert_int_equal(f.c.proto, PGW_PROTO_30); /* the session must tell the client */
+    fake_close(&f);
+
+    fake_open(&f, 0);
+    script_auth(&f, PGW_AUTH_OK, NULL, 0);
+    assert_int_equal(fake_login(&f, PGW_PROTO_32, &err), WP_OK);
+    assert_int_equal(f.c.proto, PGW_PROTO_32); /* no negotiation: what was asked */
     fake_close(&f);
 
     fake_open(&f, 0);
