@@ -260,6 +260,7 @@ static wp_status on_negotiate(login *l, const unsigned char *body, size_t len)
         return WP_ERR_PROTOCOL;
     }
     l->requests++; /* at most once */
+    l->c->proto = offered;
     return WP_OK;
 }
 
@@ -320,6 +321,7 @@ wp_status up_login(up_conn *c, uint32_t version, const pgw_param *params, size_t
                .deadline = deadline_ms,
                .err = err};
     wp_error_clear(err);
+    c->proto = version; /* lowered by a NegotiateProtocolVersion */
     wp_status st = run(&l, params, nparams);
     scram_client_free(l.scram);
     if (l.out.data)
