@@ -217,6 +217,11 @@ static void diag_push(loader *ld, bool is_error, char *msg)
     *arr = p;
 }
 
+/* Declared with the format attribute so clang's -Wformat-nonliteral accepts the
+ * vsnprintf below (the callers' formats are checked instead). */
+static void vreport(loader *ld, bool is_error, int line, const char *key, const char *fmt,
+                    va_list ap) __attribute__((format(printf, 5, 0)));
+
 static void vreport(loader *ld, bool is_error, int line, const char *key, const char *fmt,
                     va_list ap) __attribute__((format(printf, 5, 0)));
 

@@ -84,7 +84,7 @@ static wp_status wait_fd(int fd, short events, int64_t deadline_ms)
         if (r > 0)
             return WP_OK; /* readable, writable, or error: the next call will tell */
         if (r == 0)
-            return WP_ERR_TIMEOUT;
+            continue; /* a capped slice ended: the loop head decides if the deadline has */
         if (errno != EINTR)
             return WP_ERR_IO;
     }

@@ -37,6 +37,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <strings.h>
 #include <sys/socket.h>
 
 #include <mbedtls/ctr_drbg.h>
@@ -44,6 +45,7 @@
 #include <mbedtls/error.h>
 #include <mbedtls/md.h>
 #include <mbedtls/net_sockets.h>
+#include <mbedtls/oid.h>
 #include <mbedtls/ssl.h>
 
 #include "certs.h"
@@ -480,6 +482,18 @@ static wp_status client_conf(tls_conn *c, const char *server_name, cfg_backend_t
     return WP_OK;
 }
 
+/* The subject CN spells host exactly: a wildcard never matches an IP address (RFC 6125
+ * section 6.4.3), so certs_name_matches, which allows one, is not used here. */
+static int cn_is(const mbedtls_x509_crt *crt, const char *host)
+{
+    size_t n = strlen(host);
+    for (const mbedtls_x509_name *x = &crt->subject; x; x = x->next)
+        if (x->oid.p && MBEDTLS_OID_CMP(MBEDTLS_OID_AT_CN, &x->oid) == 0 && x->val.len == n &&
+            strncasecmp((const char *)x->val.p, host, n) == 0)
+            return 1;
+    return 0;
+}
+
 /* verify-full against an IP literal: an iPAddress SAN must hold it; when the certificate
  * has no DNS/IP SANs at all, the CN may spell it (libpq's behaviour). */
 static int ip_matches(const mbedtls_x509_crt *crt, const char *host)
@@ -502,7 +516,7 @@ static int ip_matches(const mbedtls_x509_crt *crt, const char *host)
         if (s->buf.tag == ip_tag && s->buf.len == wlen && memcmp(s->buf.p, want, wlen) == 0)
             return 1;
     }
-    return !any_san && certs_name_matches(crt, host);
+    return !any_san && cn_is(crt, host);
 }
 
 /* tls-server-end-point (RFC 5929 section 4.1): hash of the DER certificate with its

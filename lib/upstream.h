@@ -23,6 +23,8 @@ typedef struct up_conn {
     void *tls;                 /* tls.c client state when the link is TLS, else NULL */
     unsigned char cb_hash[64]; /* tls-server-end-point channel binding data */
     size_t cb_len;             /* 0 when not TLS */
+    uint32_t proto; /* set by up_login: the version the backend speaks, lower than the one
+                     * asked for when it answered NegotiateProtocolVersion */
 } up_conn;
 
 /* TCP connect with timeout, then TLS according to mode/ca_file (server name = host).
