@@ -107,28 +107,6 @@ static int bio_recv(void *ctx, unsigned char *buf, size_t len)
     return errno == ECONNRESET ? MBEDTLS_ERR_NET_CONN_RESET : MBEDTLS_ERR_NET_RECV_FAILED;
 }
 
-/* Waits for fd to become ready; WP_ERR_TIMEOUT once deadline_ms (0 = none) passes. */
-static wp_status poll_fd(int fd, short events, int64_t deadline_ms)
-{
-    for (;;) {
-        int timeout = -1;
-        if (deadline_ms > 0) {
-            int64_t left = deadline_ms - wp_now_ms();
-            if (left <= 0)
-                return WP_ERR_TIMEOUT;
-            timeout = left > 1000000 ? 1000000 : (int)left;
-        }
-        struct pollfd p = {.fd = fd, .events = events};
-        int r = poll(&p, 1, timeout);
-        if (r > 0)
-            return WP_OK;
-        if (r == 0)
-            return WP_ERR_TIMEOUT;
-        if (errno != EINTR)
-            return WP_ERR_IO;
-    }
-}
-
 /* --- wp_io ops ----------------------------------------------------------------------- */
 
 static ssize_t tls_read(wp_io *io, void *buf, size_t n)
@@ -181,7 +159,7 @@ static void tls_shutdown(wp_io *io)
         int r = mbedtls_ssl_close_notify(&c->ssl);
         if (r != MBEDTLS_ERR_SSL_WANT_WRITE && r != MBEDTLS_ERR_SSL_WANT_READ)
             return;
-        if (poll_fd(c->fd, POLLOUT, deadline) != WP_OK)
+        if (io_wait_fd(c->fd, POLLOUT, deadline) != WP_OK)
             return;
     }
 }
@@ -375,9 +353,9 @@ static wp_status handshake(tls_conn *c, int require_alpn, int64_t deadline_ms, c
         }
         wp_status st = WP_OK;
         if (r == MBEDTLS_ERR_SSL_WANT_READ)
-            st = poll_fd(c->fd, POLLIN, deadline_ms);
+            st = io_wait_fd(c->fd, POLLIN, deadline_ms);
         else if (r == MBEDTLS_ERR_SSL_WANT_WRITE)
-            st = poll_fd(c->fd, POLLOUT, deadline_ms);
+            st = io_wait_fd(c->fd, POLLOUT, deadline_ms);
         else
             return mbed_fail(err, sqlstate, who, r);
         if (st == WP_ERR_TIMEOUT) {
