@@ -121,27 +121,6 @@ void prov_orphans_name(const char *prefix, char out[ID_ROLE_MAX + 1])
     snprintf(out, ID_ROLE_MAX + 1, "%.*s%s", plen, prefix, tail);
 }
 
-static int must_escape(unsigned char c)
-{
-    return c <= 0x20 || c >= 0x7f || c == '=' || c == '%' || c == '\'' || c == '"' || c == '\\';
-}
-
-static char *pct_append(char *p, const char *s)
-{
-    static const char digits[] = "0123456789ABCDEF";
-    for (; *s; s++) {
-        unsigned char c = (unsigned char)*s;
-        if (must_escape(c)) {
-            *p++ = '%';
-            *p++ = digits[c >> 4];
-            *p++ = digits[c & 0xf];
-        } else {
-            *p++ = (char)c;
-        }
-    }
-    return p;
-}
-
 char *prov_group_record(const char *database, const char *schema, grant_preset preset)
 {
     const char *pname = preset_name(preset);
@@ -153,9 +132,9 @@ char *prov_group_record(const char *database, const char *schema, grant_preset p
     if (!rec)
         return NULL;
     char *p = rec + sprintf(rec, "%sdb=", PROV_GROUP_RECORD_PREFIX);
-    p = pct_append(p, database);
+    p = id_record_escape(p, database);
     p += sprintf(p, " schema=");
-    p = pct_append(p, schema);
+    p = id_record_escape(p, schema);
     sprintf(p, " preset=%s", pname);
     return rec;
 }
