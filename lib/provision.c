@@ -343,7 +343,7 @@ static wp_status backend_lock(prov_ctx *p, prov_pools *pools, const char *db, PG
     return WP_ERR_BACKEND;
 }
 
-static void backend_unlock(prov_ctx *p, PGconn *c, const char *key)
+static bool backend_unlock(prov_ctx *p, PGconn *c, const char *key)
 {
     const char *vals[1] = {key};
     PGresult *r = run(c, prov_sql_unlock(p->dialect),
@@ -351,6 +351,7 @@ static void backend_unlock(prov_ctx *p, PGconn *c, const char *key)
     if (!r)
         log_kv(WP_LOG_WARN, "prov_unlock_failed", "key", key, (char *)NULL);
     PQclear(r);
+    return r != NULL;
 }
 
 static void role_lock_key(char *out, size_t outsz, const char *role)
@@ -939,10 +940,14 @@ static void lease_unlock(prov_lease *l)
     }
     if (l->conn) {
         bool broken = PQstatus(l->conn) != CONNECTION_OK;
-        if (l->lock_key[0] && !broken && prov_lock_strategy(p->dialect) == PROV_LOCK_ADVISORY)
-            backend_unlock(p, l->conn, l->lock_key);
-        if (PQtransactionStatus(l->conn) == PQTRANS_INERROR)
+        /* ROLLBACK first: in an aborted transaction the unlock itself would fail. A
+         * session advisory lock that could not be released must not go back to the pool
+         * (every later connect of the role would wait on it): closing the connection is
+         * what releases it then. */
+        if (!broken && PQtransactionStatus(l->conn) != PQTRANS_IDLE)
             PQclear(PQexec(l->conn, "ROLLBACK"));
+        if (l->lock_key[0] && !broken && prov_lock_strategy(p->dialect) == PROV_LOCK_ADVISORY)
+            broken = !backend_unlock(p, l->conn, l->lock_key);
         prov_pool_put(&p->pools, l->db, l->conn, broken);
         l->conn = NULL;
     }
