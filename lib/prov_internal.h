@@ -68,10 +68,15 @@ bool prov_record_is_group(const char *comment);
 char *prov_sql_group_privileges(grant_preset preset, const char *qs, const char *qg,
                                 const char *qdb, const char *tables, const char *seqs);
 extern const char PROV_SQL_GRANTABLE[];
-/* Role state + schema change marks in one round trip (malloc'd):
+/* Role state, schema change marks and owned schemas in one round trip (malloc'd):
  * $1 role name, $2 ttl in ms, $3 JSON [{"i": pair index, "name": schema, "w": watermark}].
  * qrecords: CockroachDB's quoted waypoint_roles table (ignored for PostgreSQL). */
 char *prov_sql_role_state(prov_dialect d, const char *qrecords);
+/* Objects the role owns in the schemas of a JSON array, that it holds no CREATE in:
+ * $1 role name, $2 JSON array of schema names -> (type, identity, quoted schema). */
+extern const char PROV_SQL_OWNED_OBJECTS[];
+/* ALTER keyword for a pg_identify_object type ("function" -> "ROUTINE"); NULL if unknown. */
+const char *prov_owner_keyword(const char *type);
 /* Advisory/table lock statements for the per-role lock ($1 = lock key text). */
 const char *prov_sql_lock(prov_dialect d);
 const char *prov_sql_unlock(prov_dialect d);

@@ -1139,6 +1139,155 @@ static void test_steady_state_statements(void **state)
     id_free(id);
 }
 
+/* count(*) over sql_obj (a FROM clause with $1 = role name), as the superuser. */
+static int owned_by(const char *sql_obj, const char *role)
+{
+    char q[512];
+    snprintf(q, sizeof q, "SELECT count(*) FROM %s", sql_obj);
+    return count_q(super_appdb, q, role);
+}
+#define REL_OWNER(rel)                                                                             \
+    "pg_class c JOIN pg_roles o ON o.oid = c.relowner WHERE c.oid = '" rel                         \
+    "'::regclass AND o.rolname = $1"
+#define FN_OWNER(fn)                                                                               \
+    "pg_proc f JOIN pg_roles o ON o.oid = f.proowner WHERE f.oid = '" fn                           \
+    "'::regprocedure AND o.rolname = $1"
+
+/* Ownership is not a grant: admin on nar -> the caller creates a table (with a serial),
+ * a sequence, a function and a view -> grant narrowed to readonly on nar. From the next
+ * connect the caller can no longer write, drop, alter or grant on them; they belong to
+ * the orphans role, and the admin can still read them. */
+static void test_narrowing_takes_ownership(void **state)
+{
+    (void)state;
+    PGconn *adm = pgc_connect_admin(&C, "appdb");
+    assert_int_equal(pgc_exec(adm, "CREATE SCHEMA nar"), 0);
+    id_identity *id = ident("owner-narrow@example.com", "pc", "nOWNNAR");
+    grant_effective *wide =
+        grant("appdb", "{\"appdb\":{\"permissions\":[\"admin\"],\"schemas\":[\"nar\"]}}",
+              GRANT_PRESET_NONE);
+    grant_effective *narrow =
+        grant("appdb", "{\"appdb\":{\"permissions\":[\"readonly\"],\"schemas\":[\"nar\"]}}",
+              GRANT_PRESET_NONE);
+    char role[64];
+    PGconn *c = connect_as(id, "appdb", wide, role);
+    assert_int_equal(pgc_exec(c, "CREATE TABLE nar.t (id serial PRIMARY KEY, v text); "
+                                 "INSERT INTO nar.t (v) VALUES ('kept'); CREATE SEQUENCE nar.s; "
+                                 "CREATE FUNCTION nar.f() RETURNS int LANGUAGE sql "
+                                 "AS 'SELECT 7'; CREATE VIEW nar.v AS SELECT v FROM nar.t"),
+                     0);
+    PQfinish(c);
+    assert_int_equal(owned_by(REL_OWNER("nar.t"), role), 1);
+    c = connect_as(id, "appdb", narrow, NULL);
+    expect_state(c, "SELECT count(*) FROM nar.t", "00000"); /* readonly still reads */
+    expect_state(c, "INSERT INTO nar.t (v) VALUES ('x')", "42501");
+    expect_state(c, "ALTER TABLE nar.t ADD COLUMN x int", "42501");
+    expect_state(c, "DROP TABLE nar.t", "42501");
+    expect_state(c, "SELECT setval('nar.s', 5)", "42501");
+    expect_state(c, "DROP SEQUENCE nar.s", "42501");
+    expect_state(c, "ALTER FUNCTION nar.f() RENAME TO g", "42501");
+    expect_state(c, "DROP FUNCTION nar.f()", "42501");
+    expect_state(c, "DROP VIEW nar.v", "42501");
+    /* Without grant option a GRANT only warns: check that nothing was granted. */
+    pgc_exec(c, "GRANT ALL ON nar.t, nar.v TO PUBLIC");
+    PQfinish(c);
+    assert_int_equal(count_q(super_appdb,
+                             "SELECT count(*) FROM pg_class c, aclexplode(c.relacl) a WHERE "
+                             "c.relnamespace = $1::regnamespace AND a.grantee = 0",
+                             "nar"),
+                     0);
+    const char *objs[] = {REL_OWNER("nar.t"), REL_OWNER("nar.t_id_seq"), REL_OWNER("nar.s"),
+                          REL_OWNER("nar.v"), FN_OWNER("nar.f()")};
+    for (size_t i = 0; i < sizeof objs / sizeof *objs; i++)
+        if (owned_by(objs[i], "wp_orphans") != 1)
+            fail_msg("not owned by wp_orphans: %s", objs[i]);
+    assert_int_equal(count_q(super_appdb,
+                             "SELECT count(*) FROM pg_shdepend d JOIN pg_roles r ON r.oid = "
+                             "d.refobjid WHERE d.deptype = 'o' AND r.rolname = $1",
+                             role),
+                     0);
+    /* The admin still reads (member of the orphans role); orphans borrowed CREATE only. */
+    assert_int_equal(count_q(adm, "SELECT count(*) FROM nar.v", NULL), 1);
+    assert_int_equal(count_q(adm, "SELECT nar.f()", NULL), 7);
+    assert_int_equal(count_q(super_appdb,
+                             "SELECT count(*) FROM pg_roles WHERE rolname = $1 AND "
+                             "has_schema_privilege(oid, 'nar', 'CREATE')",
+                             "wp_orphans"),
+                     0);
+    PQfinish(adm);
+    grant_free(wide);
+    grant_free(narrow);
+    id_free(id);
+}
+
+/* Admin on nar2a and nar2b -> admin on nar2a only (readonly on nar2b): nar2a's objects
+ * stay the caller's, nar2b's go. An object in a schema where the caller holds CREATE by
+ * hand (nar2c) is its own too, and stays so (logged) when that CREATE is revoked by hand
+ * (not the admin's to lend). After that, a connect is back to the steady state. */
+static void test_narrowing_keeps_admin_schemas(void **state)
+{
+    (void)state;
+    PGconn *adm = pgc_connect_admin(&C, "appdb");
+    assert_int_equal(pgc_exec(adm, "CREATE SCHEMA nar2a; CREATE SCHEMA nar2b"), 0);
+    PQfinish(adm);
+    id_identity *id = ident("owner-keep@example.com", "pc", "nOWNKEEP");
+    grant_effective *wide = grant("appdb",
+                                  "{\"appdb\":{\"permissions\":[\"admin\"],\"schemas\":"
+                                  "[\"nar2a\",\"nar2b\"]}}",
+                                  GRANT_PRESET_NONE);
+    grant_effective *narrow = grant("appdb",
+                                    "{\"appdb\":{\"permissions\":[\"admin\"],\"schemas\":"
+                                    "[\"nar2a\"]},\"*\":{\"permissions\":[\"readonly\"],"
+                                    "\"schemas\":[\"nar2b\"]}}",
+                                    GRANT_PRESET_NONE);
+    char role[64], sql[256];
+    PGconn *c = connect_as(id, "appdb", wide, role);
+    assert_int_equal(pgc_exec(c, "CREATE TABLE nar2a.ta (a int); CREATE TABLE nar2b.tb (a int); "
+                                 "CREATE FUNCTION nar2b.fb() RETURNS int LANGUAGE sql "
+                                 "AS 'SELECT 1'"),
+                     0);
+    PQfinish(c);
+    snprintf(sql, sizeof sql, "CREATE SCHEMA nar2c; GRANT USAGE, CREATE ON SCHEMA nar2c TO \"%s\"",
+             role);
+    assert_int_equal(pgc_exec(super_appdb, sql), 0);
+    c = connect_as(id, "appdb", wide, NULL);
+    assert_int_equal(pgc_exec(c, "CREATE TABLE nar2c.tc (a int)"), 0);
+    PQfinish(c);
+    c = connect_as(id, "appdb", narrow, NULL);
+    expect_state(c, "INSERT INTO nar2a.ta VALUES (1)", "00000");
+    expect_state(c, "ALTER TABLE nar2a.ta ADD COLUMN b int", "00000");
+    expect_state(c, "INSERT INTO nar2b.tb VALUES (1)", "42501");
+    expect_state(c, "ALTER TABLE nar2b.tb ADD COLUMN b int", "42501");
+    expect_state(c, "DROP FUNCTION nar2b.fb()", "42501");
+    expect_state(c, "ALTER TABLE nar2c.tc ADD COLUMN b int", "00000");
+    PQfinish(c);
+    assert_int_equal(owned_by(REL_OWNER("nar2a.ta"), role), 1);
+    assert_int_equal(owned_by(REL_OWNER("nar2c.tc"), role), 1);
+    assert_int_equal(owned_by(REL_OWNER("nar2b.tb"), "wp_orphans"), 1);
+    assert_int_equal(owned_by(FN_OWNER("nar2b.fb()"), "wp_orphans"), 1);
+    /* CREATE on nar2c taken back by hand: the admin cannot lend it to the orphans role
+     * (it does not own nar2c), so tc is left (logged), and connects still work. */
+    snprintf(sql, sizeof sql, "REVOKE CREATE ON SCHEMA nar2c FROM \"%s\"", role);
+    assert_int_equal(pgc_exec(super_appdb, sql), 0);
+    PQfinish(connect_as(id, "appdb", narrow, NULL));
+    assert_int_equal(owned_by(REL_OWNER("nar2c.tc"), role), 1);
+    /* Owning objects only where the grant has admin: the steady state stays 4 statements. */
+    assert_int_equal(pgc_exec(super_appdb, "DROP TABLE nar2c.tc"), 0);
+    prov_lease_release(ensure_ok(P, id, "appdb", narrow));
+    char *before = read_log_from(0);
+    long off = (long)strlen(before);
+    free(before);
+    prov_lease_release(ensure_ok(P, id, "appdb", narrow));
+    char *log = read_log_from(off);
+    int stmts = count_str(log, "LOG:  statement: ") + count_str(log, "LOG:  execute ");
+    if (stmts != 4)
+        fail_msg("steady state sent %d statements:\n%s", stmts, log);
+    free(log);
+    grant_free(wide);
+    grant_free(narrow);
+    id_free(id);
+}
+
 /* Last: every password handed out so far must be absent from the server log. */
 static void test_no_password_in_server_log(void **state)
 {
@@ -1194,6 +1343,8 @@ int main(void)
         cmocka_unit_test(test_forged_record_not_adopted),
         cmocka_unit_test(test_preset_privilege_matrix),
         cmocka_unit_test(test_narrowing_admin_to_readonly),
+        cmocka_unit_test(test_narrowing_takes_ownership),
+        cmocka_unit_test(test_narrowing_keeps_admin_schemas),
         cmocka_unit_test(test_no_password_in_server_log),
     };
     return cmocka_run_group_tests(tests, group_setup, group_teardown);
