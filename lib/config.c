@@ -217,6 +217,11 @@ static void diag_push(loader *ld, bool is_error, char *msg)
     *arr = p;
 }
 
+/* Declared with the format attribute so clang's -Wformat-nonliteral accepts the
+ * vsnprintf below (the callers' formats are checked instead). */
+static void vreport(loader *ld, bool is_error, int line, const char *key, const char *fmt,
+                    va_list ap) __attribute__((format(printf, 5, 0)));
+
 static void vreport(loader *ld, bool is_error, int line, const char *key, const char *fmt,
                     va_list ap) __attribute__((format(printf, 5, 0)));
 
@@ -1149,6 +1154,31 @@ static void check_postgres(loader *ld, size_t li)
             l->user_prefix);
 }
 
+/* Roles are named <user_prefix><user>_<node>_<database>, so two listeners in front of
+ * one backend with one prefix would share a caller's role, and each connection would
+ * re-apply its own listener's grant to it: a session on the narrower listener could hold
+ * the broader grant. Distinct prefixes keep their roles apart. */
+static void check_shared_backend(loader *ld, size_t li)
+{
+    cfg_listener *l = &ld->cfg->listeners[li];
+    if (!l->backend_host || !l->user_prefix)
+        return;
+    for (size_t j = 0; j < li; j++) {
+        cfg_listener *o = &ld->cfg->listeners[j];
+        if (o->backend_host && o->user_prefix && o->backend_port == l->backend_port &&
+            strcmp(o->backend_host, l->backend_host) == 0 &&
+            strcmp(o->user_prefix, l->user_prefix) == 0) {
+            int line = lkey_line(ld, li, SEC_LISTENER_PG, "user_prefix");
+            err(ld, line ? line : l->line, "user_prefix",
+                "listeners '%s' and '%s' share backend %s:%d and user_prefix '%s'; give each "
+                "its own user_prefix so their roles (and grants) stay apart",
+                o->name ? o->name : "?", l->name ? l->name : "?", l->backend_host, l->backend_port,
+                l->user_prefix);
+            return;
+        }
+    }
+}
+
 static void check_globals(loader *ld)
 {
     wp_config *c = ld->cfg;
@@ -1173,6 +1203,7 @@ static void validate(loader *ld)
         check_names(ld, i);
         check_tls(ld, i);
         check_postgres(ld, i);
+        check_shared_backend(ld, i);
     }
 }
 

@@ -36,9 +36,9 @@ typedef struct cfg_listener {
     char *mode; /* always "postgres" after validation */
     char *backend_host;
     int backend_port;
-    cfg_tls_mode tls_mode;      /* default optional */
-    bool use_tailscale_tls;     /* default true */
-    char *cert_file;            /* NULL when unset; set together with key_file */
+    cfg_tls_mode tls_mode;  /* default optional */
+    bool use_tailscale_tls; /* default true */
+    char *cert_file;        /* NULL when unset; set together with key_file */
     char *key_file;
     cfg_backend_tls backend_tls; /* default prefer */
     char *backend_ca_file;       /* NULL when unset */
@@ -60,8 +60,8 @@ typedef struct wp_config {
     char *path;
 
     /* [tailscale] */
-    char *ts_socket;     /* default /var/run/tailscale/tailscaled.sock */
-    char *ts_capability; /* default redo.com/cap/waypoint */
+    char *ts_socket;          /* default /var/run/tailscale/tailscaled.sock */
+    char *ts_capability;      /* default redo.com/cap/waypoint */
     int64_t whois_timeout_ms; /* default 2s */
 
     /* [provisioning] */

@@ -40,8 +40,8 @@ typedef struct grant_effective {
     size_t npairs;
     grant_sql *sql;
     size_t nsql;
-    cfg_limits limits;         /* merged, defaults applied */
-    grant_preset downgrade;    /* GRANT_PRESET_NONE when no downgrade was asked */
+    cfg_limits limits;      /* merged, defaults applied */
+    grant_preset downgrade; /* GRANT_PRESET_NONE when no downgrade was asked */
 } grant_effective;
 
 const char *grant_preset_str(grant_preset p);
@@ -54,8 +54,8 @@ grant_preset grant_preset_parse(const char *name);
  *                 rule and value, with a "did you mean" hint for presets).
  * downgrade is GRANT_PRESET_NONE or the maximum asked for by the client. */
 wp_status grant_resolve(json_t *rules, const char *listener, const char *database,
-                        const cfg_limits *defaults, grant_preset downgrade,
-                        grant_effective **out, wp_error *err);
+                        const cfg_limits *defaults, grant_preset downgrade, grant_effective **out,
+                        wp_error *err);
 void grant_free(grant_effective *g);
 
 /* Parses a waypoint_presets value ("readonly" or "readonly,readwrite"): the strongest
@@ -66,8 +66,8 @@ wp_status grant_parse_downgrade(const char *value, grant_preset *out, wp_error *
  * and/or "-c waypoint_presets=..." / "-c waypoint.presets=..." inside options.
  * Writes the options value with Waypoint's own switches removed to *options_out
  * (malloc'd; NULL when options was absent). */
-wp_status grant_extract_downgrade(const char *param_value, const char *options,
-                                  grant_preset *out, char **options_out, wp_error *err);
+wp_status grant_extract_downgrade(const char *param_value, const char *options, grant_preset *out,
+                                  char **options_out, wp_error *err);
 
 /* True when s is an acceptable schema identifier. */
 int grant_schema_valid(const char *s);

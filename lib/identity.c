@@ -412,7 +412,7 @@ static int must_escape(unsigned char c)
     return c <= 0x20 || c >= 0x7f || c == '=' || c == '%' || c == '\'' || c == '"' || c == '\\';
 }
 
-static size_t escaped_len(const char *s)
+size_t id_record_escaped_len(const char *s)
 {
     size_t n = 0;
     for (; *s; s++)
@@ -420,7 +420,7 @@ static size_t escaped_len(const char *s)
     return n;
 }
 
-static char *put_escaped(char *p, const char *s)
+char *id_record_escape(char *p, const char *s)
 {
     static const char digits[] = "0123456789ABCDEF";
     for (; *s; s++) {
@@ -445,7 +445,7 @@ char *id_role_record(const id_identity *id, const char *database, const char *sc
     const char *vals[4] = {id->login_name, id->stable_id, database, sc};
     size_t total = strlen(ID_RECORD_PREFIX) + 1;
     for (int i = 0; i < 4; i++)
-        total += strlen(keys[i]) + escaped_len(vals[i]);
+        total += strlen(keys[i]) + id_record_escaped_len(vals[i]);
     char *rec = malloc(total);
     if (!rec)
         return NULL;
@@ -454,7 +454,7 @@ char *id_role_record(const id_identity *id, const char *database, const char *sc
     p += strlen(ID_RECORD_PREFIX);
     for (int i = 0; i < 4; i++) {
         memcpy(p, keys[i], strlen(keys[i]));
-        p = put_escaped(p + strlen(keys[i]), vals[i]);
+        p = id_record_escape(p + strlen(keys[i]), vals[i]);
     }
     *p = '\0';
     return rec;

@@ -34,8 +34,8 @@ typedef struct id_identity {
 
 /* Parses a WhoIs 200 body. capability selects the CapMap entry. On error returns
  * WP_ERR_INVALID with a message naming the field, and *out is untouched. */
-wp_status id_parse_whois(const char *json, size_t len, const char *capability,
-                         id_identity **out, wp_error *err);
+wp_status id_parse_whois(const char *json, size_t len, const char *capability, id_identity **out,
+                         wp_error *err);
 void id_free(id_identity *id);
 int id_is_tagged(const id_identity *id);
 
@@ -50,6 +50,11 @@ wp_status id_role_name(const char *prefix, const id_identity *id, const char *da
  * the role later: a stable, versioned text of (login, node stable ID, database, scope),
  * e.g. "waypoint:v1 login=alice@example.com node=nXYZ db=appdb scope=full". Caller frees. */
 char *id_role_record(const id_identity *id, const char *database, const char *scope);
+/* Record values are percent-encoded (spaces, '=', '%', quotes, backslash, control and
+ * non-ASCII bytes) so no value can add a field. id_record_escape writes the encoding of
+ * s at p (room for id_record_escaped_len(s) bytes) and returns the new end. */
+size_t id_record_escaped_len(const char *s);
+char *id_record_escape(char *p, const char *s);
 /* True when comment was written by Waypoint (any identity). */
 int id_record_is_waypoint(const char *comment);
 

@@ -69,7 +69,7 @@ void io_shutdown(wp_io *io)
         io->ops->shutdown(io);
 }
 
-static wp_status wait_fd(int fd, short events, int64_t deadline_ms)
+wp_status io_wait_fd(int fd, short events, int64_t deadline_ms)
 {
     for (;;) {
         int timeout = -1;
@@ -84,7 +84,7 @@ static wp_status wait_fd(int fd, short events, int64_t deadline_ms)
         if (r > 0)
             return WP_OK; /* readable, writable, or error: the next call will tell */
         if (r == 0)
-            return WP_ERR_TIMEOUT;
+            continue; /* a capped slice ended: the loop head decides if the deadline has */
         if (errno != EINTR)
             return WP_ERR_IO;
     }
@@ -94,7 +94,7 @@ wp_status io_wait_readable(wp_io *io, int64_t deadline_ms)
 {
     if (io_pending(io) > 0)
         return WP_OK;
-    return wait_fd(io->fd, POLLIN, deadline_ms);
+    return io_wait_fd(io->fd, POLLIN, deadline_ms);
 }
 
 wp_status io_read_some(wp_io *io, void *buf, size_t n, size_t *got, int64_t deadline_ms)
@@ -142,7 +142,7 @@ wp_status io_write_all(wp_io *io, const void *buf, size_t n, int64_t deadline_ms
             continue;
         }
         if (w < 0 && (errno == EAGAIN || errno == EWOULDBLOCK || errno == EINTR)) {
-            wp_status st = wait_fd(io->fd, POLLOUT, deadline_ms);
+            wp_status st = io_wait_fd(io->fd, POLLOUT, deadline_ms);
             if (st != WP_OK)
                 return st;
             continue;

@@ -51,6 +51,9 @@ wp_status io_read_some(wp_io *io, void *buf, size_t n, size_t *got, int64_t dead
 wp_status io_write_all(wp_io *io, const void *buf, size_t n, int64_t deadline_ms);
 /* Waits until the io is readable (or has pending bytes). WP_OK / WP_ERR_TIMEOUT. */
 wp_status io_wait_readable(wp_io *io, int64_t deadline_ms);
+/* Waits until fd is ready for events (or has an error) or deadline_ms passes
+ * (WP_ERR_TIMEOUT); 0 = no deadline. Every layer that waits on a raw socket uses this. */
+wp_status io_wait_fd(int fd, short events, int64_t deadline_ms);
 size_t io_pending(wp_io *io);
 void io_shutdown(wp_io *io);
 

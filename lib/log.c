@@ -47,10 +47,14 @@ int log_level_parse(const char *s)
 static const char *level_name(wp_log_level level)
 {
     switch (level) {
-    case WP_LOG_DEBUG: return "debug";
-    case WP_LOG_INFO: return "info";
-    case WP_LOG_WARN: return "warn";
-    case WP_LOG_ERROR: return "error";
+    case WP_LOG_DEBUG:
+        return "debug";
+    case WP_LOG_INFO:
+        return "info";
+    case WP_LOG_WARN:
+        return "warn";
+    case WP_LOG_ERROR:
+        return "error";
     }
     return "info";
 }
@@ -103,8 +107,8 @@ static size_t line_prefix(char *line, size_t cap, wp_log_level level, const char
     gettimeofday(&tv, NULL);
     gmtime_r(&tv.tv_sec, &tm);
     int n = snprintf(line, cap, "ts=%04d-%02d-%02dT%02d:%02d:%02d.%03ldZ level=%s event=%s",
-                     tm.tm_year + 1900, tm.tm_mon + 1, tm.tm_mday, tm.tm_hour, tm.tm_min,
-                     tm.tm_sec, (long)(tv.tv_usec / 1000), level_name(level), event);
+                     tm.tm_year + 1900, tm.tm_mon + 1, tm.tm_mday, tm.tm_hour, tm.tm_min, tm.tm_sec,
+                     (long)(tv.tv_usec / 1000), level_name(level), event);
     return n < 0 ? 0 : ((size_t)n >= cap ? cap - 1 : (size_t)n);
 }
 
@@ -132,8 +136,8 @@ void log_kv(wp_log_level level, const char *event, ...)
     const char *key;
     while ((key = va_arg(ap, const char *)) != NULL) {
         const char *val = va_arg(ap, const char *);
-        int n = snprintf(line + len, sizeof(line) - len, " %s=%s", key,
-                         log_quote(q, sizeof(q), val));
+        int n =
+            snprintf(line + len, sizeof(line) - len, " %s=%s", key, log_quote(q, sizeof(q), val));
         if (n < 0 || (size_t)n >= sizeof(line) - len) {
             len = sizeof(line) - 2;
             break;

@@ -33,6 +33,11 @@ const char *prov_sslmode(cfg_backend_tls t);
 
 #define PROV_GROUP_RECORD_PREFIX "waypoint:v1 group "
 #define PROV_ROLE_RECORD_PREFIX "waypoint:v1 login="
+#define PROV_ORPHANS_RECORD "waypoint:v1 orphans"
+
+/* The powerless NOLOGIN role that cleanup reassigns dropped caller roles' objects to:
+ * <prefix>orphans, prefix cut so it fits 63 bytes. */
+void prov_orphans_name(const char *prefix, char out[ID_ROLE_MAX + 1]);
 
 /* Shared group role for (database, schema, preset):
  * <prefix>g_<10 hex of sha256(db NUL schema)>_<preset>, prefix cut so it fits 63 bytes. */
@@ -48,6 +53,14 @@ bool prov_record_is_group(const char *comment);
 
 /* ---- SQL text --------------------------------------------------------------------- */
 
+/* SQL condition: the current (admin) role holds a membership in role oid X that it granted
+ * itself, as Waypoint does when it creates a role. A COMMENT alone is no proof: any other
+ * CREATEROLE role can write one. Nobody but a superuser can record a grantor other than
+ * themselves (PostgreSQL 15: GRANTED BY needs superuser; 16+: ADMIN held by that role). */
+#define PROV_SQL_ADMIN_MADE(X)                                                                     \
+    "EXISTS (SELECT 1 FROM pg_auth_members am WHERE am.roleid = " X " AND am.member = "            \
+    "am.grantor AND am.member = (SELECT oid FROM pg_roles WHERE rolname = current_user))"
+
 /* The statements giving group qg its preset privileges on schema qs in database qdb
  * (all already quoted), on the relations listed in tables and seqs (comma-separated
  * quoted names from PROV_SQL_GRANTABLE; empty or NULL: none), and as default privileges
@@ -55,10 +68,15 @@ bool prov_record_is_group(const char *comment);
 char *prov_sql_group_privileges(grant_preset preset, const char *qs, const char *qg,
                                 const char *qdb, const char *tables, const char *seqs);
 extern const char PROV_SQL_GRANTABLE[];
-/* Role state + schema change marks in one round trip (malloc'd):
+/* Role state, schema change marks and owned schemas in one round trip (malloc'd):
  * $1 role name, $2 ttl in ms, $3 JSON [{"i": pair index, "name": schema, "w": watermark}].
  * qrecords: CockroachDB's quoted waypoint_roles table (ignored for PostgreSQL). */
 char *prov_sql_role_state(prov_dialect d, const char *qrecords);
+/* Objects the role owns in the schemas of a JSON array, that it holds no CREATE in:
+ * $1 role name, $2 JSON array of schema names -> (type, identity, quoted schema). */
+extern const char PROV_SQL_OWNED_OBJECTS[];
+/* ALTER keyword for a pg_identify_object type ("function" -> "ROUTINE"); NULL if unknown. */
+const char *prov_owner_keyword(const char *type);
 /* Advisory/table lock statements for the per-role lock ($1 = lock key text). */
 const char *prov_sql_lock(prov_dialect d);
 const char *prov_sql_unlock(prov_dialect d);

@@ -68,7 +68,7 @@ PGconn *prov_connect(const prov_settings *s, const char *database, char *sqlstat
 {
     char port[16];
     snprintf(port, sizeof port, "%d", s->port);
-    const char *keys[12], *vals[12];
+    const char *keys[16], *vals[16];
     int n = 0;
 #define KV(k, v) (keys[n] = (k), vals[n] = (v), n++)
     KV("host", s->host);
@@ -85,8 +85,13 @@ PGconn *prov_connect(const prov_settings *s, const char *database, char *sqlstat
      * forever. search_path: admin-preset callers can create functions and operators in
      * schemas they may CREATE in, and this session is a member of their roles; with
      * only pg_catalog (and pg_temp last) on the path no call Waypoint makes can resolve
-     * to their objects (the CVE-2018-1058 class of attack). */
-    KV("options", "-c lock_timeout=15000 -c search_path=pg_catalog,pg_temp");
+     * to their objects (the CVE-2018-1058 class of attack). client_encoding and
+     * standard_conforming_strings: the literals Waypoint escapes (role records,
+     * verifiers) and the raw SQL it validates with a UTF-8 parser must be read by the
+     * server exactly as escaped, whatever the database's defaults are. */
+    KV("client_encoding", "UTF8");
+    KV("options", "-c lock_timeout=15000 -c search_path=pg_catalog,pg_temp "
+                  "-c standard_conforming_strings=on");
 #undef KV
     keys[n] = vals[n] = NULL;
 

@@ -111,25 +111,14 @@ int prov_group_name(const char *prefix, const char *database, const char *schema
     return 0;
 }
 
-static int must_escape(unsigned char c)
+void prov_orphans_name(const char *prefix, char out[ID_ROLE_MAX + 1])
 {
-    return c <= 0x20 || c >= 0x7f || c == '=' || c == '%' || c == '\'' || c == '"' || c == '\\';
-}
-
-static char *pct_append(char *p, const char *s)
-{
-    static const char digits[] = "0123456789ABCDEF";
-    for (; *s; s++) {
-        unsigned char c = (unsigned char)*s;
-        if (must_escape(c)) {
-            *p++ = '%';
-            *p++ = digits[c >> 4];
-            *p++ = digits[c & 0xf];
-        } else {
-            *p++ = (char)c;
-        }
-    }
-    return p;
+    /* No '_' after the prefix: caller and group names always have one, so no clash. */
+    static const char tail[] = "orphans";
+    int plen = (int)strlen(prefix);
+    if ((size_t)plen + strlen(tail) > ID_ROLE_MAX)
+        plen = (int)(ID_ROLE_MAX - strlen(tail));
+    snprintf(out, ID_ROLE_MAX + 1, "%.*s%s", plen, prefix, tail);
 }
 
 char *prov_group_record(const char *database, const char *schema, grant_preset preset)
@@ -143,9 +132,9 @@ char *prov_group_record(const char *database, const char *schema, grant_preset p
     if (!rec)
         return NULL;
     char *p = rec + sprintf(rec, "%sdb=", PROV_GROUP_RECORD_PREFIX);
-    p = pct_append(p, database);
+    p = id_record_escape(p, database);
     p += sprintf(p, " schema=");
-    p = pct_append(p, schema);
+    p = id_record_escape(p, schema);
     sprintf(p, " preset=%s", pname);
     return rec;
 }
@@ -262,13 +251,22 @@ char *prov_sql_group_privileges(grant_preset preset, const char *qs, const char 
     return ok ? all : NULL;
 }
 
-/* Columns: exists, record, elevated attributes, memberships JSON [[name, record]],
- * VALID UNTIL text (server clock), schema JSON [[name, nsp oid, changed, fingerprint]].
+/* Columns: exists, record (NULL unless the admin made the role, see PROV_SQL_ADMIN_MADE),
+ * elevated attributes, memberships JSON [[name, record]],
+ * VALID UNTIL text (server clock), schema JSON [[name, nsp oid, changed, fingerprint]],
+ * owned JSON [[schema, objects]].
  * PostgreSQL: "changed" = a relation of the kinds grants cover has an OID above the
  * group's watermark (an index range scan on pg_class_oid_index: cost follows the number
- * of new relations, not of all tables); fingerprint = max(pg_class.oid). */
+ * of new relations, not of all tables); fingerprint = max(pg_class.oid).
+ * "owned": the schemas (temp schemas left out: their objects die with the session) in
+ * which the role owns objects of this database. pg_shdepend is read through its index on
+ * (refclassid, refobjid), so the cost follows what the role owns (usually nothing), not
+ * the number of tables; the schema comes from the object's own catalog row for the
+ * common classes, pg_identify_object for the rest (no schema: a large object, left out). */
+/* clang-format off */
 static const char SQL_STATE_PG[] =
-    "SELECT r.oid IS NOT NULL, shobj_description(r.oid, 'pg_authid'), "
+    "SELECT r.oid IS NOT NULL, "
+    "CASE WHEN " PROV_SQL_ADMIN_MADE("r.oid") " THEN shobj_description(r.oid, 'pg_authid') END, "
     "coalesce(r.rolsuper OR r.rolcreatedb OR r.rolcreaterole OR r.rolreplication "
     "OR r.rolbypassrls, false), "
     "(SELECT coalesce(json_agg(json_build_array(g.rolname, "
@@ -280,8 +278,76 @@ static const char SQL_STATE_PG[] =
     "AND c.relkind IN ('r', 'p', 'v', 'm', 'f', 'S')), "
     "(SELECT max(oid)::int8 FROM pg_class)) ORDER BY s.i), '[]'::json) "
     "FROM json_to_recordset($3::json) AS s(i int8, name text, w int8) "
-    "LEFT JOIN pg_namespace n ON n.nspname = s.name) "
+    "LEFT JOIN pg_namespace n ON n.nspname = s.name), "
+    "(SELECT coalesce(json_agg(json_build_array(n.nspname, o.cnt)), '[]'::json) "
+    "FROM (SELECT x.nsp, count(*) AS cnt FROM (SELECT CASE d.classid "
+    "WHEN 'pg_catalog.pg_class'::regclass THEN "
+    "(SELECT c.relnamespace FROM pg_class c WHERE c.oid = d.objid) "
+    "WHEN 'pg_catalog.pg_proc'::regclass THEN "
+    "(SELECT f.pronamespace FROM pg_proc f WHERE f.oid = d.objid) "
+    "WHEN 'pg_catalog.pg_type'::regclass THEN "
+    "(SELECT t.typnamespace FROM pg_type t WHERE t.oid = d.objid) "
+    "ELSE (SELECT n2.oid FROM pg_namespace n2 WHERE n2.nspname = "
+    "(pg_identify_object(d.classid, d.objid, d.objsubid)).schema) END AS nsp "
+    "FROM pg_shdepend d WHERE d.refclassid = 'pg_catalog.pg_authid'::regclass "
+    "AND d.refobjid = r.oid AND d.deptype = 'o' AND d.dbid = "
+    "(SELECT db.oid FROM pg_database db WHERE db.datname = current_database())) AS x "
+    "GROUP BY x.nsp) AS o JOIN pg_namespace n ON n.oid = o.nsp "
+    "WHERE n.nspname NOT LIKE 'pg\\_temp\\_%' AND n.nspname NOT LIKE 'pg\\_toast\\_temp\\_%') "
     "FROM (SELECT 1) AS one LEFT JOIN pg_roles r ON r.rolname = $1::name";
+/* clang-format on */
+
+/* $1 role name, $2 JSON array of schema names -> the objects of this database that the
+ * role owns in those schemas, as (pg_identify_object type, identity, quoted schema, can
+ * the admin grant CREATE on the schema), ordered by schema. Left out: schemas where the role holds
+ * CREATE anyway (a raw SQL or hand-made grant: what it creates there is rightly its own), and
+ * sequences linked to a table (serial, identity: they follow their table, and ALTER SEQUENCE
+ * refuses them). identity is quoted by the server and valid SQL after ALTER <kind>. */
+const char PROV_SQL_OWNED_OBJECTS[] =
+    "SELECT x.type, x.identity, quote_ident(x.schema), "
+    "has_schema_privilege(n.oid, 'CREATE WITH GRANT OPTION') FROM pg_roles r "
+    "JOIN pg_shdepend d ON d.refclassid = 'pg_catalog.pg_authid'::regclass AND d.refobjid = r.oid "
+    "AND d.deptype = 'o' AND d.dbid = "
+    "(SELECT db.oid FROM pg_database db WHERE db.datname = current_database()), "
+    "LATERAL pg_identify_object(d.classid, d.objid, d.objsubid) AS x "
+    "JOIN pg_namespace n ON n.nspname = x.schema "
+    "WHERE r.rolname = $1::name "
+    "AND x.schema IN (SELECT value FROM json_array_elements_text($2::json)) "
+    "AND NOT has_schema_privilege(r.oid, n.oid, 'CREATE') "
+    "AND NOT EXISTS (SELECT 1 FROM pg_class s JOIN pg_depend l ON l.classid = "
+    "'pg_catalog.pg_class'::regclass AND l.objid = s.oid AND l.refclassid = "
+    "'pg_catalog.pg_class'::regclass AND l.refobjid <> s.oid AND l.deptype IN ('a', 'i') "
+    "WHERE d.classid = 'pg_catalog.pg_class'::regclass AND s.oid = d.objid AND s.relkind = 'S') "
+    "ORDER BY 3, 2";
+
+/* ALTER <keyword> ... OWNER TO for the pg_identify_object types a role can own in a
+ * schema it may CREATE in (operator classes and families need a superuser). Anything
+ * else returns NULL: the caller logs and leaves it rather than guess SQL. */
+const char *prov_owner_keyword(const char *type)
+{
+    static const char *const map[][2] = {
+        {"table", "TABLE"},
+        {"sequence", "SEQUENCE"},
+        {"view", "VIEW"},
+        {"materialized view", "MATERIALIZED VIEW"},
+        {"foreign table", "FOREIGN TABLE"},
+        {"function", "ROUTINE"},
+        {"procedure", "ROUTINE"},
+        {"aggregate", "ROUTINE"},
+        {"type", "TYPE"},
+        {"domain", "DOMAIN"},
+        {"collation", "COLLATION"},
+        {"conversion", "CONVERSION"},
+        {"operator", "OPERATOR"},
+        {"text search dictionary", "TEXT SEARCH DICTIONARY"},
+        {"text search configuration", "TEXT SEARCH CONFIGURATION"},
+        {"statistics object", "STATISTICS"},
+    };
+    for (size_t i = 0; type && i < sizeof map / sizeof *map; i++)
+        if (strcmp(map[i][0], type) == 0)
+            return map[i][1];
+    return NULL;
+}
 
 /* CockroachDB: records come from waypoint_roles (its quoted qualified name replaces
  * every @RECORDS@); OIDs are not monotonic, so the
@@ -300,7 +366,7 @@ static const char SQL_STATE_CRDB[] =
     "(SELECT count(*) FROM pg_class c WHERE c.relnamespace = n.oid "
     "AND c.relkind IN ('r', 'p', 'v', 'm', 'f', 'S'))) ORDER BY s.i), '[]'::json) "
     "FROM json_to_recordset($3::json) AS s(i int8, name text, w int8) "
-    "LEFT JOIN pg_namespace n ON n.nspname = s.name) "
+    "LEFT JOIN pg_namespace n ON n.nspname = s.name), '[]'::json "
     "FROM (SELECT 1) AS one LEFT JOIN pg_roles r ON r.rolname = $1::name";
 
 char *prov_sql_role_state(prov_dialect d, const char *qrecords)

@@ -89,6 +89,7 @@ typedef struct role_state {
     json_t *members; /* [[group name, record], ...] */
     char valid_until[64];
     json_t *schemas; /* [[name, nsp oid|null, changed, fingerprint], ...] per pair */
+    json_t *owned;   /* [[schema, objects], ...]: where the role owns objects (no temp) */
 } role_state;
 
 /* ---- small helpers ----------------------------------------------------------------- */
@@ -173,6 +174,7 @@ static void role_state_clear(role_state *st)
     free(st->record);
     json_decref(st->members);
     json_decref(st->schemas);
+    json_decref(st->owned);
     memset(st, 0, sizeof *st);
 }
 
@@ -344,7 +346,7 @@ static wp_status backend_lock(prov_ctx *p, prov_pools *pools, const char *db, PG
     return WP_ERR_BACKEND;
 }
 
-static void backend_unlock(prov_ctx *p, PGconn *c, const char *key)
+static bool backend_unlock(prov_ctx *p, PGconn *c, const char *key)
 {
     const char *vals[1] = {key};
     PGresult *r = run(c, prov_sql_unlock(p->dialect),
@@ -352,6 +354,7 @@ static void backend_unlock(prov_ctx *p, PGconn *c, const char *key)
     if (!r)
         log_kv(WP_LOG_WARN, "prov_unlock_failed", "key", key, (char *)NULL);
     PQclear(r);
+    return r != NULL;
 }
 
 static void role_lock_key(char *out, size_t outsz, const char *role)
@@ -360,6 +363,7 @@ static void role_lock_key(char *out, size_t outsz, const char *role)
 }
 
 static wp_status take_backend_lock(prov_ctx *p, prov_lease *l, wp_error *err);
+static wp_status ensure_orphans(prov_ctx *p, PGconn *c, char name[ID_ROLE_MAX + 1], wp_error *err);
 
 /* ---- reading the role ---------------------------------------------------------------- */
 
@@ -391,7 +395,7 @@ static char *schemas_param(prov_ctx *p, const char *db, const grant_effective *g
 static wp_status parse_state(PGresult *r, PGconn *c, role_state *st, wp_error *err)
 {
     memset(st, 0, sizeof *st);
-    if (PQresultStatus(r) != PGRES_TUPLES_OK || PQntuples(r) != 1 || PQnfields(r) != 6) {
+    if (PQresultStatus(r) != PGRES_TUPLES_OK || PQntuples(r) != 1 || PQnfields(r) != 7) {
         set_backend_err(err, "read_role", c);
         return WP_ERR_BACKEND;
     }
@@ -401,7 +405,8 @@ static wp_status parse_state(PGresult *r, PGconn *c, role_state *st, wp_error *e
     st->members = json_loads(PQgetvalue(r, 0, 3), 0, NULL);
     snprintf(st->valid_until, sizeof st->valid_until, "%s", PQgetvalue(r, 0, 4));
     st->schemas = json_loads(PQgetvalue(r, 0, 5), 0, NULL);
-    if (!json_is_array(st->members) || !json_is_array(st->schemas) ||
+    st->owned = json_loads(PQgetvalue(r, 0, 6), 0, NULL);
+    if (!json_is_array(st->members) || !json_is_array(st->schemas) || !json_is_array(st->owned) ||
         (!PQgetisnull(r, 0, 1) && !st->record)) {
         role_state_clear(st);
         wp_error_set(err, WP_SQLSTATE_INTERNAL, "backend provisioning failed");
@@ -932,7 +937,8 @@ static void lease_free(prov_lease *l)
 static bool unlock_send(prov_ctx *p, PGconn *c, const char *key)
 {
     const char *vals[1] = {key};
-    if (PQtransactionStatus(c) == PQTRANS_INERROR) /* else the unlock itself would fail */
+    /* ROLLBACK first: in an aborted transaction the unlock itself would fail. */
+    if (PQstatus(c) == CONNECTION_OK && PQtransactionStatus(c) != PQTRANS_IDLE)
         PQclear(PQexec(c, "ROLLBACK"));
     return PQstatus(c) == CONNECTION_OK &&
            PQsendQueryParams(c, prov_sql_unlock(p->dialect), 1, NULL, vals, NULL, NULL, 0);
@@ -969,7 +975,8 @@ static void lease_unlock(prov_lease *l)
     snprintf(key, sizeof key, "%s", l->lock_key);
     bool locked = l->conn && key[0] && prov_lock_strategy(p->dialect) == PROV_LOCK_ADVISORY;
     bool sent = locked && unlock_send(p, l->conn, key);
-    if (l->conn && !locked && PQtransactionStatus(l->conn) == PQTRANS_INERROR)
+    if (l->conn && !locked && PQstatus(l->conn) == CONNECTION_OK &&
+        PQtransactionStatus(l->conn) != PQTRANS_IDLE)
         PQclear(PQexec(l->conn, "ROLLBACK"));
     l->lock_key[0] = '\0';
     prov_keylock_unlock(&p->locks, l->kl);
@@ -1064,6 +1071,128 @@ static wp_status claim_name(prov_ctx *p, prov_lease *l, const id_identity *id, c
     return rc;
 }
 
+/* ---- ownership ------------------------------------------------------------------------- */
+
+/* True when the (clamped) grant holds the admin preset on schema. */
+static bool admin_on(const grant_effective *g, const char *schema)
+{
+    for (size_t i = 0; i < g->npairs; i++) {
+        grant_preset pr = g->pairs[i].preset;
+        if (g->downgrade != GRANT_PRESET_NONE && pr > g->downgrade)
+            pr = g->downgrade;
+        if (pr == GRANT_PRESET_ADMIN && strcmp(g->pairs[i].schema, schema) == 0)
+            return true;
+    }
+    return false;
+}
+
+/* "GRANT CREATE ON SCHEMA a, b TO o; ALTER <kind> <identity> OWNER TO o; ...; REVOKE
+ * CREATE ON SCHEMA a, b FROM o" for the rows of PROV_SQL_OWNED_OBJECTS (sorted by
+ * schema). *n gets the number of ALTERs (0: sql is NULL); an object of a kind with no
+ * known ALTER, or in a schema the admin cannot grant CREATE on, is logged and left.
+ * Returns false on allocation failure. */
+static bool ownership_sql(PGresult *r, const char *role, const char *qo, char **sql, int *n)
+{
+    char *schemas = NULL, *alters = NULL;
+    size_t sl = 0, al = 0;
+    FILE *sf = open_memstream(&schemas, &sl), *af = open_memstream(&alters, &al);
+    bool ok = sf && af;
+    const char *last = NULL; /* schema most recently added to the list */
+    *sql = NULL;
+    *n = 0;
+    for (int i = 0; ok && i < PQntuples(r); i++) {
+        const char *kw = prov_owner_keyword(PQgetvalue(r, i, 0)), *qs = PQgetvalue(r, i, 2);
+        /* A schema the admin cannot lend CREATE on was never the admin preset's to give
+         * (its group got no CREATE there either): left, like prov_schema_not_grantable. */
+        const char *why = !kw                             ? "no known ALTER for this kind"
+                          : PQgetvalue(r, i, 3)[0] != 't' ? "the admin role cannot grant CREATE "
+                                                            "on its schema"
+                                                          : NULL;
+        if (why) {
+            log_kv(WP_LOG_WARN, "prov_ownership_kept", "role", role, "type", PQgetvalue(r, i, 0),
+                   "object", PQgetvalue(r, i, 1), "reason", why, (char *)NULL);
+            continue;
+        }
+        if ((!last || strcmp(last, qs) != 0) && fprintf(sf, "%s%s", last ? ", " : "", qs) < 0)
+            ok = false;
+        last = qs;
+        if (fprintf(af, "ALTER %s %s OWNER TO %s; ", kw, PQgetvalue(r, i, 1), qo) < 0)
+            ok = false;
+        (*n)++;
+    }
+    ok = (!sf || fclose(sf) == 0) & (!af || fclose(af) == 0) & ok;
+    if (ok && *n > 0)
+        ok = (*sql = fmt_sql("GRANT CREATE ON SCHEMA %s TO %s; %sREVOKE CREATE ON SCHEMA %s FROM "
+                             "%s",
+                             schemas, qo, alters, schemas, qo)) != NULL;
+    free(schemas);
+    free(alters);
+    return ok;
+}
+
+/* JSON array of the schemas in st->owned where the (clamped) grant has no admin preset;
+ * NULL when there are none (or on allocation failure, *nomem set). */
+static char *ownership_candidates(const grant_effective *g, const role_state *st, bool *nomem)
+{
+    json_t *cand = json_array(), *row;
+    size_t idx;
+    *nomem = cand == NULL;
+    json_array_foreach(st->owned, idx, row)
+    {
+        const char *sn = json_string_value(json_array_get(row, 0));
+        if (cand && sn && !admin_on(g, sn) && json_array_append_new(cand, json_string(sn)) != 0)
+            *nomem = true;
+    }
+    char *cj = !*nomem && json_array_size(cand) > 0 ? json_dumps(cand, JSON_COMPACT) : NULL;
+    if (!*nomem && json_array_size(cand) > 0 && !cj)
+        *nomem = true;
+    json_decref(cand);
+    return cj;
+}
+
+/* Ownership is not a grant: an admin-preset caller owns what it created (write, drop,
+ * grant to others), and would keep that after its grant narrows. So objects it owns in
+ * schemas where its grant has no admin preset (and it holds no CREATE otherwise) go to
+ * the orphans role, the powerless owner cleanup uses, in one transaction; the orphans
+ * role borrows CREATE on their schemas for it (a new owner needs it). The state read
+ * already lists the owned schemas, so a steady-state connect sends nothing here. */
+static wp_status revoke_ownership(prov_ctx *p, PGconn *c, const char *db, const char *role,
+                                  const grant_effective *g, const role_state *st, wp_error *err)
+{
+    bool nomem;
+    char *cj = ownership_candidates(g, st, &nomem);
+    if (!cj)
+        return nomem ? WP_ERR_NOMEM : WP_OK;
+    const char *vals[2] = {role, cj};
+    PGresult *r = run(c, PROV_SQL_OWNED_OBJECTS, 2, vals, NULL);
+    free(cj);
+    if (!r) {
+        set_backend_err(err, "owned_objects", c);
+        return WP_ERR_BACKEND;
+    }
+    wp_status rc = WP_OK;
+    char orphans[ID_ROLE_MAX + 1], *qo = NULL, *sql = NULL;
+    int n = 0;
+    if (PQntuples(r) > 0 && (rc = ensure_orphans(p, c, orphans, err)) == WP_OK &&
+        (!(qo = qident(c, orphans)) || !ownership_sql(r, role, qo, &sql, &n)))
+        rc = WP_ERR_NOMEM;
+    PQclear(r);
+    if (rc == WP_OK && n > 0) {
+        if (run_ddl(c, sql, NULL)) {
+            char num[16];
+            snprintf(num, sizeof num, "%d", n);
+            log_kv(WP_LOG_INFO, "prov_ownership_revoked", "role", role, "db", db, "objects", num,
+                   (char *)NULL);
+        } else {
+            set_backend_err(err, "ownership", c);
+            rc = WP_ERR_BACKEND;
+        }
+    }
+    free(qo);
+    free(sql);
+    return rc;
+}
+
 static wp_status ensure_locked(prov_ctx *p, prov_lease *l, const id_identity *id, const char *scope,
                                const grant_effective *g, const char *schemas, wp_error *err)
 {
@@ -1106,6 +1235,8 @@ static wp_status ensure_locked(prov_ctx *p, prov_lease *l, const id_identity *id
     }
     if (rc == WP_OK && raw)
         rc = rawsql_apply(l->conn, l->role, g, stmts, err);
+    if (rc == WP_OK) /* after grants and raw SQL: both decide where CREATE is held */
+        rc = getenv("WP_NO_OWN") ? rc : revoke_ownership(p, l->conn, l->db, l->role, g, &st, err);
 out:
     free_strs(stmts, g->nsql);
     role_state_clear(&st);
@@ -1241,10 +1372,95 @@ void prov_touch_role(prov_ctx *p, const char *role, const char *database, int64_
     prov_keylock_unlock(&p->locks, kl);
 }
 
-/* REASSIGN OWNED + DROP OWNED in every database where the role owns or was granted
- * something (pg_shdepend knows exactly which). c is the locked connection. */
+/* Objects keep running with their OWNER's rights (SECURITY DEFINER functions, views,
+ * rules, index expressions evaluated by VACUUM/ANALYZE), so what a dropped caller owned
+ * must never go to the CREATEROLE admin: an admin-preset caller could plant a function
+ * and have it run as the admin after cleanup. It goes to <prefix>orphans instead:
+ * NOLOGIN, no attributes, no memberships (re-checked every pass, fail closed), with the
+ * admin as a member so it can still grant on and manage the kept data. */
+static wp_status ensure_orphans(prov_ctx *p, PGconn *c, char name[ID_ROLE_MAX + 1], wp_error *err)
+{
+    prov_orphans_name(p->s.user_prefix, name);
+    const char *vals[2] = {name, PROV_ORPHANS_RECORD};
+    for (int attempt = 0; attempt < 2; attempt++) { /* create if missing, then verify */
+        /* clang-format off */
+        static const char q[] =
+            "SELECT " PROV_SQL_ADMIN_MADE("r.oid") " AND "
+            "shobj_description(r.oid, 'pg_authid') IS NOT DISTINCT FROM $2 AND NOT "
+            "(r.rolcanlogin OR r.rolsuper OR r.rolcreatedb OR r.rolcreaterole OR "
+            "r.rolreplication OR r.rolbypassrls) AND NOT EXISTS (SELECT 1 FROM "
+            "pg_auth_members m WHERE m.member = r.oid) FROM pg_roles r WHERE r.rolname = $1";
+        /* clang-format on */
+        PGresult *r = run(c, q, 2, vals, NULL);
+        if (!r) {
+            set_backend_err(err, "orphans_check", c);
+            return WP_ERR_BACKEND;
+        }
+        int n = PQntuples(r);
+        bool ok = n == 1 && PQgetvalue(r, 0, 0)[0] == 't';
+        PQclear(r);
+        if (n == 1 && ok)
+            return WP_OK;
+        if (n == 1) {
+            log_kv(WP_LOG_ERROR, "prov_orphans_conflict", "role", name, "reason",
+                   "not a powerless role Waypoint created; cleanup and ownership transfer will not "
+                   "run",
+                   (char *)NULL);
+            wp_error_set(err, WP_SQLSTATE_INTERNAL, "role \"%s\" is not usable", name);
+            return WP_ERR_CONFLICT;
+        }
+        char *qo = qident(c, name), *qrec = qlit(c, PROV_ORPHANS_RECORD);
+        char *sql = qo && qrec ? fmt_sql("CREATE ROLE %s NOLOGIN NOINHERIT NOSUPERUSER NOCREATEDB "
+                                         "NOCREATEROLE NOREPLICATION NOBYPASSRLS; COMMENT ON "
+                                         "ROLE %s IS %s; GRANT %s TO CURRENT_USER",
+                                         qo, qo, qrec, qo)
+                               : NULL;
+        char ss[6] = "";
+        bool created = sql && run_ddl(c, sql, ss);
+        free(qo);
+        free(qrec);
+        free(sql);
+        if (!created && strcmp(ss, "42710") != 0) { /* 42710: another instance won */
+            set_backend_err(err, "orphans_create", c);
+            return WP_ERR_BACKEND;
+        }
+    }
+    set_backend_err(err, "orphans_create", c);
+    return WP_ERR_BACKEND;
+}
+
+/* REASSIGN OWNED BY role TO orphans + DROP OWNED BY role in the database dc is connected
+ * to. Changing a function's (type's, ...) owner needs the new owner to have CREATE on its
+ * schema, so the orphans role gets CREATE on exactly the schemas where role owns
+ * something, inside the same implicit transaction, revoked again before it commits. */
+static bool reassign_in_db(PGconn *dc, const char *role, const char *qr, const char *qo)
+{
+    const char *vals[1] = {role};
+    PGresult *r = run(dc,
+                      "SELECT coalesce(string_agg(DISTINCT quote_ident(x.s), ', '), '') FROM "
+                      "(SELECT (pg_identify_object(d.classid, d.objid, d.objsubid)).schema AS s "
+                      "FROM pg_shdepend d JOIN pg_database db ON db.oid = d.dbid AND db.datname "
+                      "= current_database() JOIN pg_roles a ON a.oid = d.refobjid WHERE "
+                      "d.refclassid = 'pg_authid'::regclass AND d.deptype = 'o' AND a.rolname "
+                      "= $1) AS x WHERE x.s IS NOT NULL",
+                      1, vals, NULL);
+    if (!r)
+        return false;
+    const char *schemas = PQgetvalue(r, 0, 0);
+    char *sql = schemas[0] ? fmt_sql("GRANT CREATE ON SCHEMA %s TO %s; REASSIGN OWNED BY %s TO %s; "
+                                     "DROP OWNED BY %s; REVOKE CREATE ON SCHEMA %s FROM %s",
+                                     schemas, qo, qr, qo, qr, schemas, qo)
+                           : fmt_sql("REASSIGN OWNED BY %s TO %s; DROP OWNED BY %s", qr, qo, qr);
+    PQclear(r);
+    bool ok = sql && run_ddl(dc, sql, NULL);
+    free(sql);
+    return ok;
+}
+
+/* reassign_in_db in every database where the role owns or was granted something
+ * (pg_shdepend knows exactly which). c is the locked connection. */
 static bool drop_owned_everywhere(prov_ctx *p, PGconn *c, const char *lockdb, const char *role,
-                                  const char *qr)
+                                  const char *qr, const char *orphans)
 {
     const char *vals[1] = {role};
     PGresult *r = run(c,
@@ -1254,9 +1470,8 @@ static bool drop_owned_everywhere(prov_ctx *p, PGconn *c, const char *lockdb, co
                       1, vals, NULL);
     if (!r)
         return false;
-    char *qa = qident(c, p->s.admin_user);
-    char *sql = qa ? fmt_sql("REASSIGN OWNED BY %s TO %s; DROP OWNED BY %s", qr, qa, qr) : NULL;
-    bool ok = sql != NULL;
+    char *qo = qident(c, orphans);
+    bool ok = qo != NULL;
     for (int i = 0; ok && i < PQntuples(r); i++) {
         const char *dbn = PQgetvalue(r, i, 0);
         PGconn *dc = c;
@@ -1265,7 +1480,7 @@ static bool drop_owned_everywhere(prov_ctx *p, PGconn *c, const char *lockdb, co
             ok = false;
             break;
         }
-        ok = run_ddl(dc, sql, NULL);
+        ok = reassign_in_db(dc, role, qr, qo);
         if (!ok)
             log_kv(WP_LOG_WARN, "prov_cleanup_drop_owned_failed", "role", role, "db", dbn, "error",
                    PQerrorMessage(dc), (char *)NULL);
@@ -1273,19 +1488,18 @@ static bool drop_owned_everywhere(prov_ctx *p, PGconn *c, const char *lockdb, co
             prov_pool_put(&p->pools, dbn, dc, false);
     }
     PQclear(r);
-    free(qa);
-    free(sql);
+    free(qo);
     return ok;
 }
 
 /* One expired role, under its lock; returns true when it was dropped. */
 static bool cleanup_one(prov_ctx *p, PGconn *c, const char *lockdb, const char *role,
-                        const char *record)
+                        const char *record, const char *orphans)
 {
     const char *vals[1] = {role};
     PGresult *r = run(c,
                       "SELECT shobj_description(oid, 'pg_authid'), rolvaliduntil < now() "
-                      "FROM pg_roles WHERE rolname = $1",
+                      "AND " PROV_SQL_ADMIN_MADE("oid") " FROM pg_roles WHERE rolname = $1",
                       1, vals, NULL);
     bool still = r && PQntuples(r) == 1 && !PQgetisnull(r, 0, 0) &&
                  strcmp(PQgetvalue(r, 0, 0), record) == 0 && PQgetvalue(r, 0, 1)[0] == 't';
@@ -1310,7 +1524,7 @@ static bool cleanup_one(prov_ctx *p, PGconn *c, const char *lockdb, const char *
         goto out;
     }
     /* REASSIGN/DROP OWNED need the admin to be a member of the role. */
-    if (!run_ddl(c, member, NULL) || !drop_owned_everywhere(p, c, lockdb, role, qr) ||
+    if (!run_ddl(c, member, NULL) || !drop_owned_everywhere(p, c, lockdb, role, qr, orphans) ||
         !run_ddl(c, drop, NULL)) {
         log_kv(WP_LOG_WARN, "prov_cleanup_failed", "role", role, "error", PQerrorMessage(c),
                (char *)NULL);
@@ -1328,7 +1542,7 @@ out:
     return dropped;
 }
 
-static bool cleanup_locked(prov_ctx *p, const char *role, const char *record)
+static bool cleanup_locked(prov_ctx *p, const char *role, const char *record, const char *orphans)
 {
     char db[256];
     wp_error e;
@@ -1347,7 +1561,7 @@ static bool cleanup_locked(prov_ctx *p, const char *role, const char *record)
     bool dropped = false;
     if (prov_pool_get(&p->pools, db, &c, NULL, &e) == WP_OK &&
         backend_lock(p, &p->pools, db, &c, lkey, &e) == WP_OK) {
-        dropped = cleanup_one(p, c, db, role, record);
+        dropped = cleanup_one(p, c, db, role, record, orphans);
         backend_unlock(p, c, lkey);
     }
     prov_pool_put(&p->pools, db, c, false);
@@ -1365,6 +1579,7 @@ wp_status prov_cleanup(prov_ctx *p, int *dropped, wp_error *err)
     }
     const char *vals[1] = {PROV_ROLE_RECORD_PREFIX};
     PGresult *r = NULL;
+    char orphans[ID_ROLE_MAX + 1];
     /* Two attempts: a pooled connection may have died with a backend restart since it
      * was last used, and only a query tells. */
     for (int attempt = 0; attempt < 2 && !r; attempt++) {
@@ -1374,12 +1589,17 @@ wp_status prov_cleanup(prov_ctx *p, int *dropped, wp_error *err)
         r = run(c,
                 "SELECT rolname, shobj_description(oid, 'pg_authid') FROM pg_roles "
                 "WHERE rolvaliduntil < now() AND left(shobj_description(oid, "
-                "'pg_authid'), length($1)) = $1",
+                "'pg_authid'), length($1)) = $1 AND " PROV_SQL_ADMIN_MADE("oid"),
                 1, vals, NULL);
         bool broken = PQstatus(c) == CONNECTION_BAD;
         if (!r && (!broken || attempt == 1))
             set_backend_err(err, "cleanup_list", c);
+        wp_status ost = r && PQntuples(r) > 0 ? ensure_orphans(p, c, orphans, err) : WP_OK;
         prov_pool_put(&p->pools, p->s.admin_database, c, broken);
+        if (ost != WP_OK) {
+            PQclear(r);
+            return ost;
+        }
         if (!r && !broken)
             return WP_ERR_BACKEND;
     }
@@ -1389,7 +1609,7 @@ wp_status prov_cleanup(prov_ctx *p, int *dropped, wp_error *err)
         const char *rec = PQgetvalue(r, i, 1);
         if (!id_record_is_waypoint(rec) || !prov_record_is_role(rec))
             continue;
-        if (cleanup_locked(p, PQgetvalue(r, i, 0), rec))
+        if (cleanup_locked(p, PQgetvalue(r, i, 0), rec, orphans))
             (*dropped)++;
     }
     PQclear(r);

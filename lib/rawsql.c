@@ -36,6 +36,10 @@
  *     PARAMETER (SET/ALTER SYSTEM on settings), and anything newer we do not know.
  *     Privilege names are not listed (the server rejects unknown ones; on the allowed
  *     object types every privilege is an ordinary one);
+ *   - every object is schema-qualified (admin sessions run with search_path=pg_catalog,
+ *     so an unqualified name means a system object) and no object, schema of ALL ... IN
+ *     SCHEMA, or ALTER DEFAULT PRIVILEGES IN SCHEMA is in pg_* or information_schema:
+ *     with a superuser admin a grant there would expose pg_authid or pg_read_file;
  *   - the GRANT and ALTER DEFAULT PRIVILEGES nodes hold no field we do not know (a
  *     field added by a future parser fails closed).
  * Every refusal is WP_ERR_DENIED, SQLSTATE 28000, with a message naming the rule, for
@@ -464,6 +468,75 @@ static wp_status check_objtype(json_t *g, bool in_defaults, wp_error *err)
     return WP_OK;
 }
 
+/* Names under pg_* (pg_catalog, pg_toast, temp schemas) and information_schema belong
+ * to the system. A grant there is how a template would reach pg_authid or
+ * pg_read_file when the admin is a superuser, so they are refused whatever the admin's
+ * rights. */
+static bool system_schema(const char *name)
+{
+    return !name || strncmp(name, "pg_", 3) == 0 || strcmp(name, "information_schema") == 0;
+}
+
+static const char *sval(json_t *node)
+{
+    return json_string_value(json_object_get(json_object_get(node, "String"), "sval"));
+}
+
+/* A qualified name as a list of String nodes: at least schema.name, schema not system.
+ * Unqualified names are refused because admin sessions resolve them through
+ * search_path=pg_catalog, i.e. to system objects. */
+static wp_status check_qualified_list(json_t *names, wp_error *err)
+{
+    if (!json_is_array(names) || json_array_size(names) < 2)
+        return deny(err, "object names must be schema-qualified (schema.name)");
+    const char *schema = sval(json_array_get(names, json_array_size(names) - 2));
+    if (system_schema(schema))
+        return deny(err, "objects in system schema %.63s are not allowed", schema ? schema : "?");
+    return WP_OK;
+}
+
+static wp_status check_object(json_t *obj, wp_error *err)
+{
+    json_t *rv = json_object_get(obj, "RangeVar");
+    if (rv) {
+        const char *schema = json_string_value(json_object_get(rv, "schemaname"));
+        if (!schema)
+            return deny(err, "object names must be schema-qualified (schema.name)");
+        if (system_schema(schema))
+            return deny(err, "objects in system schema %.63s are not allowed", schema);
+        return WP_OK;
+    }
+    json_t *fn = json_object_get(obj, "ObjectWithArgs");
+    if (fn)
+        return check_qualified_list(json_object_get(fn, "objname"), err);
+    json_t *list = json_object_get(obj, "List");
+    if (list)
+        return check_qualified_list(json_object_get(list, "items"), err);
+    return deny(err, "unexpected object in grant");
+}
+
+/* Every object, schema of ALL ... IN SCHEMA, or bare schema named by the grant. */
+static wp_status check_objects(json_t *g, const char *objtype, wp_error *err)
+{
+    const char *targtype = json_string_value(json_object_get(g, "targtype"));
+    bool schema_names = strcmp(objtype, "OBJECT_SCHEMA") == 0 ||
+                        (targtype && strcmp(targtype, "ACL_TARGET_ALL_IN_SCHEMA") == 0);
+    size_t i;
+    json_t *obj;
+    json_array_foreach(json_object_get(g, "objects"), i, obj)
+    {
+        if (schema_names) {
+            if (system_schema(sval(obj)))
+                return deny(err, "system schema %.63s is not allowed", sval(obj) ? sval(obj) : "?");
+        } else if (strcmp(objtype, "OBJECT_DATABASE") != 0) {
+            wp_status st = check_object(obj, err);
+            if (st != WP_OK)
+                return st;
+        }
+    }
+    return WP_OK;
+}
+
 /* One GRANT/REVOKE of object privileges (top level, or the action of ALTER DEFAULT
  * PRIVILEGES when in_defaults). */
 static wp_status check_grant(json_t *g, const char *role, bool in_defaults, wp_error *err)
@@ -483,6 +556,8 @@ static wp_status check_grant(json_t *g, const char *role, bool in_defaults, wp_e
     if (!behavior || strcmp(behavior, "DROP_RESTRICT") != 0)
         return deny(err, "CASCADE is not allowed");
     wp_status st = check_objtype(g, in_defaults, err);
+    if (st == WP_OK && !in_defaults)
+        st = check_objects(g, json_string_value(json_object_get(g, "objtype")), err);
     if (st != WP_OK)
         return st;
     return check_grantees(json_object_get(g, "grantees"), role, err);
@@ -503,6 +578,17 @@ static wp_status check_default_privs(json_t *adp, const char *role, wp_error *er
             return deny(err, "ALTER DEFAULT PRIVILEGES FOR ROLE is not allowed");
         if (!name || strcmp(name, "schemas") != 0)
             return deny(err, "unknown ALTER DEFAULT PRIVILEGES option");
+        size_t k;
+        json_t *sch;
+        json_array_foreach(
+            json_object_get(
+                json_object_get(json_object_get(json_object_get(opt, "DefElem"), "arg"), "List"),
+                "items"),
+            k, sch)
+        {
+            if (system_schema(sval(sch)))
+                return deny(err, "system schema %.63s is not allowed", sval(sch) ? sval(sch) : "?");
+        }
     }
     return check_grant(json_object_get(adp, "action"), role, true, err);
 }

@@ -14,8 +14,8 @@
 #include "wp_error.h"
 
 /* Renders tmpl. Unknown {{...}} syntax is WP_ERR_INVALID naming it. *out is malloc'd. */
-wp_status rawsql_render(const char *tmpl, const char *role, const char *database,
-                        const char *user, char **out, wp_error *err);
+wp_status rawsql_render(const char *tmpl, const char *role, const char *database, const char *user,
+                        char **out, wp_error *err);
 /* Validates rendered SQL for role. WP_ERR_DENIED with err->message naming the rule
  * broken ("two statements", "grantee is not the role", "WITH GRANT OPTION", ...). */
 wp_status rawsql_validate(const char *sql, const char *role, wp_error *err);

@@ -4,7 +4,8 @@
  *
  * The client is a three-step state machine driven by upauth.c:
  *
- *   first()  -> "n,,n=,r=<cnonce>"            (gs2 "p=tls-server-end-point,," with CB)
+ *   first()  -> "n,,n=,r=<cnonce>"            (gs2 "p=tls-server-end-point,," with CB,
+ *                                              "y,," over TLS when -PLUS is not offered)
  *   final()  <- "r=<cnonce+snonce>,s=<salt>,i=<iter>"   parsed strictly, then
  *            -> "c=<b64(gs2 [+ cb])>,r=<nonce>,p=<proof>"
  *   verify() <- "v=<ServerSignature>" compared in constant time, or "e=<error>"
@@ -40,6 +41,7 @@
 #define SCRAM_SALT_B64_MAX 512 /* server salts beyond this are refused */
 #define SCRAM_MSG_MAX 4096
 #define GS2_PLAIN "n,,"
+#define GS2_NO_PLUS "y,," /* client could bind, server did not offer it */
 #define GS2_CB "p=tls-server-end-point,,"
 #define CB_MAX 64
 
@@ -237,6 +239,7 @@ struct scram_client {
     char *password;
     unsigned char cb[CB_MAX];
     size_t cb_len;
+    int tls_without_plus; /* gs2 flag 'y' instead of 'n' */
     char nonce[SCRAM_NONCE_MAX + 1];
     char user[256]; /* SASLname-escaped; empty by default (PostgreSQL ignores it) */
     char *client_first_bare;
@@ -320,9 +323,17 @@ wp_status scram_client_set_username(scram_client *c, const char *user)
     return WP_OK;
 }
 
+wp_status scram_client_set_tls_without_plus(scram_client *c)
+{
+    if (c->state != SC_NEW || c->cb_len)
+        return WP_ERR_INVALID;
+    c->tls_without_plus = 1;
+    return WP_OK;
+}
+
 static const char *gs2_header(const scram_client *c)
 {
-    return c->cb_len ? GS2_CB : GS2_PLAIN;
+    return c->cb_len ? GS2_CB : c->tls_without_plus ? GS2_NO_PLUS : GS2_PLAIN;
 }
 
 wp_status scram_client_first(scram_client *c, char **out, size_t *out_len)

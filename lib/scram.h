@@ -43,6 +43,11 @@ const char *scram_client_mechanism(const scram_client *c);
 /* Test-only (RFC test vectors): sets the n= username of client-first, which is empty by
  * default because PostgreSQL ignores it. Call before scram_client_first. */
 wp_status scram_client_set_username(scram_client *c, const char *user);
+/* The link is TLS but the server did not offer SCRAM-SHA-256-PLUS: the gs2 flag becomes
+ * 'y' (RFC 5802 section 6), so a server that does support channel binding refuses the
+ * login rather than let a man in the middle strip -PLUS from its offer. Call before
+ * scram_client_first; WP_ERR_INVALID when channel binding is already in use. */
+wp_status scram_client_set_tls_without_plus(scram_client *c);
 /* client-first-message (malloc'd into *out). */
 wp_status scram_client_first(scram_client *c, char **out, size_t *out_len);
 /* Consumes server-first, produces client-final. */

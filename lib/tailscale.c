@@ -255,7 +255,10 @@ static wp_status ts_whois_answer(const ts_client *c, const char *addr, long stat
 {
     char excerpt[256];
     ts_excerpt(body, excerpt, sizeof(excerpt));
-    if (status == 404) {
+    /* Only tailscaled's own "no match" body means "not a tailnet peer"; any other 404
+     * (a tailscaled without this endpoint, a proxy in the way) is a tailscaled problem the
+     * operator must see as such. Both refuse. */
+    if (status == 404 && body->data && strncmp(body->data, "no match", 8) == 0) {
         wp_error_set(err, WP_SQLSTATE_INVALID_AUTH,
                      "not on the tailnet: this connection does not come from a Tailscale node");
         wp_error_detail(err, "whois %s: 404 %s", addr, excerpt);

@@ -37,6 +37,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <strings.h>
 #include <sys/socket.h>
 
 #include <mbedtls/ctr_drbg.h>
@@ -44,6 +45,7 @@
 #include <mbedtls/error.h>
 #include <mbedtls/md.h>
 #include <mbedtls/net_sockets.h>
+#include <mbedtls/oid.h>
 #include <mbedtls/ssl.h>
 
 #include "certs.h"
@@ -105,28 +107,6 @@ static int bio_recv(void *ctx, unsigned char *buf, size_t len)
     return errno == ECONNRESET ? MBEDTLS_ERR_NET_CONN_RESET : MBEDTLS_ERR_NET_RECV_FAILED;
 }
 
-/* Waits for fd to become ready; WP_ERR_TIMEOUT once deadline_ms (0 = none) passes. */
-static wp_status poll_fd(int fd, short events, int64_t deadline_ms)
-{
-    for (;;) {
-        int timeout = -1;
-        if (deadline_ms > 0) {
-            int64_t left = deadline_ms - wp_now_ms();
-            if (left <= 0)
-                return WP_ERR_TIMEOUT;
-            timeout = left > 1000000 ? 1000000 : (int)left;
-        }
-        struct pollfd p = {.fd = fd, .events = events};
-        int r = poll(&p, 1, timeout);
-        if (r > 0)
-            return WP_OK;
-        if (r == 0)
-            return WP_ERR_TIMEOUT;
-        if (errno != EINTR)
-            return WP_ERR_IO;
-    }
-}
-
 /* --- wp_io ops ----------------------------------------------------------------------- */
 
 static ssize_t tls_read(wp_io *io, void *buf, size_t n)
@@ -179,7 +159,7 @@ static void tls_shutdown(wp_io *io)
         int r = mbedtls_ssl_close_notify(&c->ssl);
         if (r != MBEDTLS_ERR_SSL_WANT_WRITE && r != MBEDTLS_ERR_SSL_WANT_READ)
             return;
-        if (poll_fd(c->fd, POLLOUT, deadline) != WP_OK)
+        if (io_wait_fd(c->fd, POLLOUT, deadline) != WP_OK)
             return;
     }
 }
@@ -373,9 +353,9 @@ static wp_status handshake(tls_conn *c, int require_alpn, int64_t deadline_ms, c
         }
         wp_status st = WP_OK;
         if (r == MBEDTLS_ERR_SSL_WANT_READ)
-            st = poll_fd(c->fd, POLLIN, deadline_ms);
+            st = io_wait_fd(c->fd, POLLIN, deadline_ms);
         else if (r == MBEDTLS_ERR_SSL_WANT_WRITE)
-            st = poll_fd(c->fd, POLLOUT, deadline_ms);
+            st = io_wait_fd(c->fd, POLLOUT, deadline_ms);
         else
             return mbed_fail(err, sqlstate, who, r);
         if (st == WP_ERR_TIMEOUT) {
@@ -480,6 +460,18 @@ static wp_status client_conf(tls_conn *c, const char *server_name, cfg_backend_t
     return WP_OK;
 }
 
+/* The subject CN spells host exactly: a wildcard never matches an IP address (RFC 6125
+ * section 6.4.3), so certs_name_matches, which allows one, is not used here. */
+static int cn_is(const mbedtls_x509_crt *crt, const char *host)
+{
+    size_t n = strlen(host);
+    for (const mbedtls_x509_name *x = &crt->subject; x; x = x->next)
+        if (x->oid.p && MBEDTLS_OID_CMP(MBEDTLS_OID_AT_CN, &x->oid) == 0 && x->val.len == n &&
+            strncasecmp((const char *)x->val.p, host, n) == 0)
+            return 1;
+    return 0;
+}
+
 /* verify-full against an IP literal: an iPAddress SAN must hold it; when the certificate
  * has no DNS/IP SANs at all, the CN may spell it (libpq's behaviour). */
 static int ip_matches(const mbedtls_x509_crt *crt, const char *host)
@@ -502,7 +494,7 @@ static int ip_matches(const mbedtls_x509_crt *crt, const char *host)
         if (s->buf.tag == ip_tag && s->buf.len == wlen && memcmp(s->buf.p, want, wlen) == 0)
             return 1;
     }
-    return !any_san && certs_name_matches(crt, host);
+    return !any_san && cn_is(crt, host);
 }
 
 /* tls-server-end-point (RFC 5929 section 4.1): hash of the DER certificate with its

@@ -34,6 +34,7 @@ typedef struct login {
     wp_error *err;
     scram_client *scram;
     int sasl_verified;
+    int answered; /* a method (cleartext, MD5, SASL) has been answered */
     int requests; /* authentication requests seen so far */
     pgw_buf out;
 } login;
@@ -142,9 +143,12 @@ static wp_status auth_sasl(login *l, const unsigned char *body, size_t len)
         scram_client_new(l->password, plus ? l->c->cb_hash : NULL, plus ? l->c->cb_len : 0, NULL);
     if (!l->scram)
         return fail(l->err, WP_ERR_INTERNAL, WP_SQLSTATE_INTERNAL, "could not start SCRAM");
+    /* TLS without -PLUS on offer: say we could bind, so a stripped offer is detected. */
+    st = !plus && l->c->cb_len ? scram_client_set_tls_without_plus(l->scram) : WP_OK;
     char *first = NULL;
     size_t n = 0;
-    st = scram_client_first(l->scram, &first, &n);
+    if (st == WP_OK)
+        st = scram_client_first(l->scram, &first, &n);
     if (st == WP_OK)
         st = pgw_build_sasl_initial(&l->out, scram_client_mechanism(l->scram), first, n);
     free(first);
@@ -211,6 +215,14 @@ static wp_status on_auth(login *l, const unsigned char *body, size_t len, int *d
         return bad_backend(l, "malformed authentication request from the backend");
     uint32_t code = get32(body);
     l->requests++;
+    /* PostgreSQL asks for exactly one method. A second request (another method, or the
+     * same again) could only get the password sent twice or in a weaker form, e.g. in
+     * cleartext after SCRAM had begun. */
+    if (code == PGW_AUTH_CLEARTEXT || code == PGW_AUTH_MD5 || code == PGW_AUTH_SASL) {
+        if (l->answered)
+            return bad_backend(l, "backend asked for a second authentication method");
+        l->answered = 1;
+    }
     switch (code) {
     case PGW_AUTH_OK:
         if (l->scram && !l->sasl_verified)
@@ -248,6 +260,7 @@ static wp_status on_negotiate(login *l, const unsigned char *body, size_t len)
         return WP_ERR_PROTOCOL;
     }
     l->requests++; /* at most once */
+    l->c->proto = offered;
     return WP_OK;
 }
 
@@ -308,6 +321,7 @@ wp_status up_login(up_conn *c, uint32_t version, const pgw_param *params, size_t
                .deadline = deadline_ms,
                .err = err};
     wp_error_clear(err);
+    c->proto = version; /* lowered by a NegotiateProtocolVersion */
     wp_status st = run(&l, params, nparams);
     scram_client_free(l.scram);
     if (l.out.data)

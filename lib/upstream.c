@@ -61,26 +61,10 @@ static int connect_one(const struct addrinfo *ai, int64_t deadline_ms)
     if (connect(fd, ai->ai_addr, ai->ai_addrlen) != 0) {
         if (errno != EINPROGRESS)
             goto fail;
-        for (;;) {
-            int timeout = -1;
-            if (deadline_ms > 0) {
-                int64_t left = deadline_ms - wp_now_ms();
-                if (left <= 0) {
-                    errno = ETIMEDOUT;
-                    goto fail;
-                }
-                timeout = left > 1000000 ? 1000000 : (int)left;
-            }
-            struct pollfd p = {.fd = fd, .events = POLLOUT};
-            int r = poll(&p, 1, timeout);
-            if (r > 0)
-                break;
-            if (r == 0) {
-                errno = ETIMEDOUT;
-                goto fail;
-            }
-            if (errno != EINTR)
-                goto fail;
+        wp_status wst = io_wait_fd(fd, POLLOUT, deadline_ms);
+        if (wst != WP_OK) {
+            errno = wst == WP_ERR_TIMEOUT ? ETIMEDOUT : errno;
+            goto fail;
         }
         int soerr = 0;
         socklen_t len = sizeof(soerr);

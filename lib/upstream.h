@@ -20,9 +20,11 @@
 typedef struct up_conn {
     wp_io io;
     int fd;
-    void *tls; /* tls.c client state when the link is TLS, else NULL */
+    void *tls;                 /* tls.c client state when the link is TLS, else NULL */
     unsigned char cb_hash[64]; /* tls-server-end-point channel binding data */
     size_t cb_len;             /* 0 when not TLS */
+    uint32_t proto; /* set by up_login: the version the backend speaks, lower than the one
+                     * asked for when it answered NegotiateProtocolVersion */
 } up_conn;
 
 /* TCP connect with timeout, then TLS according to mode/ca_file (server name = host).
@@ -35,8 +37,7 @@ void up_close(up_conn *c);
  * A backend ErrorResponse is copied to err (its own SQLSTATE, e.g. 28P01 or 3D000) and
  * WP_ERR_BACKEND returned; unsupported methods are WP_ERR_UNSUPPORTED naming the method. */
 wp_status up_login(up_conn *c, uint32_t version, const pgw_param *params, size_t nparams,
-                   const char *user, const char *password, int64_t deadline_ms,
-                   wp_error *err);
+                   const char *user, const char *password, int64_t deadline_ms, wp_error *err);
 
 /* Sends a CancelRequest to host:port (new connection, per protocol). Best effort. */
 wp_status up_send_cancel(const char *host, int port, uint32_t pid, const unsigned char *key,

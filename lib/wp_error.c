@@ -11,24 +11,42 @@
 const char *wp_status_str(wp_status st)
 {
     switch (st) {
-    case WP_OK: return "ok";
-    case WP_ERR_NOMEM: return "out of memory";
-    case WP_ERR_IO: return "i/o error";
-    case WP_ERR_CLOSED: return "connection closed";
-    case WP_ERR_TIMEOUT: return "timeout";
-    case WP_ERR_PROTOCOL: return "protocol violation";
-    case WP_ERR_TOO_LARGE: return "too large";
-    case WP_ERR_INVALID: return "invalid value";
-    case WP_ERR_CONFIG: return "configuration error";
-    case WP_ERR_NOT_FOUND: return "not found";
-    case WP_ERR_DENIED: return "permission denied";
-    case WP_ERR_AUTH: return "authentication failed";
-    case WP_ERR_UNSUPPORTED: return "unsupported";
-    case WP_ERR_BACKEND: return "backend error";
-    case WP_ERR_TAILSCALE: return "tailscale error";
-    case WP_ERR_TLS: return "tls error";
-    case WP_ERR_CONFLICT: return "name conflict";
-    case WP_ERR_INTERNAL: return "internal error";
+    case WP_OK:
+        return "ok";
+    case WP_ERR_NOMEM:
+        return "out of memory";
+    case WP_ERR_IO:
+        return "i/o error";
+    case WP_ERR_CLOSED:
+        return "connection closed";
+    case WP_ERR_TIMEOUT:
+        return "timeout";
+    case WP_ERR_PROTOCOL:
+        return "protocol violation";
+    case WP_ERR_TOO_LARGE:
+        return "too large";
+    case WP_ERR_INVALID:
+        return "invalid value";
+    case WP_ERR_CONFIG:
+        return "configuration error";
+    case WP_ERR_NOT_FOUND:
+        return "not found";
+    case WP_ERR_DENIED:
+        return "permission denied";
+    case WP_ERR_AUTH:
+        return "authentication failed";
+    case WP_ERR_UNSUPPORTED:
+        return "unsupported";
+    case WP_ERR_BACKEND:
+        return "backend error";
+    case WP_ERR_TAILSCALE:
+        return "tailscale error";
+    case WP_ERR_TLS:
+        return "tls error";
+    case WP_ERR_CONFLICT:
+        return "name conflict";
+    case WP_ERR_INTERNAL:
+        return "internal error";
     }
     return "unknown status";
 }

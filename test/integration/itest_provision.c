@@ -700,6 +700,50 @@ static void test_raw_sql(void **state)
     id_free(id);
 }
 
+/* A downgraded connection gets a separate role and never the grant's raw SQL, even with
+ * raw SQL enabled; the full-scope role of the same caller does get it. */
+static void test_downgrade_gets_no_raw_sql(void **state)
+{
+    (void)state;
+    prov_settings s = settings(true);
+    prov_ctx *p = NULL;
+    wp_error err;
+    wp_error_clear(&err);
+    assert_int_equal(prov_create(&s, &p, &err), WP_OK);
+    id_identity *id = ident("dgraw@example.com", "pc", "nDGRAW");
+    const char *dbs = "{\"appdb\":{\"permissions\":[\"readwrite\"],\"sql\":["
+                      "\"GRANT TRUNCATE ON public.audit TO {{.Role}}\"]}}";
+    /* The grant module already drops sql on a downgrade; provision must not rely on it,
+     * so the downgrade is set by hand on a grant that still carries the template. */
+    grant_effective *down = grant("appdb", dbs, GRANT_PRESET_NONE);
+    assert_int_equal(down->nsql, 1);
+    down->downgrade = GRANT_PRESET_READONLY;
+    prov_lease *l = ensure_ok(p, id, "appdb", down);
+    char role[64];
+    snprintf(role, sizeof role, "%s", prov_lease_role(l));
+    prov_lease_release(l);
+    assert_int_equal(count_q(super_appdb,
+                             "SELECT count(*) FROM pg_roles r WHERE rolname = $1 AND NOT "
+                             "has_table_privilege(r.oid, 'public.audit', 'TRUNCATE') AND NOT "
+                             "has_table_privilege(r.oid, 'public.audit', 'INSERT') AND "
+                             "has_table_privilege(r.oid, 'public.audit', 'SELECT')",
+                             role),
+                     1);
+    grant_effective *full = grant("appdb", dbs, GRANT_PRESET_NONE);
+    l = ensure_ok(p, id, "appdb", full);
+    assert_string_not_equal(prov_lease_role(l), role);
+    assert_int_equal(count_q(super_appdb,
+                             "SELECT count(*) FROM pg_roles r WHERE rolname = $1 AND "
+                             "has_table_privilege(r.oid, 'public.audit', 'TRUNCATE')",
+                             prov_lease_role(l)),
+                     1);
+    prov_lease_release(l);
+    prov_destroy(p);
+    grant_free(down);
+    grant_free(full);
+    id_free(id);
+}
+
 static void test_touch_extends_expiry(void **state)
 {
     (void)state;
@@ -806,7 +850,7 @@ static void test_cleanup(void **state)
         count_q(super_appdb, "SELECT count(*) FROM pg_roles WHERE rolname = $1", r_owner), 0);
     assert_int_equal(count_q(super_appdb,
                              "SELECT count(*) FROM pg_tables WHERE tablename = $1 AND "
-                             "tableowner = 'wp_admin'",
+                             "tableowner = 'wp_orphans'",
                              "owned_by_caller"),
                      1);
     /* The live one stays, and can still log in. */
@@ -823,6 +867,223 @@ static void test_cleanup(void **state)
     grant_free(g);
     id_free(owner);
     id_free(live);
+}
+
+/* An admin-preset caller plants objects that run with their OWNER's rights (a SECURITY
+ * DEFINER function, a view over a table the caller cannot read). Cleanup must preserve
+ * them but never hand them to the CREATEROLE admin: afterwards they must still run with
+ * no more than a powerless role's rights. */
+static void test_cleanup_never_hands_code_to_admin(void **state)
+{
+    (void)state;
+    id_identity *id = ident("planter@example.com", "pc", "nPLANT");
+    grant_effective *g =
+        grant("appdb", "{\"appdb\":{\"permissions\":[\"admin\"],\"schemas\":[\"adm\"]}}",
+              GRANT_PRESET_NONE);
+    char role[64];
+    PGconn *c = connect_as(id, "appdb", g, role);
+    assert_int_equal(pgc_exec(c, "CREATE FUNCTION adm.whoami() RETURNS text LANGUAGE sql "
+                                 "SECURITY DEFINER AS $$ SELECT current_user::text $$; "
+                                 "CREATE VIEW adm.peek AS SELECT v FROM public.items; "
+                                 "GRANT SELECT ON adm.peek TO PUBLIC; "
+                                 "CREATE TABLE adm.planter_data (a int); "
+                                 "INSERT INTO adm.planter_data VALUES (42)"),
+                     0);
+    expect_state(c, "SELECT * FROM adm.peek", "42501");
+    PQfinish(c);
+    expire(role);
+    int dropped = 0;
+    wp_error err;
+    wp_error_clear(&err);
+    assert_int_equal(prov_cleanup(P, &dropped, &err), WP_OK);
+    assert_int_equal(count_q(super_appdb, "SELECT count(*) FROM pg_roles WHERE rolname = $1", role),
+                     0);
+    /* The caller comes back (a new role, same name): its planted code must not run as
+     * the admin, and its view must not read what only the admin can. */
+    c = connect_as(id, "appdb", g, NULL);
+    PGresult *r = PQexec(c, "SELECT adm.whoami()");
+    assert_int_equal(PQresultStatus(r), PGRES_TUPLES_OK);
+    assert_string_not_equal(PQgetvalue(r, 0, 0), "wp_admin");
+    PQclear(r);
+    expect_state(c, "SELECT * FROM adm.peek", "42501");
+    assert_int_equal(count_q(c, "SELECT count(*) FROM adm.planter_data", NULL), 1);
+    PQfinish(c);
+    /* Data kept, owned by a role without login, attributes or memberships. */
+    assert_int_equal(count_q(super_appdb,
+                             "SELECT count(*) FROM pg_class c JOIN pg_roles o ON o.oid = "
+                             "c.relowner WHERE c.relname = $1 AND o.rolname <> 'wp_admin' AND NOT "
+                             "o.rolcanlogin AND NOT o.rolsuper AND NOT o.rolcreaterole AND NOT "
+                             "o.rolcreatedb AND NOT EXISTS (SELECT 1 FROM pg_auth_members m WHERE "
+                             "m.member = o.oid)",
+                             "planter_data"),
+                     1);
+    /* CREATE on the schema was only lent to it for the REASSIGN. */
+    assert_int_equal(count_q(super_appdb,
+                             "SELECT count(*) FROM pg_roles WHERE rolname = $1 AND "
+                             "has_schema_privilege(oid, 'adm', 'CREATE')",
+                             "wp_orphans"),
+                     0);
+    grant_free(g);
+    id_free(id);
+}
+
+/* Another CREATEROLE role (not the Waypoint admin) pre-creates a caller's role and
+ * copies the exact Waypoint record onto it. Waypoint must not adopt it (it did not
+ * create it): the caller gets the hashed name, the forged role gets no password, no
+ * expiry and no memberships; and cleanup must not drop an expired role like it. */
+static void test_forged_record_not_adopted(void **state)
+{
+    (void)state;
+    id_identity *id = ident("forged@example.com", "pc", "nFORGED");
+    char plain[64], hashed[64], sql[1024];
+    wp_error err;
+    wp_error_clear(&err);
+    assert_int_equal(id_role_name("wp_", id, "appdb", NULL, 0, plain, &err), WP_OK);
+    assert_int_equal(id_role_name("wp_", id, "appdb", NULL, 1, hashed, &err), WP_OK);
+    char *rec = id_role_record(id, "appdb", NULL);
+    assert_int_equal(pgc_exec(super_appdb, "CREATE ROLE rogue LOGIN CREATEROLE PASSWORD 'roguepw'"),
+                     0);
+    char st[6];
+    PGconn *rogue = pgc_connect_as(&C, "appdb", "rogue", "roguepw", st);
+    assert_non_null(rogue);
+    snprintf(sql, sizeof sql,
+             "CREATE ROLE \"%s\" NOLOGIN; COMMENT ON ROLE \"%s\" IS '%s'; GRANT \"%s\" TO rogue; "
+             "CREATE ROLE wp_forged_victim LOGIN VALID UNTIL '2001-01-01'; COMMENT ON ROLE "
+             "wp_forged_victim IS 'waypoint:v1 login=x%%40example.com node=n db=appdb "
+             "scope=full'; GRANT wp_forged_victim TO wp_admin",
+             plain, plain, rec, plain);
+    assert_int_equal(pgc_exec(rogue, sql), 0);
+    PQfinish(rogue);
+    grant_effective *g =
+        grant("appdb", "{\"appdb\":{\"permissions\":[\"readwrite\"]}}", GRANT_PRESET_NONE);
+    char role[64];
+    PQfinish(connect_as(id, "appdb", g, role));
+    assert_string_equal(role, hashed);
+    assert_int_equal(count_q(super_appdb,
+                             "SELECT count(*) FROM pg_authid a WHERE rolname = $1 AND NOT "
+                             "rolcanlogin AND rolpassword IS NULL AND rolvaliduntil IS NULL AND "
+                             "NOT EXISTS (SELECT 1 FROM pg_auth_members m WHERE m.member = a.oid)",
+                             plain),
+                     1);
+    int dropped = 0;
+    assert_int_equal(prov_cleanup(P, &dropped, &err), WP_OK);
+    assert_int_equal(count_q(super_appdb,
+                             "SELECT count(*) FROM pg_roles WHERE rolname = $1 AND rolcanlogin",
+                             "wp_forged_victim"),
+                     1);
+    free(rec);
+    grant_free(g);
+    id_free(id);
+}
+
+/* Every cell of the spec 3.2 table, checked with has_*_privilege on the caller role,
+ * positive and negative, on a table and a sequence created before and after. */
+static void test_preset_privilege_matrix(void **state)
+{
+    (void)state;
+    PGconn *adm = pgc_connect_admin(&C, "appdb");
+    assert_int_equal(pgc_exec(adm, "CREATE SCHEMA mx; CREATE TABLE mx.t (a int); "
+                                   "CREATE SEQUENCE mx.s"),
+                     0);
+    static const struct {
+        const char *preset;
+        const char *want; /* schema U C | table S I U D T R Tr | seq S U Up */
+    } cells[] = {
+        {"readonly", "10"
+                     "1000000"
+                     "100"},
+        {"readwrite", "10"
+                      "1111000"
+                      "110"},
+        {"admin", "11"
+                  "1111111"
+                  "111"},
+    };
+    static const struct {
+        const char *fn; /* has_<fn>_privilege */
+        int obj;        /* 0 schema, 1 table, 2 sequence */
+        const char *priv;
+    } checks[] = {
+        {"schema", 0, "USAGE"},    {"schema", 0, "CREATE"},    {"table", 1, "SELECT"},
+        {"table", 1, "INSERT"},    {"table", 1, "UPDATE"},     {"table", 1, "DELETE"},
+        {"table", 1, "TRUNCATE"},  {"table", 1, "REFERENCES"}, {"table", 1, "TRIGGER"},
+        {"sequence", 2, "SELECT"}, {"sequence", 2, "USAGE"},   {"sequence", 2, "UPDATE"},
+    };
+    for (size_t i = 0; i < 3; i++) {
+        char login[64], dbs[256], role[64];
+        snprintf(login, sizeof login, "mx%zu@example.com", i);
+        id_identity *id = ident(login, "pc", login);
+        snprintf(dbs, sizeof dbs, "{\"appdb\":{\"permissions\":[\"%s\"],\"schemas\":[\"mx\"]}}",
+                 cells[i].preset);
+        grant_effective *g = grant("appdb", dbs, GRANT_PRESET_NONE);
+        PQfinish(connect_as(id, "appdb", g, role));
+        for (int pass = 0; pass < 2; pass++) {
+            const char *tbl = pass ? "mx.t2" : "mx.t", *seq = pass ? "mx.s2" : "mx.s";
+            for (size_t k = 0; k < sizeof checks / sizeof *checks; k++) {
+                const char *objs[3] = {"mx", tbl, seq};
+                char expr[128], q[256];
+                snprintf(expr, sizeof expr, "has_%s_privilege(r.oid, '%s', '%s')", checks[k].fn,
+                         objs[checks[k].obj], checks[k].priv);
+                snprintf(q, sizeof q, "SELECT count(*) FROM pg_roles r WHERE r.rolname = $1 AND %s",
+                         expr);
+                int want = cells[i].want[k] - '0';
+                if (count_q(super_appdb, q, role) != want)
+                    fail_msg("%s (pass %d): %s is %d, want %d", cells[i].preset, pass, expr, !want,
+                             want);
+            }
+            assert_int_equal(count_q(super_appdb,
+                                     "SELECT count(*) FROM pg_roles r WHERE r.rolname = $1 AND "
+                                     "has_database_privilege(r.oid, 'appdb', 'CONNECT')",
+                                     role),
+                             1);
+            if (pass == 0 && i == 0) /* created later: visible from the next connect */
+                assert_int_equal(pgc_exec(adm, "CREATE TABLE mx.t2 (a int); "
+                                               "CREATE SEQUENCE mx.s2"),
+                                 0);
+            if (pass == 0)
+                PQfinish(connect_as(id, "appdb", g, NULL));
+        }
+        grant_free(g);
+        id_free(id);
+    }
+    PQfinish(adm);
+}
+
+/* Narrowing: admin on two schemas -> readonly on one. At the next connect the role has
+ * no CREATE, no write, and nothing at all on the schema that left the grant. */
+static void test_narrowing_admin_to_readonly(void **state)
+{
+    (void)state;
+    id_identity *id = ident("narrow@example.com", "pc", "nNARROW");
+    grant_effective *wide = grant(
+        "appdb", "{\"appdb\":{\"permissions\":[\"admin\"],\"schemas\":[\"public\",\"secret\"]}}",
+        GRANT_PRESET_NONE);
+    grant_effective *narrow =
+        grant("appdb", "{\"appdb\":{\"permissions\":[\"readonly\"],\"schemas\":[\"public\"]}}",
+              GRANT_PRESET_NONE);
+    char role[64];
+    PQfinish(connect_as(id, "appdb", wide, role));
+    assert_int_equal(count_q(super_appdb,
+                             "SELECT count(*) FROM pg_roles r WHERE rolname = $1 AND "
+                             "has_table_privilege(r.oid, 'secret.keys', 'DELETE')",
+                             role),
+                     1);
+    PGconn *c = connect_as(id, "appdb", narrow, NULL);
+    expect_state(c, "SELECT * FROM public.items", "00000");
+    expect_state(c, "DELETE FROM public.items WHERE false", "42501");
+    expect_state(c, "CREATE TABLE public.narrow_t (a int)", "42501");
+    expect_state(c, "SELECT * FROM secret.keys", "42501");
+    PQfinish(c);
+    assert_int_equal(count_q(super_appdb,
+                             "SELECT count(*) FROM pg_roles r WHERE rolname = $1 AND "
+                             "(has_schema_privilege(r.oid, 'secret', 'USAGE') OR "
+                             "has_schema_privilege(r.oid, 'public', 'CREATE') OR "
+                             "has_table_privilege(r.oid, 'public.items', 'INSERT'))",
+                             role),
+                     0);
+    grant_free(wide);
+    grant_free(narrow);
+    id_free(id);
 }
 
 static char *read_log_from(long off)
@@ -878,6 +1139,155 @@ static void test_steady_state_statements(void **state)
     id_free(id);
 }
 
+/* count(*) over sql_obj (a FROM clause with $1 = role name), as the superuser. */
+static int owned_by(const char *sql_obj, const char *role)
+{
+    char q[512];
+    snprintf(q, sizeof q, "SELECT count(*) FROM %s", sql_obj);
+    return count_q(super_appdb, q, role);
+}
+#define REL_OWNER(rel)                                                                             \
+    "pg_class c JOIN pg_roles o ON o.oid = c.relowner WHERE c.oid = '" rel                         \
+    "'::regclass AND o.rolname = $1"
+#define FN_OWNER(fn)                                                                               \
+    "pg_proc f JOIN pg_roles o ON o.oid = f.proowner WHERE f.oid = '" fn                           \
+    "'::regprocedure AND o.rolname = $1"
+
+/* Ownership is not a grant: admin on nar -> the caller creates a table (with a serial),
+ * a sequence, a function and a view -> grant narrowed to readonly on nar. From the next
+ * connect the caller can no longer write, drop, alter or grant on them; they belong to
+ * the orphans role, and the admin can still read them. */
+static void test_narrowing_takes_ownership(void **state)
+{
+    (void)state;
+    PGconn *adm = pgc_connect_admin(&C, "appdb");
+    assert_int_equal(pgc_exec(adm, "CREATE SCHEMA nar"), 0);
+    id_identity *id = ident("owner-narrow@example.com", "pc", "nOWNNAR");
+    grant_effective *wide =
+        grant("appdb", "{\"appdb\":{\"permissions\":[\"admin\"],\"schemas\":[\"nar\"]}}",
+              GRANT_PRESET_NONE);
+    grant_effective *narrow =
+        grant("appdb", "{\"appdb\":{\"permissions\":[\"readonly\"],\"schemas\":[\"nar\"]}}",
+              GRANT_PRESET_NONE);
+    char role[64];
+    PGconn *c = connect_as(id, "appdb", wide, role);
+    assert_int_equal(pgc_exec(c, "CREATE TABLE nar.t (id serial PRIMARY KEY, v text); "
+                                 "INSERT INTO nar.t (v) VALUES ('kept'); CREATE SEQUENCE nar.s; "
+                                 "CREATE FUNCTION nar.f() RETURNS int LANGUAGE sql "
+                                 "AS 'SELECT 7'; CREATE VIEW nar.v AS SELECT v FROM nar.t"),
+                     0);
+    PQfinish(c);
+    assert_int_equal(owned_by(REL_OWNER("nar.t"), role), 1);
+    c = connect_as(id, "appdb", narrow, NULL);
+    expect_state(c, "SELECT count(*) FROM nar.t", "00000"); /* readonly still reads */
+    expect_state(c, "INSERT INTO nar.t (v) VALUES ('x')", "42501");
+    expect_state(c, "ALTER TABLE nar.t ADD COLUMN x int", "42501");
+    expect_state(c, "DROP TABLE nar.t", "42501");
+    expect_state(c, "SELECT setval('nar.s', 5)", "42501");
+    expect_state(c, "DROP SEQUENCE nar.s", "42501");
+    expect_state(c, "ALTER FUNCTION nar.f() RENAME TO g", "42501");
+    expect_state(c, "DROP FUNCTION nar.f()", "42501");
+    expect_state(c, "DROP VIEW nar.v", "42501");
+    /* Without grant option a GRANT only warns: check that nothing was granted. */
+    pgc_exec(c, "GRANT ALL ON nar.t, nar.v TO PUBLIC");
+    PQfinish(c);
+    assert_int_equal(count_q(super_appdb,
+                             "SELECT count(*) FROM pg_class c, aclexplode(c.relacl) a WHERE "
+                             "c.relnamespace = $1::regnamespace AND a.grantee = 0",
+                             "nar"),
+                     0);
+    const char *objs[] = {REL_OWNER("nar.t"), REL_OWNER("nar.t_id_seq"), REL_OWNER("nar.s"),
+                          REL_OWNER("nar.v"), FN_OWNER("nar.f()")};
+    for (size_t i = 0; i < sizeof objs / sizeof *objs; i++)
+        if (owned_by(objs[i], "wp_orphans") != 1)
+            fail_msg("not owned by wp_orphans: %s", objs[i]);
+    assert_int_equal(count_q(super_appdb,
+                             "SELECT count(*) FROM pg_shdepend d JOIN pg_roles r ON r.oid = "
+                             "d.refobjid WHERE d.deptype = 'o' AND r.rolname = $1",
+                             role),
+                     0);
+    /* The admin still reads (member of the orphans role); orphans borrowed CREATE only. */
+    assert_int_equal(count_q(adm, "SELECT count(*) FROM nar.v", NULL), 1);
+    assert_int_equal(count_q(adm, "SELECT nar.f()", NULL), 7);
+    assert_int_equal(count_q(super_appdb,
+                             "SELECT count(*) FROM pg_roles WHERE rolname = $1 AND "
+                             "has_schema_privilege(oid, 'nar', 'CREATE')",
+                             "wp_orphans"),
+                     0);
+    PQfinish(adm);
+    grant_free(wide);
+    grant_free(narrow);
+    id_free(id);
+}
+
+/* Admin on nar2a and nar2b -> admin on nar2a only (readonly on nar2b): nar2a's objects
+ * stay the caller's, nar2b's go. An object in a schema where the caller holds CREATE by
+ * hand (nar2c) is its own too, and stays so (logged) when that CREATE is revoked by hand
+ * (not the admin's to lend). After that, a connect is back to the steady state. */
+static void test_narrowing_keeps_admin_schemas(void **state)
+{
+    (void)state;
+    PGconn *adm = pgc_connect_admin(&C, "appdb");
+    assert_int_equal(pgc_exec(adm, "CREATE SCHEMA nar2a; CREATE SCHEMA nar2b"), 0);
+    PQfinish(adm);
+    id_identity *id = ident("owner-keep@example.com", "pc", "nOWNKEEP");
+    grant_effective *wide = grant("appdb",
+                                  "{\"appdb\":{\"permissions\":[\"admin\"],\"schemas\":"
+                                  "[\"nar2a\",\"nar2b\"]}}",
+                                  GRANT_PRESET_NONE);
+    grant_effective *narrow = grant("appdb",
+                                    "{\"appdb\":{\"permissions\":[\"admin\"],\"schemas\":"
+                                    "[\"nar2a\"]},\"*\":{\"permissions\":[\"readonly\"],"
+                                    "\"schemas\":[\"nar2b\"]}}",
+                                    GRANT_PRESET_NONE);
+    char role[64], sql[256];
+    PGconn *c = connect_as(id, "appdb", wide, role);
+    assert_int_equal(pgc_exec(c, "CREATE TABLE nar2a.ta (a int); CREATE TABLE nar2b.tb (a int); "
+                                 "CREATE FUNCTION nar2b.fb() RETURNS int LANGUAGE sql "
+                                 "AS 'SELECT 1'"),
+                     0);
+    PQfinish(c);
+    snprintf(sql, sizeof sql, "CREATE SCHEMA nar2c; GRANT USAGE, CREATE ON SCHEMA nar2c TO \"%s\"",
+             role);
+    assert_int_equal(pgc_exec(super_appdb, sql), 0);
+    c = connect_as(id, "appdb", wide, NULL);
+    assert_int_equal(pgc_exec(c, "CREATE TABLE nar2c.tc (a int)"), 0);
+    PQfinish(c);
+    c = connect_as(id, "appdb", narrow, NULL);
+    expect_state(c, "INSERT INTO nar2a.ta VALUES (1)", "00000");
+    expect_state(c, "ALTER TABLE nar2a.ta ADD COLUMN b int", "00000");
+    expect_state(c, "INSERT INTO nar2b.tb VALUES (1)", "42501");
+    expect_state(c, "ALTER TABLE nar2b.tb ADD COLUMN b int", "42501");
+    expect_state(c, "DROP FUNCTION nar2b.fb()", "42501");
+    expect_state(c, "ALTER TABLE nar2c.tc ADD COLUMN b int", "00000");
+    PQfinish(c);
+    assert_int_equal(owned_by(REL_OWNER("nar2a.ta"), role), 1);
+    assert_int_equal(owned_by(REL_OWNER("nar2c.tc"), role), 1);
+    assert_int_equal(owned_by(REL_OWNER("nar2b.tb"), "wp_orphans"), 1);
+    assert_int_equal(owned_by(FN_OWNER("nar2b.fb()"), "wp_orphans"), 1);
+    /* CREATE on nar2c taken back by hand: the admin cannot lend it to the orphans role
+     * (it does not own nar2c), so tc is left (logged), and connects still work. */
+    snprintf(sql, sizeof sql, "REVOKE CREATE ON SCHEMA nar2c FROM \"%s\"", role);
+    assert_int_equal(pgc_exec(super_appdb, sql), 0);
+    PQfinish(connect_as(id, "appdb", narrow, NULL));
+    assert_int_equal(owned_by(REL_OWNER("nar2c.tc"), role), 1);
+    /* Owning objects only where the grant has admin: the steady state stays 4 statements. */
+    assert_int_equal(pgc_exec(super_appdb, "DROP TABLE nar2c.tc"), 0);
+    prov_lease_release(ensure_ok(P, id, "appdb", narrow));
+    char *before = read_log_from(0);
+    long off = (long)strlen(before);
+    free(before);
+    prov_lease_release(ensure_ok(P, id, "appdb", narrow));
+    char *log = read_log_from(off);
+    int stmts = count_str(log, "LOG:  statement: ") + count_str(log, "LOG:  execute ");
+    if (stmts != 4)
+        fail_msg("steady state sent %d statements:\n%s", stmts, log);
+    free(log);
+    grant_free(wide);
+    grant_free(narrow);
+    id_free(id);
+}
+
 /* Last: every password handed out so far must be absent from the server log. */
 static void test_no_password_in_server_log(void **state)
 {
@@ -925,9 +1335,16 @@ int main(void)
         cmocka_unit_test(test_reconnect_after_admin_sessions_die),
         cmocka_unit_test(test_search_path_trap),
         cmocka_unit_test(test_raw_sql),
+        cmocka_unit_test(test_downgrade_gets_no_raw_sql),
         cmocka_unit_test(test_touch_extends_expiry),
         cmocka_unit_test(test_touch_races_connect),
         cmocka_unit_test(test_cleanup),
+        cmocka_unit_test(test_cleanup_never_hands_code_to_admin),
+        cmocka_unit_test(test_forged_record_not_adopted),
+        cmocka_unit_test(test_preset_privilege_matrix),
+        cmocka_unit_test(test_narrowing_admin_to_readonly),
+        cmocka_unit_test(test_narrowing_takes_ownership),
+        cmocka_unit_test(test_narrowing_keeps_admin_schemas),
         cmocka_unit_test(test_no_password_in_server_log),
     };
     return cmocka_run_group_tests(tests, group_setup, group_teardown);

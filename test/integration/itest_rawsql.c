@@ -165,33 +165,33 @@ static void test_allowed_grants_take_effect(void **state)
 }
 
 static const char *const hostile[] = {
-    "GRANT SELECT ON t TO {{.Role}}; DROP TABLE t",
-    "GRANT SELECT ON t TO {{.Role}}; GRANT SELECT ON t TO rawsql_bob",
+    "GRANT SELECT ON public.t TO {{.Role}}; DROP TABLE t",
+    "GRANT SELECT ON public.t TO {{.Role}}; GRANT SELECT ON public.t TO rawsql_bob",
     "GRANT pg_read_all_data TO {{.Role}}",
-    "GRANT SELECT ON t TO {{.Role}} WITH GRANT OPTION",
+    "GRANT SELECT ON public.t TO {{.Role}} WITH GRANT OPTION",
     "ALTER DEFAULT PRIVILEGES FOR ROLE wp_admin GRANT SELECT ON TABLES TO {{.Role}}",
     "ALTER DEFAULT PRIVILEGES FOR ALL ROLES GRANT SELECT ON TABLES TO {{.Role}}",
     "ALTER DEFAULT PRIVILEGES GRANT SELECT ON TABLES TO rawsql_bob",
-    "GRANT SELECT ON t TO PUBLIC",
-    "GRANT SELECT ON t TO rawsql_bob",
-    "GRANT SELECT ON t TO {{.Role}}, rawsql_bob",
-    "GRANT SELECT ON t TO CURRENT_USER",
+    "GRANT SELECT ON public.t TO PUBLIC",
+    "GRANT SELECT ON public.t TO rawsql_bob",
+    "GRANT SELECT ON public.t TO {{.Role}}, rawsql_bob",
+    "GRANT SELECT ON public.t TO CURRENT_USER",
     "COPY t TO PROGRAM 'id'",
     "SELECT pg_read_file('x')",
     "DO $$ BEGIN EXECUTE 'DROP TABLE t'; END $$",
     "CREATE ROLE rawsql_evil LOGIN",
     "ALTER ROLE {{.Role}} CREATEDB",
     "SET ROLE postgres",
-    "GRANT SELECT ON \"t\" TO rawsql_bob; --\" TO {{.Role}}",
-    "GRANT SELECT ON t TO rawsql_bob /* {{.Role}} */",
-    "GRANT SELECT ON t TO {{.Role}} --\n, rawsql_bob",
+    "GRANT SELECT ON public.\"t\" TO rawsql_bob; --\" TO {{.Role}}",
+    "GRANT SELECT ON public.t TO rawsql_bob /* {{.Role}} */",
+    "GRANT SELECT ON public.t TO {{.Role}} --\n, rawsql_bob",
     "GRANT ALL ON LANGUAGE plpgsql TO {{.Role}}",
     "GRANT ALL ON DATABASE {{.Database}} TO {{.Role}}",
-    "REVOKE SELECT ON t FROM {{.Role}} CASCADE",
+    "REVOKE SELECT ON public.t FROM {{.Role}} CASCADE",
     "",
     "{{.Role | printf}}",
     "{{template \"x\"}}",
-    "GRANT SELECT ON t TO {{.Role",
+    "GRANT SELECT ON public.t TO {{.Role",
     "DROP TABLE t",
 };
 
@@ -239,10 +239,10 @@ static int ungated_changes_db(const char *tmpl)
 static void test_snapshot_detects_hostile_effects(void **state)
 {
     (void)state;
-    assert_true(ungated_changes_db("GRANT SELECT ON t TO {{.Role}}; DROP TABLE t"));
-    assert_true(ungated_changes_db("GRANT SELECT ON t TO PUBLIC"));
-    assert_true(ungated_changes_db("GRANT SELECT ON t TO rawsql_bob /* {{.Role}} */"));
-    assert_true(ungated_changes_db("GRANT SELECT ON t TO {{.Role}} WITH GRANT OPTION"));
+    assert_true(ungated_changes_db("GRANT SELECT ON public.t TO {{.Role}}; DROP TABLE t"));
+    assert_true(ungated_changes_db("GRANT SELECT ON public.t TO PUBLIC"));
+    assert_true(ungated_changes_db("GRANT SELECT ON public.t TO rawsql_bob /* {{.Role}} */"));
+    assert_true(ungated_changes_db("GRANT SELECT ON public.t TO {{.Role}} WITH GRANT OPTION"));
     assert_true(ungated_changes_db("ALTER DEFAULT PRIVILEGES GRANT SELECT ON TABLES TO "
                                    "rawsql_bob"));
     assert_true(ungated_changes_db("CREATE ROLE rawsql_evil LOGIN"));
@@ -253,8 +253,8 @@ static void test_snapshot_detects_hostile_effects(void **state)
 static void test_extended_protocol_single_statement(void **state)
 {
     (void)state;
-    PGresult *r = PQexecParams(admin, "GRANT SELECT ON t TO rawsql_r; DROP TABLE t", 0, NULL, NULL,
-                               NULL, NULL, 0);
+    PGresult *r = PQexecParams(admin, "GRANT SELECT ON public.t TO rawsql_r; DROP TABLE t", 0, NULL,
+                               NULL, NULL, NULL, 0);
     assert_int_equal(PQresultStatus(r), PGRES_FATAL_ERROR);
     PQclear(r);
     assert_true(query_bool("SELECT to_regclass('public.t') IS NOT NULL", NULL));

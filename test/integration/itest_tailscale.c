@@ -165,6 +165,14 @@ static void test_malformed(void **state)
     test_fault("malformed", "malformed");
 }
 
+/* Only tailscaled's "no match" body means "not on the tailnet"; another 404 is a
+ * tailscaled problem (still refused). */
+static void test_other_404(void **state)
+{
+    (void)state;
+    test_fault("404", "HTTP 404");
+}
+
 static void test_dropped(void **state)
 {
     (void)state;
@@ -459,6 +467,7 @@ int main(void)
         cmocka_unit_test(test_forbidden),
         cmocka_unit_test(test_server_error),
         cmocka_unit_test(test_malformed),
+        cmocka_unit_test(test_other_404),
         cmocka_unit_test(test_dropped),
         cmocka_unit_test(test_hang_times_out),
         cmocka_unit_test(test_socket_missing),

@@ -242,6 +242,47 @@ static void test_fake_sasl_without_scram(void **state)
     fake_close(&f);
 }
 
+/* Once one method has been answered, a request for another (or the same again) is a
+ * protocol error, and the password is not sent a second time or in another form. */
+static void expect_method_switch_refused(uint32_t first, const void *extra, size_t n,
+                                         uint32_t second)
+{
+    fake f;
+    fake_open(&f, 0);
+    script_auth(&f, first, extra, n);
+    const unsigned char salt[4] = {1, 2, 3, 4};
+    script_auth(&f, second, salt, second == PGW_AUTH_MD5 ? 4 : 0);
+    script_auth(&f, PGW_AUTH_OK, NULL, 0);
+    wp_error err;
+    wp_status st = fake_login(&f, PGW_PROTO_30, &err);
+    if (st != WP_ERR_PROTOCOL)
+        fail_msg("request %u after %u: got %s", second, first, wp_status_str(st));
+    assert_string_equal(err.sqlstate, "08P01");
+    unsigned char sent[4096];
+    size_t len = fake_sent(&f, sent, sizeof(sent));
+    size_t off = after_startup(sent, len), msgs = 0;
+    while (off + 5 <= len) { /* count what followed the startup packet */
+        off += 1 + ((size_t)sent[off + 3] << 8 | sent[off + 4]);
+        msgs++;
+    }
+    assert_int_equal(msgs, 1); /* the answer to the first request, nothing more */
+    if (first != PGW_AUTH_CLEARTEXT)
+        assert_null(memmem(sent, len, PASSWORD, strlen(PASSWORD)));
+    fake_close(&f);
+}
+
+static void test_fake_method_switch(void **state)
+{
+    (void)state;
+    const unsigned char salt[4] = {9, 8, 7, 6};
+    expect_method_switch_refused(PGW_AUTH_SASL, "SCRAM-SHA-256\0", 15, PGW_AUTH_CLEARTEXT);
+    expect_method_switch_refused(PGW_AUTH_SASL, "SCRAM-SHA-256\0", 15, PGW_AUTH_MD5);
+    expect_method_switch_refused(PGW_AUTH_MD5, salt, 4, PGW_AUTH_CLEARTEXT);
+    expect_method_switch_refused(PGW_AUTH_MD5, salt, 4, PGW_AUTH_MD5);
+    expect_method_switch_refused(PGW_AUTH_CLEARTEXT, NULL, 0, PGW_AUTH_CLEARTEXT);
+    expect_method_switch_refused(PGW_AUTH_CLEARTEXT, NULL, 0, PGW_AUTH_MD5);
+}
+
 static void test_fake_ok_before_sasl_final(void **state)
 {
     (void)state;
@@ -286,6 +327,9 @@ static void test_fake_channel_binding_choice(void **state)
     assert_int_equal(strncmp(gs2, "n,,n=,r=", 8), 0);
     sasl_choice(32, "SCRAM-SHA-256\0", 15, mech, gs2);
     assert_string_equal(mech, "SCRAM-SHA-256");
+    /* TLS but no -PLUS on offer: flag 'y' (RFC 5802 section 6), so a server that does
+     * support channel binding sees that someone stripped -PLUS from its list. */
+    assert_int_equal(strncmp(gs2, "y,,n=,r=", 8), 0);
 }
 
 static void script_negotiate(fake *f, uint32_t version, const char *opt)
@@ -310,6 +354,13 @@ static void test_fake_negotiate(void **state)
     script_negotiate(&f, PGW_PROTO_30, NULL); /* asked 3.2, backend speaks 3.0 */
     script_auth(&f, PGW_AUTH_OK, NULL, 0);
     assert_int_equal(fake_login(&f, PGW_PROTO_32, &err), WP_OK);
+    assert_int_equal(f.c.proto, PGW_PROTO_30); /* the session must tell the client */
+    fake_close(&f);
+
+    fake_open(&f, 0);
+    script_auth(&f, PGW_AUTH_OK, NULL, 0);
+    assert_int_equal(fake_login(&f, PGW_PROTO_32, &err), WP_OK);
+    assert_int_equal(f.c.proto, PGW_PROTO_32); /* no negotiation: what was asked */
     fake_close(&f);
 
     fake_open(&f, 0);
@@ -502,6 +553,7 @@ int main(void)
         cmocka_unit_test(test_fake_error_response),
         cmocka_unit_test(test_fake_unsupported_methods),
         cmocka_unit_test(test_fake_sasl_without_scram),
+        cmocka_unit_test(test_fake_method_switch),
         cmocka_unit_test(test_fake_ok_before_sasl_final),
         cmocka_unit_test(test_fake_channel_binding_choice),
         cmocka_unit_test(test_fake_negotiate),

@@ -37,11 +37,12 @@ empty file means "no identities"):
                    "fault": null}],
    "certs": {"db.tail1234.ts.net": {"key": "/path/key.pem", "cert": "/path/cert.pem"}},
    "fault": null}
-Matching: exact ip:port first, then ip, then "*". A fault ("hang", "500", "403",
+Matching: exact ip:port first, then ip, then "*". A fault ("hang", "500", "403", "404",
 "malformed", "close") either applies to every request (top level) or to requests that
 match that identity:
   hang       send nothing until the client gives up (closes the connection)
   500 / 403  tailscaled's error statuses with its wording
+  404        a 404 that is not tailscaled's "no match" answer (e.g. a proxy's)
   malformed  200 application/json with a truncated JSON body
   close      drop the connection without any response
 
@@ -69,7 +70,7 @@ TAILSCALE_VERSION = "1.80.0-standin"
 TAILSCALE_CAP = "113"
 CSP = ("default-src 'none'; frame-ancestors 'none'; script-src 'none'; "
        "script-src-elem 'none'; script-src-attr 'none'")
-FAULTS = (None, "hang", "500", "403", "malformed", "close")
+FAULTS = (None, "hang", "500", "403", "404", "malformed", "close")
 HANG_MAX_SECONDS = 120  # a hung request never outlives a forgotten test by much
 NODEKEY_RE = re.compile(r"nodekey:[0-9a-f]{64}")
 PORT_RE = re.compile(r"[0-9]{1,5}")
@@ -328,6 +329,8 @@ class Handler(BaseHTTPRequestHandler):
             self.http_error(500, "server has no local backend")
         elif fault == "403":
             self.http_error(403, denied_msg)
+        elif fault == "404":  # a 404 that is not tailscaled's "no match" (e.g. a proxy)
+            self.http_error(404, "404 page not found")
         elif fault == "malformed":
             self.reply(200, b'{"Node": {"ID": 1, "StableID": "n', "application/json",
                        self.localapi_headers())

@@ -113,10 +113,10 @@ PGconn *pgc_connect_as(const pgc_cluster *c, const char *dbname, const char *use
 {
     char port[16];
     snprintf(port, sizeof(port), "%d", c->port);
-    const char *keys[] = {"host", "port", "dbname", "user", "password", "sslmode",
-                          "connect_timeout", NULL};
-    const char *vals[] = {c->host, port, dbname, user, password ? password : "", "disable",
-                          "10", NULL};
+    const char *keys[] = {"host",     "port",    "dbname",          "user",
+                          "password", "sslmode", "connect_timeout", NULL};
+    const char *vals[] = {c->host,   port, dbname, user, password ? password : "",
+                          "disable", "10", NULL};
     return connect_kv(keys, vals, sqlstate_out);
 }
 

@@ -48,8 +48,9 @@ static void print_row(const pgw_buf *b)
     unsigned n = ((unsigned)b->data[0] << 8) | b->data[1];
     size_t off = 2;
     for (unsigned i = 0; i < n && off + 4 <= b->len; i++) {
-        int32_t len = (int32_t)(((uint32_t)b->data[off] << 24) | ((uint32_t)b->data[off + 1] << 16) |
-                                ((uint32_t)b->data[off + 2] << 8) | b->data[off + 3]);
+        int32_t len =
+            (int32_t)(((uint32_t)b->data[off] << 24) | ((uint32_t)b->data[off + 1] << 16) |
+                      ((uint32_t)b->data[off + 2] << 8) | b->data[off + 3]);
         off += 4;
         if (i > 0)
             putchar('\t');

@@ -656,6 +656,18 @@ static void test_two_listeners(void **state)
                       "backend = \"db2:5432\"\n"
                       "[listeners.postgres]\nadmin_user = \"adm\"\nadmin_password = \"p\"\n";
     expect_err(dup, 10, "name", "duplicate listener name 'a' (first on line 2)");
+
+    /* one backend, one prefix: the listeners would share (and re-grant) callers' roles */
+    const char *shared = "[[listeners]]\nname = \"a\"\nlisten = \":5432\"\nmode = \"postgres\"\n"
+                         "backend = \"db1:5432\"\n"
+                         "[listeners.postgres]\nadmin_user = \"adm\"\nadmin_password = \"p\"\n"
+                         "[[listeners]]\nname = \"b\"\nlisten = \":5433\"\nmode = \"postgres\"\n"
+                         "backend = \"db1:5432\"\n"
+                         "[listeners.postgres]\nadmin_user = \"adm\"\nadmin_password = \"p\"\n";
+    expect_err(shared, 9, "user_prefix", "listeners 'a' and 'b' share backend db1:5432");
+    char distinct[1024];
+    snprintf(distinct, sizeof(distinct), "%suser_prefix = \"b_\"\n", shared);
+    cfg_unref(load_ok(distinct));
 }
 
 static void test_sections(void **state)

@@ -78,6 +78,23 @@ static void test_group_name(void **state)
     assert_int_equal(prov_group_name("wp_", "appdb", "public", GRANT_PRESET_NONE, c), -1);
 }
 
+static void test_orphans_name(void **state)
+{
+    (void)state;
+    char o[ID_ROLE_MAX + 1];
+    prov_orphans_name("wp_", o);
+    assert_string_equal(o, "wp_orphans");
+    char longp[80];
+    memset(longp, 'p', sizeof longp - 1);
+    longp[sizeof longp - 1] = '\0';
+    prov_orphans_name(longp, o);
+    assert_int_equal(strlen(o), ID_ROLE_MAX);
+    assert_string_equal(o + ID_ROLE_MAX - 7, "orphans");
+    /* Never a role or group record: cleanup and reconcile leave it alone. */
+    assert_false(prov_record_is_role(PROV_ORPHANS_RECORD));
+    assert_false(prov_record_is_group(PROV_ORPHANS_RECORD));
+}
+
 static void test_group_record(void **state)
 {
     (void)state;
@@ -168,6 +185,28 @@ static void test_role_state_sql(void **state)
     assert_null(prov_sql_role_state(PROV_DIALECT_COCKROACH, NULL));
 }
 
+static void test_ownership_sql(void **state)
+{
+    (void)state;
+    char *pg = prov_sql_role_state(PROV_DIALECT_POSTGRES, NULL);
+    assert_non_null(pg);
+    /* Owned schemas by the role's OID (pg_shdepend's reference index), temp schemas out. */
+    assert_non_null(strstr(pg, "d.refclassid = 'pg_catalog.pg_authid'::regclass AND "
+                               "d.refobjid = r.oid AND d.deptype = 'o'"));
+    assert_non_null(strstr(pg, "NOT LIKE 'pg\\_temp\\_%'"));
+    free(pg);
+    assert_non_null(strstr(PROV_SQL_OWNED_OBJECTS, "NOT has_schema_privilege(r.oid, n.oid, "
+                                                   "'CREATE')"));
+    assert_string_equal(prov_owner_keyword("table"), "TABLE");
+    assert_string_equal(prov_owner_keyword("materialized view"), "MATERIALIZED VIEW");
+    assert_string_equal(prov_owner_keyword("function"), "ROUTINE");
+    assert_string_equal(prov_owner_keyword("aggregate"), "ROUTINE");
+    assert_string_equal(prov_owner_keyword("statistics object"), "STATISTICS");
+    assert_null(prov_owner_keyword("large object"));
+    assert_null(prov_owner_keyword("table; DROP"));
+    assert_null(prov_owner_keyword(NULL));
+}
+
 /* Keyed lock: 8 threads x 2000 increments of one counter under one key stay exact, and
  * another key is independent (taken while the first is held). */
 static prov_keylocks KL;
@@ -210,10 +249,16 @@ static void test_keylock(void **state)
 int main(void)
 {
     const struct CMUnitTest tests[] = {
-        cmocka_unit_test(test_dialect_choices), cmocka_unit_test(test_pwenc_and_sslmode),
-        cmocka_unit_test(test_group_name),      cmocka_unit_test(test_group_record),
-        cmocka_unit_test(test_record_database), cmocka_unit_test(test_group_privileges_sql),
-        cmocka_unit_test(test_role_state_sql),  cmocka_unit_test(test_keylock),
+        cmocka_unit_test(test_dialect_choices),
+        cmocka_unit_test(test_pwenc_and_sslmode),
+        cmocka_unit_test(test_group_name),
+        cmocka_unit_test(test_group_record),
+        cmocka_unit_test(test_orphans_name),
+        cmocka_unit_test(test_record_database),
+        cmocka_unit_test(test_group_privileges_sql),
+        cmocka_unit_test(test_role_state_sql),
+        cmocka_unit_test(test_ownership_sql),
+        cmocka_unit_test(test_keylock),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -86,8 +86,8 @@ static void test_render_variables(void **state)
     char *s = render_ok("{{.Role}} {{.Database}} {{.User}}", ROLE, DB, USER);
     assert_string_equal(s, "\"" ROLE "\" \"" DB "\" '" USER "'");
     free(s);
-    s = render_ok("GRANT SELECT ON t TO {{ .Role }}", ROLE, DB, USER);
-    assert_string_equal(s, "GRANT SELECT ON t TO \"" ROLE "\"");
+    s = render_ok("GRANT SELECT ON public.t TO {{ .Role }}", ROLE, DB, USER);
+    assert_string_equal(s, "GRANT SELECT ON public.t TO \"" ROLE "\"");
     free(s);
     s = render_ok("{{\t.Database\n}}-{{  .User}}", ROLE, DB, USER);
     assert_string_equal(s, "\"" DB "\"-'" USER "'");
@@ -100,11 +100,12 @@ static void test_render_variables(void **state)
 static void test_render_bad_syntax(void **state)
 {
     (void)state;
-    render_fails("GRANT SELECT ON t TO {{.Other}}", WP_ERR_INVALID, "{{.Other}}");
-    render_fails("GRANT SELECT ON t TO {{.Role", WP_ERR_INVALID, "unterminated");
-    render_fails("GRANT SELECT ON t TO {{.Role | printf}}", WP_ERR_INVALID, "{{.Role | printf}}");
+    render_fails("GRANT SELECT ON public.t TO {{.Other}}", WP_ERR_INVALID, "{{.Other}}");
+    render_fails("GRANT SELECT ON public.t TO {{.Role", WP_ERR_INVALID, "unterminated");
+    render_fails("GRANT SELECT ON public.t TO {{.Role | printf}}", WP_ERR_INVALID,
+                 "{{.Role | printf}}");
     render_fails("{{template \"x\"}}", WP_ERR_INVALID, "{{template \"x\"}}");
-    render_fails("GRANT SELECT ON t TO {{- .Role -}}", WP_ERR_INVALID, "unknown syntax");
+    render_fails("GRANT SELECT ON public.t TO {{- .Role -}}", WP_ERR_INVALID, "unknown syntax");
     render_fails("{{/* comment */}}", WP_ERR_INVALID, "unknown syntax");
     render_fails("{{.role}}", WP_ERR_INVALID, "unknown syntax"); /* case matters, as in Go */
     render_fails("{{}}", WP_ERR_INVALID, "unknown syntax");
@@ -179,7 +180,7 @@ static void test_allowed(void **state)
     (void)state;
     expect_allowed("GRANT INSERT ON public.audit_log TO {{.Role}}");
     expect_allowed("GRANT SELECT ON ALL TABLES IN SCHEMA reporting TO {{.Role}}");
-    expect_allowed("REVOKE DELETE ON t FROM {{.Role}}");
+    expect_allowed("REVOKE DELETE ON public.t FROM {{.Role}}");
     expect_allowed("ALTER DEFAULT PRIVILEGES IN SCHEMA reporting GRANT SELECT ON TABLES TO "
                    "{{.Role}}");
     expect_allowed("ALTER DEFAULT PRIVILEGES IN SCHEMA reporting REVOKE ALL ON SEQUENCES FROM "
@@ -188,11 +189,11 @@ static void test_allowed(void **state)
     expect_allowed("GRANT CONNECT, TEMP ON DATABASE {{.Database}} TO {{.Role}}");
     expect_allowed("GRANT EXECUTE ON FUNCTION public.f(int) TO {{.Role}}");
     expect_allowed("GRANT SELECT (a, b), UPDATE (b) ON public.t TO {{.Role}}");
-    expect_allowed("-- audit\nGRANT USAGE, SELECT ON SEQUENCE s TO {{.Role}} /* ok */");
+    expect_allowed("-- audit\nGRANT USAGE, SELECT ON SEQUENCE public.s TO {{.Role}} /* ok */");
     /* An unquoted name equal to the role is the role. */
-    expect_allowed("GRANT SELECT ON t TO " ROLE);
+    expect_allowed("GRANT SELECT ON public.t TO " ROLE);
     /* Quote "breaking" that stays inside one identifier is a (strange) table name. */
-    expect_allowed("GRANT SELECT ON \"t\"\" TO x; --\" TO {{.Role}}");
+    expect_allowed("GRANT SELECT ON public.\"t\"\" TO x; --\" TO {{.Role}}");
 }
 
 /* ---------------------------------------------------------------- hostile */
@@ -200,41 +201,48 @@ static void test_allowed(void **state)
 static void test_refused_statement_count(void **state)
 {
     (void)state;
-    expect_refused("GRANT SELECT ON t TO {{.Role}}; GRANT SELECT ON u TO {{.Role}}",
+    expect_refused("GRANT SELECT ON public.t TO {{.Role}}; GRANT SELECT ON public.u TO {{.Role}}",
                    "must be exactly one statement");
-    expect_refused("GRANT SELECT ON t TO {{.Role}}; DROP TABLE t", "must be exactly one statement");
-    expect_refused("GRANT SELECT ON t TO {{.Role}} /* */; DROP TABLE t",
+    expect_refused("GRANT SELECT ON public.t TO {{.Role}}; DROP TABLE t",
+                   "must be exactly one statement");
+    expect_refused("GRANT SELECT ON public.t TO {{.Role}} /* */; DROP TABLE t",
                    "must be exactly one statement");
     expect_refused("", "no statement");
-    expect_refused("-- GRANT SELECT ON t TO {{.Role}}", "no statement");
+    expect_refused("-- GRANT SELECT ON public.t TO {{.Role}}", "no statement");
     expect_refused("GRANT SELECT ON TO {{.Role}}", "parse error: syntax error at or near \"TO\"");
 }
 
 static void test_refused_grantee(void **state)
 {
     (void)state;
-    expect_refused("GRANT SELECT ON t TO PUBLIC", "grantee is not the role (PUBLIC)");
-    expect_refused("GRANT SELECT ON t TO bob", "grantee is not the role (another role)");
-    expect_refused("GRANT SELECT ON t TO {{.Role}}, bob", "grantee is not the role");
-    expect_refused("GRANT SELECT ON t TO CURRENT_USER", "grantee is not the role (CURRENT_USER)");
-    expect_refused("GRANT SELECT ON t TO SESSION_USER", "grantee is not the role (SESSION_USER)");
-    expect_refused("GRANT SELECT ON t TO CURRENT_ROLE", "grantee is not the role (CURRENT_ROLE)");
+    expect_refused("GRANT SELECT ON public.t TO PUBLIC", "grantee is not the role (PUBLIC)");
+    expect_refused("GRANT SELECT ON public.t TO bob", "grantee is not the role (another role)");
+    expect_refused("GRANT SELECT ON public.t TO {{.Role}}, bob", "grantee is not the role");
+    expect_refused("GRANT SELECT ON public.t TO CURRENT_USER",
+                   "grantee is not the role (CURRENT_USER)");
+    expect_refused("GRANT SELECT ON public.t TO SESSION_USER",
+                   "grantee is not the role (SESSION_USER)");
+    expect_refused("GRANT SELECT ON public.t TO CURRENT_ROLE",
+                   "grantee is not the role (CURRENT_ROLE)");
     /* Quote breaking: the ; ends the statement, the rest is a comment. */
-    expect_refused("GRANT SELECT ON \"t\" TO bob; --\" TO {{.Role}}", "grantee is not the role");
+    expect_refused("GRANT SELECT ON public.\"t\" TO bob; --\" TO {{.Role}}",
+                   "grantee is not the role");
     /* Comment tricks: the role only appears inside comments. */
-    expect_refused("GRANT SELECT ON t TO bob /* {{.Role}} */", "grantee is not the role");
-    expect_refused("GRANT SELECT ON t TO {{.Role}} --\n, bob", "grantee is not the role");
+    expect_refused("GRANT SELECT ON public.t TO bob /* {{.Role}} */", "grantee is not the role");
+    expect_refused("GRANT SELECT ON public.t TO {{.Role}} --\n, bob", "grantee is not the role");
     /* A case-folded unquoted name is not the role. */
-    expect_refused_sql("GRANT SELECT ON t TO MixedCase", "MixedCase", "grantee is not the role");
+    expect_refused_sql("GRANT SELECT ON public.t TO MixedCase", "MixedCase",
+                       "grantee is not the role");
 }
 
 static void test_refused_options(void **state)
 {
     (void)state;
-    expect_refused("GRANT SELECT ON t TO {{.Role}} WITH GRANT OPTION", "WITH GRANT OPTION");
-    expect_refused("REVOKE GRANT OPTION FOR SELECT ON t FROM {{.Role}}", "REVOKE GRANT OPTION FOR");
-    expect_refused("REVOKE SELECT ON t FROM {{.Role}} CASCADE", "CASCADE");
-    expect_refused("GRANT SELECT ON t TO {{.Role}} GRANTED BY postgres", "GRANTED BY");
+    expect_refused("GRANT SELECT ON public.t TO {{.Role}} WITH GRANT OPTION", "WITH GRANT OPTION");
+    expect_refused("REVOKE GRANT OPTION FOR SELECT ON public.t FROM {{.Role}}",
+                   "REVOKE GRANT OPTION FOR");
+    expect_refused("REVOKE SELECT ON public.t FROM {{.Role}} CASCADE", "CASCADE");
+    expect_refused("GRANT SELECT ON public.t TO {{.Role}} GRANTED BY postgres", "GRANTED BY");
 }
 
 static void test_refused_default_privileges(void **state)
@@ -293,8 +301,8 @@ static void test_injection_role(void **state)
 {
     (void)state;
     const char *odd = "x\" TO bob; --";
-    char *sql = render_ok("GRANT SELECT ON t TO {{.Role}}", odd, DB, USER);
-    assert_string_equal(sql, "GRANT SELECT ON t TO \"x\"\" TO bob; --\"");
+    char *sql = render_ok("GRANT SELECT ON public.t TO {{.Role}}", odd, DB, USER);
+    assert_string_equal(sql, "GRANT SELECT ON public.t TO \"x\"\" TO bob; --\"");
     /* One statement whose only grantee is the odd role itself... */
     wp_error err;
     assert_int_equal(rawsql_validate(sql, odd, &err), WP_OK);
@@ -317,11 +325,11 @@ static void test_injection_user_and_database(void **state)
     expect_refused_sql(sql, ROLE, "statement kind SelectStmt");
     free(sql);
     /* Values placed in a comment are not protected by quoting; validation catches it. */
-    sql = render_ok("GRANT SELECT ON t TO {{.Role}} /* {{.User}} */", ROLE, DB,
+    sql = render_ok("GRANT SELECT ON public.t TO {{.Role}} /* {{.User}} */", ROLE, DB,
                     "*/; DROP TABLE t; /*");
     expect_refused_sql(sql, ROLE, "must be exactly one statement");
     free(sql);
-    sql = render_ok("GRANT SELECT ON t TO {{.Role}} -- {{.User}}", ROLE, DB, "x\n, bob");
+    sql = render_ok("GRANT SELECT ON public.t TO {{.Role}} -- {{.User}}", ROLE, DB, "x\n, bob");
     expect_refused_sql(sql, ROLE, "parse error");
     free(sql);
     const char *evil_db = "d\"; DROP DATABASE appdb; --";
@@ -334,7 +342,7 @@ static void test_injection_user_and_database(void **state)
 static void test_validate_bounds(void **state)
 {
     (void)state;
-    expect_refused_sql("GRANT SELECT ON t TO r", "", "role name is empty");
+    expect_refused_sql("GRANT SELECT ON public.t TO r", "", "role name is empty");
     expect_refused_sql(NULL, ROLE, "missing");
     /* 16 KB of nesting: refused without exhausting any stack. */
     size_t n = 8000;
@@ -367,7 +375,7 @@ static void *validate_in_thread(void *p)
     thread_arg *a = p;
     char role[32], sql[96];
     snprintf(role, sizeof(role), "role_%d", a->idx);
-    snprintf(sql, sizeof(sql), "GRANT SELECT ON t TO %s", role);
+    snprintf(sql, sizeof(sql), "GRANT SELECT ON public.t TO %s", role);
     wp_error err;
     a->ok = rawsql_validate(sql, role, &err) == WP_OK &&
             rawsql_validate(sql, "role_other", &err) == WP_ERR_DENIED;
@@ -398,9 +406,35 @@ static void test_many_threads(void **state)
     pthread_key_delete(key);
 }
 
+/* With a superuser admin, a grant on a system object would be honoured: pg_authid's
+ * password hashes, pg_read_file. Unqualified names resolve to pg_catalog in admin
+ * sessions, so they are refused too. */
+static void test_refused_system_objects(void **state)
+{
+    (void)state;
+    expect_refused("GRANT SELECT ON pg_catalog.pg_authid TO {{.Role}}", "system schema pg_catalog");
+    expect_refused("GRANT UPDATE ON pg_authid TO {{.Role}}", "schema-qualified");
+    expect_refused("GRANT SELECT ON information_schema.tables TO {{.Role}}",
+                   "system schema information_schema");
+    expect_refused("GRANT SELECT ON ALL TABLES IN SCHEMA pg_catalog TO {{.Role}}",
+                   "system schema pg_catalog");
+    expect_refused("GRANT USAGE ON SCHEMA pg_toast TO {{.Role}}", "system schema pg_toast");
+    expect_refused("GRANT EXECUTE ON FUNCTION pg_read_file(text) TO {{.Role}}", "schema-qualified");
+    expect_refused("GRANT EXECUTE ON FUNCTION pg_catalog.pg_read_file(text) TO {{.Role}}",
+                   "system schema pg_catalog");
+    expect_refused("GRANT USAGE ON TYPE pg_catalog.int4 TO {{.Role}}", "system schema pg_catalog");
+    expect_refused(
+        "ALTER DEFAULT PRIVILEGES IN SCHEMA pg_catalog GRANT SELECT ON TABLES TO {{.Role}}",
+        "system schema pg_catalog");
+    expect_refused("GRANT SELECT ON pg_temp_3.x TO {{.Role}}", "system schema pg_temp_3");
+    expect_allowed("GRANT EXECUTE ON FUNCTION reporting.refresh(int) TO {{.Role}}");
+    expect_allowed("GRANT USAGE ON TYPE public.mood TO {{.Role}}");
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
+        cmocka_unit_test(test_refused_system_objects),
         cmocka_unit_test(test_quote_ident),
         cmocka_unit_test(test_quote_literal),
         cmocka_unit_test(test_render_variables),

@@ -148,6 +148,32 @@ static void test_channel_binding(void **state)
     assert_null(scram_client_new("pw", NULL, 0, "bad,nonce"));
 }
 
+/* TLS link, server without -PLUS: gs2 flag 'y', and c= carries exactly "y,,". */
+static void test_tls_without_plus(void **state)
+{
+    (void)state;
+    scram_client *c = scram_client_new("pencil", NULL, 0, RFC_NONCE);
+    assert_non_null(c);
+    assert_int_equal(scram_client_set_tls_without_plus(c), WP_OK);
+    assert_string_equal(scram_client_mechanism(c), "SCRAM-SHA-256");
+    char *first = NULL, *final = NULL;
+    size_t n;
+    wp_error err;
+    assert_int_equal(scram_client_first(c, &first, &n), WP_OK);
+    assert_string_equal(first, "y,,n=,r=" RFC_NONCE);
+    assert_int_equal(scram_client_set_tls_without_plus(c), WP_ERR_INVALID); /* too late */
+    assert_int_equal(
+        scram_client_final(c, RFC_SERVER_FIRST, strlen(RFC_SERVER_FIRST), &final, &n, &err), WP_OK);
+    assert_int_equal(strncmp(final, "c=eSws,r=", 9), 0); /* base64("y,,") */
+    free(first);
+    free(final);
+    scram_client_free(c);
+    unsigned char cb[32] = {1};
+    c = scram_client_new("pencil", cb, sizeof(cb), NULL);
+    assert_int_equal(scram_client_set_tls_without_plus(c), WP_ERR_INVALID); /* binding in use */
+    scram_client_free(c);
+}
+
 static void test_bad_signature(void **state)
 {
     (void)state;
@@ -417,6 +443,7 @@ int main(void)
         cmocka_unit_test(test_default_first_message),
         cmocka_unit_test(test_username_escaped),
         cmocka_unit_test(test_channel_binding),
+        cmocka_unit_test(test_tls_without_plus),
         cmocka_unit_test(test_bad_signature),
         cmocka_unit_test(test_server_final_forms),
         cmocka_unit_test(test_verify_out_of_order),

@@ -43,6 +43,19 @@ static int run(const char *cmd)
     return system(full);
 }
 
+/* A certificate without SANs, signed with the given digest (for CN-only and channel
+ * binding cases). */
+static int make_plain_cert(const char *base, const char *cn, const char *md)
+{
+    char cmd[1024];
+    snprintf(cmd, sizeof(cmd),
+             "openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes "
+             "-keyout %s.key -out %s.crt -days 30 -subj '/CN=%s' -%s && "
+             "openssl x509 -in %s.crt -outform DER | openssl dgst -%s -binary > %s.cb",
+             base, base, cn, md, base, strcmp(md, "sha1") == 0 ? "sha256" : md, base);
+    return run(cmd);
+}
+
 static int make_cert(const char *base, const char *cn, const char *san, int pair)
 {
     char cmd[1024];
@@ -95,7 +108,11 @@ static int group_setup(void **state)
         return -1;
     if (make_cert("srv", "db.example.com", "DNS:db.example.com,IP:127.0.0.1", 0) != 0 ||
         make_cert("other", "db.example.com", "DNS:db.example.com", 0) != 0 ||
-        make_cert("node", "node.tail1234.ts.net", "DNS:node.tail1234.ts.net", 1) != 0)
+        make_cert("node", "node.tail1234.ts.net", "DNS:node.tail1234.ts.net", 1) != 0 ||
+        make_plain_cert("ipcn", "127.0.0.1", "sha256") != 0 ||
+        make_plain_cert("ipwild", "*.0.0.1", "sha256") != 0 ||
+        make_plain_cert("sha1", "db.example.com", "sha1") != 0 ||
+        make_plain_cert("sha384", "db.example.com", "sha384") != 0)
         return -1;
     return read_sha();
 }
@@ -130,17 +147,38 @@ static wp_status fake_fetch(void *arg, const char *domain, char **pem, size_t *p
     return WP_OK;
 }
 
-static tls_server_ctx *new_server(int with_file)
+/* dir/base.ext */
+static const char *fixture(const char *base, const char *ext)
 {
+    static char paths[4][160];
+    static int next;
+    char *p = paths[next++ % 4];
+    snprintf(p, sizeof(paths[0]), "%s/%s.%s", dir, base, ext);
+    return p;
+}
+
+/* A server context whose file certificate is base.crt/base.key (NULL: none). */
+static tls_server_ctx *new_server_as(const char *base)
+{
+    char crt[160], key[160];
     cfg_listener l = {0};
-    l.cert_file = with_file ? srv_crt : NULL;
-    l.key_file = with_file ? srv_key : NULL;
+    if (base) {
+        snprintf(crt, sizeof(crt), "%s", fixture(base, "crt"));
+        snprintf(key, sizeof(key), "%s", fixture(base, "key"));
+        l.cert_file = crt;
+        l.key_file = key;
+    }
     l.use_tailscale_tls = true;
     tls_server_ctx *s = NULL;
     wp_error err;
     wp_error_clear(&err);
     assert_int_equal(tls_server_new_src(&l, fake_fetch, NULL, &s, &err), WP_OK);
     return s;
+}
+
+static tls_server_ctx *new_server(int with_file)
+{
+    return new_server_as(with_file ? "srv" : NULL);
 }
 
 /* --- independent mbedTLS client in a thread ------------------------------------------ */
@@ -480,13 +518,15 @@ typedef struct client_result {
     fakepg f;
 } client_result;
 
-static void backend_round(const char *reply, const char *name, cfg_backend_tls mode, const char *ca,
-                          client_result *r)
+/* One tls_client_start against a fake PostgreSQL serving base.crt (the backend's
+ * certificate) after answering reply to the SSLRequest. */
+static void backend_round_as(const char *base, const char *reply, const char *name,
+                             cfg_backend_tls mode, const char *ca, client_result *r)
 {
     memset(r, 0, sizeof(*r));
     int sv[2];
     assert_int_equal(socketpair(AF_UNIX, SOCK_STREAM, 0, sv), 0);
-    r->f = (fakepg){.fd = sv[0], .reply = reply, .srv = new_server(1)};
+    r->f = (fakepg){.fd = sv[0], .reply = reply, .srv = new_server_as(base)};
     pthread_t t;
     assert_int_equal(pthread_create(&t, NULL, fakepg_main, &r->f), 0);
     wp_io io;
@@ -506,6 +546,12 @@ static void backend_round(const char *reply, const char *name, cfg_backend_tls m
     close(sv[0]);
     close(sv[1]);
     tls_server_free(r->f.srv);
+}
+
+static void backend_round(const char *reply, const char *name, cfg_backend_tls mode, const char *ca,
+                          client_result *r)
+{
+    backend_round_as("srv", reply, name, mode, ca, r);
 }
 
 static void test_backend_require_and_channel_binding(void **state)
@@ -598,6 +644,43 @@ static void test_backend_verify_full(void **state)
     assert_int_not_equal(r.st, WP_OK);
 }
 
+/* verify-full to an IP address, certificate without SANs: the CN must be that address,
+ * spelled out. A wildcard never matches an IP address (RFC 6125 section 6.4.3). */
+static void test_backend_verify_full_ip_cn(void **state)
+{
+    (void)state;
+    client_result r;
+    backend_round_as("ipcn", "S", "127.0.0.1", CFG_BTLS_VERIFY_FULL, fixture("ipcn", "crt"), &r);
+    assert_int_equal(r.st, WP_OK);
+    backend_round_as("ipwild", "S", "127.0.0.1", CFG_BTLS_VERIFY_FULL, fixture("ipwild", "crt"),
+                     &r);
+    assert_int_not_equal(r.st, WP_OK);
+    assert_non_null(strstr(r.err.message, "127.0.0.1"));
+}
+
+/* tls-server-end-point (RFC 5929 section 4.1): SHA-256 for a SHA-1 signed certificate,
+ * the signature's own hash otherwise (SHA-384: 48 bytes). */
+static void expect_channel_binding(const char *base, size_t want_len)
+{
+    unsigned char want[64];
+    FILE *f = fopen(fixture(base, "cb"), "rb");
+    assert_non_null(f);
+    assert_int_equal(fread(want, 1, sizeof(want), f), want_len);
+    fclose(f);
+    client_result r;
+    backend_round_as(base, "S", "db.example.com", CFG_BTLS_REQUIRE, NULL, &r);
+    assert_int_equal(r.st, WP_OK);
+    assert_int_equal(r.cb_len, want_len);
+    assert_memory_equal(r.cb, want, want_len);
+}
+
+static void test_backend_channel_binding_hash(void **state)
+{
+    (void)state;
+    expect_channel_binding("sha1", 32);
+    expect_channel_binding("sha384", 48);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -615,6 +698,8 @@ int main(void)
         cmocka_unit_test(test_backend_refuses_ssl),
         cmocka_unit_test(test_backend_protocol_errors),
         cmocka_unit_test(test_backend_verify_full),
+        cmocka_unit_test(test_backend_verify_full_ip_cn),
+        cmocka_unit_test(test_backend_channel_binding_hash),
     };
     return cmocka_run_group_tests(tests, group_setup, group_teardown);
 }
