@@ -1120,7 +1120,10 @@ static bool ownership_sql(PGresult *r, const char *role, const char *qo, char **
             ok = false;
         (*n)++;
     }
-    ok = (!sf || fclose(sf) == 0) & (!af || fclose(af) == 0) & ok;
+    /* Both streams are closed whatever happens: no short-circuit between them. */
+    bool sf_ok = !sf || fclose(sf) == 0;
+    bool af_ok = !af || fclose(af) == 0;
+    ok = ok && sf_ok && af_ok;
     if (ok && *n > 0)
         ok = (*sql = fmt_sql("GRANT CREATE ON SCHEMA %s TO %s; %sREVOKE CREATE ON SCHEMA %s FROM "
                              "%s",
