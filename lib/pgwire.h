@@ -21,9 +21,9 @@
 #define PGW_CODE_GSSENC 80877104u
 #define PGW_CODE_CANCEL 80877102u
 
-#define PGW_STARTUP_MAX 10240      /* spec 7.1: StartupMessage <= 10 KB */
-#define PGW_MSG_MAX (1024 * 1024)  /* bound for messages Waypoint itself parses */
-#define PGW_CANCEL_KEY_MAX 256     /* protocol 3.2 allows variable-length keys */
+#define PGW_STARTUP_MAX 10240     /* spec 7.1: StartupMessage <= 10 KB */
+#define PGW_MSG_MAX (1024 * 1024) /* bound for messages Waypoint itself parses */
+#define PGW_CANCEL_KEY_MAX 256    /* protocol 3.2 allows variable-length keys */
 
 /* Backend message types Waypoint inspects. */
 #define PGW_MSG_AUTH 'R'
@@ -76,10 +76,10 @@ typedef enum {
 
 typedef struct pgw_startup {
     pgw_start_kind kind;
-    uint32_t version;   /* requested protocol for STARTUP */
-    pgw_param *params;  /* STARTUP: in client order, "user" always present */
+    uint32_t version;  /* requested protocol for STARTUP */
+    pgw_param *params; /* STARTUP: in client order, "user" always present */
     size_t nparams;
-    char **pq_options;  /* "_pq_.*" names the client asked for (to be refused) */
+    char **pq_options; /* "_pq_.*" names the client asked for (to be refused) */
     size_t npq_options;
     uint32_t cancel_pid; /* CANCEL */
     unsigned char cancel_key[PGW_CANCEL_KEY_MAX];
@@ -92,8 +92,7 @@ typedef struct pgw_startup {
 wp_status pgw_read_startup(wp_io *io, int64_t deadline_ms, pgw_startup *out, wp_error *err);
 /* Parses an already-read packet body (after the 4-byte length). Used by the reader and
  * by fuzzing. */
-wp_status pgw_parse_startup(const unsigned char *body, size_t len, pgw_startup *out,
-                            wp_error *err);
+wp_status pgw_parse_startup(const unsigned char *body, size_t len, pgw_startup *out, wp_error *err);
 void pgw_startup_free(pgw_startup *s);
 const char *pgw_startup_get(const pgw_startup *s, const char *key);
 
@@ -108,11 +107,9 @@ wp_status pgw_build_error(pgw_buf *b, const wp_error *e); /* severity defaults t
  * and libpq use it. */
 wp_status pgw_build_negotiate(pgw_buf *b, uint32_t newest_minor, char *const *unsupported,
                               size_t n);
-wp_status pgw_build_backend_key(pgw_buf *b, uint32_t pid, const unsigned char *key,
-                                size_t key_len);
-wp_status pgw_build_startup(pgw_buf *b, uint32_t version, const pgw_param *params,
-                            size_t nparams);
-wp_status pgw_build_password(pgw_buf *b, const char *password);          /* 'p' + cstring */
+wp_status pgw_build_backend_key(pgw_buf *b, uint32_t pid, const unsigned char *key, size_t key_len);
+wp_status pgw_build_startup(pgw_buf *b, uint32_t version, const pgw_param *params, size_t nparams);
+wp_status pgw_build_password(pgw_buf *b, const char *password); /* 'p' + cstring */
 wp_status pgw_build_sasl_initial(pgw_buf *b, const char *mech, const void *data, size_t n);
 wp_status pgw_build_sasl_response(pgw_buf *b, const void *data, size_t n);
 wp_status pgw_build_cancel(pgw_buf *b, uint32_t pid, const unsigned char *key, size_t key_len);

@@ -14,7 +14,7 @@
 
 #include "wp_error.h"
 
-#define SCRAM_ITER_MAX 100000  /* refuse servers asking for more (CPU exhaustion) */
+#define SCRAM_ITER_MAX 100000 /* refuse servers asking for more (CPU exhaustion) */
 #define SCRAM_VERIFIER_MAX 256
 
 /* Fills buf with n bytes from the process CSPRNG (mbedTLS CTR_DRBG, thread-safe). */
@@ -23,13 +23,12 @@ wp_status wp_random_bytes(void *buf, size_t n);
 wp_status wp_random_password(char out[44]);
 
 /* "SCRAM-SHA-256$<iter>:<salt b64>$<StoredKey b64>:<ServerKey b64>" with a random salt. */
-wp_status scram_make_verifier(const char *password, unsigned iterations, char *out,
-                              size_t outsz);
+wp_status scram_make_verifier(const char *password, unsigned iterations, char *out, size_t outsz);
 /* "md5" + hex(md5(password || user)): PostgreSQL's stored MD5 form. out: 36 bytes. */
 wp_status scram_md5_stored(const char *password, const char *user, char out[36]);
 /* MD5 auth response: "md5" + hex(md5(hex(md5(password || user)) || salt)). out: 36. */
-wp_status scram_md5_response(const char *password, const char *user,
-                             const unsigned char salt[4], char out[36]);
+wp_status scram_md5_response(const char *password, const char *user, const unsigned char salt[4],
+                             char out[36]);
 
 typedef struct scram_client scram_client;
 
@@ -51,10 +50,9 @@ wp_status scram_client_set_tls_without_plus(scram_client *c);
 /* client-first-message (malloc'd into *out). */
 wp_status scram_client_first(scram_client *c, char **out, size_t *out_len);
 /* Consumes server-first, produces client-final. */
-wp_status scram_client_final(scram_client *c, const char *server_first, size_t len,
-                             char **out, size_t *out_len, wp_error *err);
+wp_status scram_client_final(scram_client *c, const char *server_first, size_t len, char **out,
+                             size_t *out_len, wp_error *err);
 /* Verifies server-final (v=...). WP_ERR_AUTH when the signature is wrong. */
-wp_status scram_client_verify(scram_client *c, const char *server_final, size_t len,
-                              wp_error *err);
+wp_status scram_client_verify(scram_client *c, const char *server_final, size_t len, wp_error *err);
 
 #endif

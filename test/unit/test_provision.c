@@ -249,16 +249,11 @@ static void test_keylock(void **state)
 int main(void)
 {
     const struct CMUnitTest tests[] = {
-        cmocka_unit_test(test_dialect_choices),
-        cmocka_unit_test(test_pwenc_and_sslmode),
-        cmocka_unit_test(test_group_name),
-        cmocka_unit_test(test_group_record),
-        cmocka_unit_test(test_orphans_name),
-        cmocka_unit_test(test_record_database),
-        cmocka_unit_test(test_group_privileges_sql),
-        cmocka_unit_test(test_role_state_sql),
-        cmocka_unit_test(test_ownership_sql),
-        cmocka_unit_test(test_keylock),
+        cmocka_unit_test(test_dialect_choices),      cmocka_unit_test(test_pwenc_and_sslmode),
+        cmocka_unit_test(test_group_name),           cmocka_unit_test(test_group_record),
+        cmocka_unit_test(test_orphans_name),         cmocka_unit_test(test_record_database),
+        cmocka_unit_test(test_group_privileges_sql), cmocka_unit_test(test_role_state_sql),
+        cmocka_unit_test(test_ownership_sql),        cmocka_unit_test(test_keylock),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
