@@ -4,7 +4,7 @@
 #   scripts/demo.sh BUILD_DIR
 #
 # Starts a throwaway PostgreSQL cluster with a sample table, the LocalAPI stand-in
-# playing tailscaled with one caller (alice@example.com on node alice-laptop, granted
+# playing tailscaled with one caller (alice@example.com on node laptop, granted
 # readonly on appdb), and Waypoint on a free port; then connects with plain psql and no
 # password, and shows what the grant allows and refuses. Builds nothing (make did) and
 # removes everything on exit.
@@ -56,11 +56,11 @@ INSERT INTO orders VALUES (1, 'ada', 42.00), (2, 'grace', 17.50), (3, 'linus', 9
 SQL
 echo "cluster on 127.0.0.1:$PG_PORT, database appdb, table orders (3 rows)"
 
-say "2. tailscaled (the LocalAPI stand-in): alice@example.com on alice-laptop, readonly on appdb"
+say "2. tailscaled (the LocalAPI stand-in): alice@example.com on laptop, readonly on appdb"
 cat >"$D/state.json" <<'JSON'
 {"identities": [{"match": "*", "whois": {
-  "Node": {"ID": 1, "StableID": "nALICE", "Name": "alice-laptop.tail1234.ts.net.",
-           "ComputedName": "alice-laptop", "Addresses": ["100.64.0.1/32"]},
+  "Node": {"ID": 1, "StableID": "nALICE", "Name": "laptop.tail1234.ts.net.",
+           "ComputedName": "laptop", "Addresses": ["100.64.0.1/32"]},
   "UserProfile": {"ID": 101, "LoginName": "alice@example.com", "DisplayName": "Alice"},
   "CapMap": {"redo.com/cap/waypoint": [
     {"backends": {"pg-main": {"pg": {"databases": {"appdb": {"permissions": ["readonly"]}}}}}}]}}}],
@@ -99,8 +99,8 @@ echo "waypoint listening on 127.0.0.1:$WP_PORT"
 CONN="host=127.0.0.1 port=$WP_PORT dbname=appdb user=anyone sslmode=disable"
 say "4. Connect with psql, no password: who am I in the database?"
 run psql -X "$CONN" -c "SELECT current_user, session_user"
-echo "Waypoint asked tailscaled who was calling (alice@example.com on alice-laptop), created"
-echo "the role wp_<user>_<node>_<database> = wp_alice_alice_laptop_appdb with exactly the"
+echo "Waypoint asked tailscaled who was calling (alice@example.com on laptop), created"
+echo "the role wp_<user>_<node>_<database> = wp_alice_laptop_appdb with exactly the"
 echo "granted privileges and a fresh random password, and logged in upstream as that role."
 echo "The client's user name ('anyone') and password are ignored."
 
