@@ -23,6 +23,7 @@
  * counted (cfg_ref/cfg_unref) so a SIGHUP reload can swap snapshots under live workers.
  */
 #include "config.h"
+#include "log.h"
 
 #include <arpa/inet.h>
 #include <ctype.h>
@@ -1517,4 +1518,16 @@ void cfg_print(const wp_config *cfg, FILE *out)
     print_str(out, "log_level", cfg->log_level);
     for (size_t i = 0; i < cfg->nlisteners; i++)
         print_listener(cfg, &cfg->listeners[i], out);
+}
+
+wp_config *cfg_load_logged(const char *path)
+{
+    cfg_diag diag = {0};
+    wp_config *cfg = cfg_load(path, &diag);
+    for (size_t i = 0; i < diag.nwarnings; i++)
+        log_kv(WP_LOG_WARN, "config_warning", "msg", diag.warnings[i], (char *)NULL);
+    for (size_t i = 0; i < diag.nerrors; i++)
+        log_kv(WP_LOG_ERROR, "config_error", "msg", diag.errors[i], (char *)NULL);
+    cfg_diag_free(&diag);
+    return cfg;
 }

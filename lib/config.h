@@ -98,6 +98,9 @@ wp_config *cfg_load(const char *path, cfg_diag *diag);
 /* Same, from a string (unit tests); name is used in messages in place of a path. */
 wp_config *cfg_load_string(const char *text, const char *name, cfg_diag *diag);
 void cfg_diag_free(cfg_diag *diag);
+/* cfg_load for the daemon (start and SIGHUP reload): every warning and error becomes a
+ * config_warning / config_error log line instead of being returned. */
+wp_config *cfg_load_logged(const char *path);
 
 wp_config *cfg_ref(wp_config *cfg);
 void cfg_unref(wp_config *cfg);

@@ -18,6 +18,17 @@ int64_t wp_now_ms(void)
     return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
 }
 
+void wp_timespec_after(clockid_t clock, int64_t ms, struct timespec *ts)
+{
+    clock_gettime(clock, ts);
+    ts->tv_sec += (time_t)(ms / 1000);
+    ts->tv_nsec += (long)(ms % 1000) * 1000000L;
+    if (ts->tv_nsec >= 1000000000L) {
+        ts->tv_sec++;
+        ts->tv_nsec -= 1000000000L;
+    }
+}
+
 static ssize_t plain_read(wp_io *io, void *buf, size_t n)
 {
     ssize_t r;

@@ -16,6 +16,7 @@
 #include <stddef.h>
 #include <stdint.h>
 #include <sys/types.h>
+#include <time.h>
 
 #include "wp_error.h"
 
@@ -39,6 +40,9 @@ struct wp_io {
 };
 
 int64_t wp_now_ms(void);
+/* *ts = now on `clock` + ms: the absolute time pthread_cond_timedwait wants (for a
+ * condvar on that clock). */
+void wp_timespec_after(clockid_t clock, int64_t ms, struct timespec *ts);
 
 void io_plain_init(wp_io *io, int fd);
 

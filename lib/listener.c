@@ -291,13 +291,7 @@ size_t lsn_wait_idle(lsn_listener *l, int64_t deadline_ms)
             break;
         /* The condvar uses CLOCK_REALTIME; wait in slices of at most the time left. */
         struct timespec ts;
-        clock_gettime(CLOCK_REALTIME, &ts);
-        ts.tv_sec += left / 1000;
-        ts.tv_nsec += (left % 1000) * 1000000L;
-        if (ts.tv_nsec >= 1000000000L) {
-            ts.tv_sec++;
-            ts.tv_nsec -= 1000000000L;
-        }
+        wp_timespec_after(CLOCK_REALTIME, left, &ts);
         pthread_cond_timedwait(&l->idle, &l->mu, &ts);
     }
     size_t live = l->live + l->overflow;

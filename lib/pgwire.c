@@ -8,7 +8,7 @@
  * caller reuses; each builder writes a placeholder length and patches it at the end, so
  * there is one place (msg_end) where lengths are computed.
  *
- * Integers on the wire are big-endian int32/int16; get32/put32 are the only byte-order
+ * Integers on the wire are big-endian int32/int16; pgw_get32/pgw_put32 are the only byte-order
  * code. Nothing here knows about TLS: a direct TLS ClientHello (first byte 0x16) is only
  * detected with MSG_PEEK on a plain stream and left in the socket for tls.c.
  */
@@ -24,12 +24,12 @@
 
 /* ---- byte order ---- */
 
-static uint32_t get32(const unsigned char *p)
+uint32_t pgw_get32(const unsigned char *p)
 {
     return ((uint32_t)p[0] << 24) | ((uint32_t)p[1] << 16) | ((uint32_t)p[2] << 8) | p[3];
 }
 
-static void put32(unsigned char *p, uint32_t v)
+void pgw_put32(unsigned char *p, uint32_t v)
 {
     p[0] = (unsigned char)(v >> 24);
     p[1] = (unsigned char)(v >> 16);
@@ -84,7 +84,7 @@ void pgw_buf_free(pgw_buf *b)
 static wp_status buf_put32(pgw_buf *b, uint32_t v)
 {
     unsigned char tmp[4];
-    put32(tmp, v);
+    pgw_put32(tmp, v);
     return pgw_buf_append(b, tmp, 4);
 }
 
@@ -210,7 +210,7 @@ static wp_status parse_cancel(const unsigned char *body, size_t len, pgw_startup
     if (len < 8 + 4 || len - 8 > PGW_CANCEL_KEY_MAX)
         return proto_err(err, "cancel request key must be 4 to 256 bytes");
     out->kind = PGW_START_CANCEL;
-    out->cancel_pid = get32(body + 4);
+    out->cancel_pid = pgw_get32(body + 4);
     out->cancel_key_len = len - 8;
     memcpy(out->cancel_key, body + 8, out->cancel_key_len);
     return WP_OK;
@@ -223,7 +223,7 @@ wp_status pgw_parse_startup(const unsigned char *body, size_t len, pgw_startup *
         return proto_err(err, "packet too short");
     if (len + 4 > PGW_STARTUP_MAX)
         return proto_err(err, "packet too long");
-    uint32_t code = get32(body);
+    uint32_t code = pgw_get32(body);
     if (code == PGW_CODE_SSL || code == PGW_CODE_GSSENC) {
         if (len != 4)
             return proto_err(err, "SSLRequest/GSSENCRequest must be exactly 8 bytes");
@@ -288,7 +288,7 @@ wp_status pgw_read_startup(wp_io *io, int64_t deadline_ms, pgw_startup *out, wp_
     unsigned char hdr[4];
     if ((st = io_read_full(io, hdr, 4, deadline_ms)) != WP_OK)
         return read_err(st, err);
-    uint32_t len = get32(hdr);
+    uint32_t len = pgw_get32(hdr);
     if (len < 8) {
         proto_err(err, "length shorter than 8 bytes");
         return WP_ERR_PROTOCOL;
@@ -322,7 +322,7 @@ wp_status pgw_read_msg(wp_io *io, int64_t deadline_ms, size_t max_len, char *typ
     wp_status st = io_read_full(io, hdr, 5, deadline_ms);
     if (st != WP_OK)
         return st;
-    uint32_t len = get32(hdr + 1);
+    uint32_t len = pgw_get32(hdr + 1);
     if (len < 4)
         return WP_ERR_PROTOCOL;
     if ((size_t)len - 4 > max_len)
@@ -362,8 +362,17 @@ static wp_status msg_end(pgw_buf *b, size_t start, wp_status st)
         b->len = start;
         return st;
     }
-    put32(b->data + slot, (uint32_t)(b->len - slot));
+    pgw_put32(b->data + slot, (uint32_t)(b->len - slot));
     return WP_OK;
+}
+
+wp_status pgw_build_raw(pgw_buf *b, char type, const void *body, size_t len)
+{
+    size_t start;
+    wp_status st = msg_begin(b, type, &start);
+    if (st == WP_OK)
+        st = pgw_buf_append(b, body, len);
+    return msg_end(b, start, st);
 }
 
 wp_status pgw_build_auth_ok(pgw_buf *b)

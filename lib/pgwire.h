@@ -100,7 +100,13 @@ const char *pgw_startup_get(const pgw_startup *s, const char *key);
  * WP_ERR_TOO_LARGE before any allocation. */
 wp_status pgw_read_msg(wp_io *io, int64_t deadline_ms, size_t max_len, char *type, pgw_buf *b);
 
+/* Big-endian int32 as the protocol carries it. */
+uint32_t pgw_get32(const unsigned char *p);
+void pgw_put32(unsigned char *p, uint32_t v);
+
 /* Builders (append a complete message to b). */
+/* Any typed message from an already-framed body (relaying what a peer sent). */
+wp_status pgw_build_raw(pgw_buf *b, char type, const void *body, size_t len);
 wp_status pgw_build_auth_ok(pgw_buf *b);
 wp_status pgw_build_error(pgw_buf *b, const wp_error *e); /* severity defaults to FATAL */
 /* NegotiateProtocolVersion; the wire field is PGW_PROTO(3, newest_minor), as PostgreSQL

@@ -25,6 +25,7 @@
 #include <string.h>
 #include <time.h>
 
+#include "io.h"
 #include "log.h"
 
 #define PROV_POOL_MAX 8
@@ -170,22 +171,11 @@ static prov_pool *pool_find(prov_pools *ps, const char *db, bool create)
     return p;
 }
 
-static void deadline_after(struct timespec *ts, int ms)
-{
-    clock_gettime(CLOCK_MONOTONIC, ts);
-    ts->tv_sec += ms / 1000;
-    ts->tv_nsec += (long)(ms % 1000) * 1000000L;
-    if (ts->tv_nsec >= 1000000000L) {
-        ts->tv_sec++;
-        ts->tv_nsec -= 1000000000L;
-    }
-}
-
 wp_status prov_pool_get(prov_pools *ps, const char *database, PGconn **out, char *sqlstate,
                         wp_error *err)
 {
     struct timespec deadline;
-    deadline_after(&deadline, ps->wait_ms);
+    wp_timespec_after(CLOCK_MONOTONIC, ps->wait_ms, &deadline);
     *out = NULL;
     pthread_mutex_lock(&ps->mu);
     prov_pool *p = pool_find(ps, database, true);

@@ -66,7 +66,9 @@ struct prov_ctx {
     prov_keylocks locks;
     pthread_mutex_t cache_mu; /* guards groups */
     group_cache *groups;
-    char *qrecords; /* CockroachDB: quoted waypoint_roles table name */
+    char *qrecords;  /* CockroachDB: quoted waypoint_roles table name */
+    char *state_sql; /* the role-state query: fixed once the dialect is known */
+    char ttl_ms[24]; /* user_ttl in ms, as the state query's $2 */
 };
 
 struct prov_lease {
@@ -227,6 +229,8 @@ static wp_status detect_backend(prov_ctx *p, wp_error *err)
         }
     }
     PQfinish(c);
+    if (st == WP_OK && !(p->state_sql = prov_sql_role_state(p->dialect, p->qrecords)))
+        st = WP_ERR_NOMEM;
     return st;
 }
 
@@ -255,6 +259,7 @@ wp_status prov_create(const prov_settings *s, prov_ctx **out, wp_error *err)
     }
     if (p->s.user_ttl_ms <= 0)
         p->s.user_ttl_ms = 24LL * 3600 * 1000;
+    snprintf(p->ttl_ms, sizeof p->ttl_ms, "%lld", (long long)p->s.user_ttl_ms);
     if (prov_pools_init(&p->pools, &p->s) != 0 || prov_pools_init(&p->lockpools, &p->s) != 0 ||
         prov_keylocks_init(&p->locks) != 0 || pthread_mutex_init(&p->cache_mu, NULL) != 0) {
         for (int i = 0; i < 7; i++)
@@ -289,6 +294,7 @@ void prov_destroy(prov_ctx *p)
     for (int i = 0; i < 7; i++)
         free(p->strs[i]);
     free(p->qrecords);
+    free(p->state_sql);
     free(p);
 }
 
@@ -419,14 +425,8 @@ static wp_status read_state(prov_ctx *p, PGconn *c, const char *role, const char
                             role_state *st, wp_error *err)
 {
     memset(st, 0, sizeof *st);
-    char ttl[32];
-    snprintf(ttl, sizeof ttl, "%lld", (long long)p->s.user_ttl_ms);
-    const char *vals[3] = {role, ttl, schemas ? schemas : "[]"};
-    char *sql = prov_sql_role_state(p->dialect, p->qrecords);
-    if (!sql)
-        return WP_ERR_NOMEM;
-    PGresult *r = PQexecParams(c, sql, 3, NULL, vals, NULL, NULL, 0);
-    free(sql);
+    const char *vals[3] = {role, p->ttl_ms, schemas ? schemas : "[]"};
+    PGresult *r = PQexecParams(c, p->state_sql, 3, NULL, vals, NULL, NULL, 0);
     wp_status rc = parse_state(r, c, st, err);
     PQclear(r);
     return rc;
@@ -449,17 +449,12 @@ static PGresult *pipeline_take(PGconn *c)
 static wp_status pipelined_lock_read(prov_ctx *p, PGconn *c, const char *key, const char *role,
                                      const char *schemas, role_state *st, wp_error *err)
 {
-    char ttl[32];
-    snprintf(ttl, sizeof ttl, "%lld", (long long)p->s.user_ttl_ms);
-    const char *kv[1] = {key}, *vals[3] = {role, ttl, schemas ? schemas : "[]"};
-    char *sql = prov_sql_role_state(p->dialect, p->qrecords);
-    if (!sql)
-        return WP_ERR_NOMEM;
+    const char *kv[1] = {key}, *vals[3] = {role, p->ttl_ms, schemas ? schemas : "[]"};
     bool sent = PQenterPipelineMode(c) &&
                 PQsendQueryParams(c, prov_sql_lock(p->dialect), 1, NULL, kv, NULL, NULL, 0) &&
-                PQpipelineSync(c) && PQsendQueryParams(c, sql, 3, NULL, vals, NULL, NULL, 0) &&
+                PQpipelineSync(c) &&
+                PQsendQueryParams(c, p->state_sql, 3, NULL, vals, NULL, NULL, 0) &&
                 PQpipelineSync(c);
-    free(sql);
     PGresult *lr = sent ? pipeline_take(c) : NULL;
     PGresult *sr = sent ? pipeline_take(c) : NULL;
     PQexitPipelineMode(c);
@@ -1048,11 +1043,8 @@ static wp_status claim(prov_ctx *p, prov_lease *l, const char *record, const cha
 
 /* Picks the plain or hashed name, locked and verified (the role is written later). */
 static wp_status claim_name(prov_ctx *p, prov_lease *l, const id_identity *id, const char *scope,
-                            const char *schemas, role_state *st, wp_error *err)
+                            const char *record, const char *schemas, role_state *st, wp_error *err)
 {
-    char *record = id_role_record(id, l->db, scope);
-    if (!record)
-        return WP_ERR_NOMEM;
     wp_status rc = WP_ERR_CONFLICT;
     for (int hashed = 0; hashed < 2 && rc == WP_ERR_CONFLICT; hashed++) {
         if (id_role_name(p->s.user_prefix, id, l->db, scope, hashed, l->role, err) != WP_OK) {
@@ -1061,7 +1053,6 @@ static wp_status claim_name(prov_ctx *p, prov_lease *l, const id_identity *id, c
         }
         rc = claim(p, l, record, schemas, st, err);
     }
-    free(record);
     if (rc == WP_ERR_CONFLICT) {
         log_kv(WP_LOG_ERROR, "prov_role_conflict", "role", l->role, "db", l->db, "reason",
                "plain and hashed role names are both taken by other roles", (char *)NULL);
@@ -1202,14 +1193,20 @@ static wp_status ensure_locked(prov_ctx *p, prov_lease *l, const id_identity *id
     role_state st;
     char **stmts = NULL;
     bool created = false;
-    wp_status rc = claim_name(p, l, id, scope, schemas, &st, err);
-    if (rc != WP_OK)
-        return rc;
-    bool raw = g->nsql > 0 && g->downgrade == GRANT_PRESET_NONE;
-    if (raw && (rc = rawsql_prepare(p, id, l->db, l->role, g, &stmts, err)) != WP_OK)
-        goto out;
     char *record = id_role_record(id, l->db, scope);
-    rc = record ? write_role(p, l->conn, l->role, record, &st, l, &created, err) : WP_ERR_NOMEM;
+    if (!record)
+        return WP_ERR_NOMEM;
+    wp_status rc = claim_name(p, l, id, scope, record, schemas, &st, err);
+    if (rc != WP_OK) {
+        free(record);
+        return rc;
+    }
+    bool raw = g->nsql > 0 && g->downgrade == GRANT_PRESET_NONE;
+    if (raw && (rc = rawsql_prepare(p, id, l->db, l->role, g, &stmts, err)) != WP_OK) {
+        free(record);
+        goto out;
+    }
+    rc = write_role(p, l->conn, l->role, record, &st, l, &created, err);
     if (rc == WP_ERR_CONFLICT) { /* another instance created it a moment ago: re-read */
         role_state_clear(&st);
         rc = read_state(p, l->conn, l->role, schemas, &st, err);
@@ -1239,7 +1236,7 @@ static wp_status ensure_locked(prov_ctx *p, prov_lease *l, const id_identity *id
     if (rc == WP_OK && raw)
         rc = rawsql_apply(l->conn, l->role, g, stmts, err);
     if (rc == WP_OK) /* after grants and raw SQL: both decide where CREATE is held */
-        rc = getenv("WP_NO_OWN") ? rc : revoke_ownership(p, l->conn, l->db, l->role, g, &st, err);
+        rc = revoke_ownership(p, l->conn, l->db, l->role, g, &st, err);
 out:
     free_strs(stmts, g->nsql);
     role_state_clear(&st);

@@ -24,6 +24,8 @@
  */
 #include "relay.h"
 
+#include "pgwire.h"
+
 #include <errno.h>
 #include <poll.h>
 #include <stdlib.h>
@@ -51,8 +53,7 @@ void relay_framer_feed(relay_framer *f, const unsigned char *p, size_t n)
         n--;
         if (f->hdr_len < 5)
             continue;
-        uint32_t len = ((uint32_t)f->hdr[1] << 24) | ((uint32_t)f->hdr[2] << 16) |
-                       ((uint32_t)f->hdr[3] << 8) | (uint32_t)f->hdr[4];
+        uint32_t len = pgw_get32(f->hdr + 1);
         f->hdr_len = 0;
         f->last_type = (char)f->hdr[0];
         if (len < 4) {

@@ -41,6 +41,7 @@
 #include <unistd.h>
 
 #include "cancel.h"
+#include "io.h"
 #include "listener.h"
 #include "log.h"
 #include "provision.h"
@@ -289,13 +290,7 @@ static void *srv_cleaner(void *arg)
             break;
         }
         struct timespec ts;
-        clock_gettime(CLOCK_REALTIME, &ts);
-        ts.tv_sec += every / 1000;
-        ts.tv_nsec += (every % 1000) * 1000000L;
-        if (ts.tv_nsec >= 1000000000L) {
-            ts.tv_sec++;
-            ts.tv_nsec -= 1000000000L;
-        }
+        wp_timespec_after(CLOCK_REALTIME, every, &ts);
         while (!s->stopping && pthread_cond_timedwait(&s->ccv, &s->cmu, &ts) != ETIMEDOUT)
             ;
     }
@@ -363,13 +358,7 @@ static int srv_reload_compatible(srv *s, const wp_config *cfg)
 
 static void srv_reload(srv *s)
 {
-    cfg_diag diag = {0};
-    wp_config *cfg = cfg_load(s->path, &diag);
-    for (size_t i = 0; i < diag.nwarnings; i++)
-        log_kv(WP_LOG_WARN, "config_warning", "msg", diag.warnings[i], (char *)NULL);
-    for (size_t i = 0; i < diag.nerrors; i++)
-        log_kv(WP_LOG_ERROR, "config_error", "msg", diag.errors[i], (char *)NULL);
-    cfg_diag_free(&diag);
+    wp_config *cfg = cfg_load_logged(s->path);
     if (!cfg) {
         log_kv(WP_LOG_ERROR, "reload_rejected", "reason",
                "invalid configuration; keeping the old one", (char *)NULL);

@@ -346,6 +346,7 @@ static int sess_read_startup(sess *s)
 
 static int sess_is_true(const char *v)
 {
+    /* "database" asks for logical replication: refused like the physical kind. */
     static const char *yes[] = {"1", "true", "on", "yes", "database"};
     for (size_t i = 0; v && i < sizeof(yes) / sizeof(yes[0]); i++)
         if (strcasecmp(v, yes[i]) == 0)
@@ -365,7 +366,7 @@ static int sess_check_startup(sess *s)
         return sess_refuse_msg(s, WP_SQLSTATE_INVALID_AUTH, NULL,
                                "SSL required: connect with sslmode=require");
     const char *repl = pgw_startup_get(&s->su, "replication");
-    if (repl && (sess_is_true(repl) || strcasecmp(repl, "database") == 0))
+    if (repl && sess_is_true(repl))
         return sess_refuse_msg(s, WP_SQLSTATE_FEATURE, NULL,
                                "replication connections are not supported by Waypoint");
     if (s->su.version != PGW_PROTO_30 || s->su.npq_options > 0) {
@@ -526,19 +527,6 @@ static int sess_provision_and_login(sess *s)
 
 /* ----------------------------------- 6. AuthenticationOk .. ReadyForQuery ---- */
 
-static wp_status sess_append_raw(pgw_buf *b, char type, const pgw_buf *body)
-{
-    unsigned char hdr[5];
-    uint32_t len = (uint32_t)body->len + 4;
-    hdr[0] = (unsigned char)type;
-    hdr[1] = (unsigned char)(len >> 24);
-    hdr[2] = (unsigned char)(len >> 16);
-    hdr[3] = (unsigned char)(len >> 8);
-    hdr[4] = (unsigned char)len;
-    wp_status st = pgw_buf_append(b, hdr, sizeof(hdr));
-    return st == WP_OK ? pgw_buf_append(b, body->data, body->len) : st;
-}
-
 /* BackendKeyData: remember the backend's key, give the client one of ours. */
 static wp_status sess_remap_key(sess *s)
 {
@@ -547,7 +535,7 @@ static wp_status sess_remap_key(sess *s)
     cancel_target t;
     memset(&t, 0, sizeof(t));
     const unsigned char *m = s->msg.data;
-    t.backend_pid = ((uint32_t)m[0] << 24) | ((uint32_t)m[1] << 16) | ((uint32_t)m[2] << 8) | m[3];
+    t.backend_pid = pgw_get32(m);
     t.backend_key_len = s->msg.len - 4;
     memcpy(t.backend_key, m + 4, t.backend_key_len);
     snprintf(t.host, sizeof(t.host), "%s", s->lc->backend_host);
@@ -576,7 +564,7 @@ static int sess_finish_startup(sess *s)
         if (type == PGW_MSG_BACKEND_KEY)
             st = sess_remap_key(s);
         else
-            st = sess_append_raw(&s->out, type, &s->msg);
+            st = pgw_build_raw(&s->out, type, s->msg.data, s->msg.len);
         if (st != WP_OK)
             return sess_refuse_msg(s, WP_SQLSTATE_PROTOCOL, wp_status_str(st),
                                    "unexpected message from the backend during startup");

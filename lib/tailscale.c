@@ -250,26 +250,9 @@ static int ts_addr_ok(const char *addr)
     return n > 0 && n <= TS_ADDR_MAX && strspn(addr, "0123456789abcdefABCDEF.:[]") == n;
 }
 
-static wp_status ts_whois_answer(const ts_client *c, const char *addr, long status,
-                                 const ts_body *body, id_identity **out, wp_error *err)
+static wp_status ts_whois_parse(const ts_client *c, const char *addr, const ts_body *body,
+                                id_identity **out, wp_error *err)
 {
-    char excerpt[256];
-    ts_excerpt(body, excerpt, sizeof(excerpt));
-    /* Only tailscaled's own "no match" body means "not a tailnet peer"; any other 404
-     * (a tailscaled without this endpoint, a proxy in the way) is a tailscaled problem the
-     * operator must see as such. Both refuse. */
-    if (status == 404 && body->data && strncmp(body->data, "no match", 8) == 0) {
-        wp_error_set(err, WP_SQLSTATE_INVALID_AUTH,
-                     "not on the tailnet: this connection does not come from a Tailscale node");
-        wp_error_detail(err, "whois %s: 404 %s", addr, excerpt);
-        return WP_ERR_NOT_FOUND;
-    }
-    if (status != 200) {
-        wp_error_set(err, WP_SQLSTATE_INVALID_AUTH, TS_WHO ": tailscaled answered HTTP %ld",
-                     status);
-        wp_error_detail(err, "whois %s: HTTP %ld: %s", addr, status, excerpt);
-        return WP_ERR_TAILSCALE;
-    }
     wp_error perr;
     wp_error_clear(&perr);
     wp_status st =
@@ -282,6 +265,27 @@ static wp_status ts_whois_answer(const ts_client *c, const char *addr, long stat
     }
     wp_error_set(err, WP_SQLSTATE_INVALID_AUTH, TS_WHO ": tailscaled's answer was not understood");
     wp_error_detail(err, "whois %s: malformed answer: %s", addr, perr.message);
+    return WP_ERR_TAILSCALE;
+}
+
+static wp_status ts_whois_answer(const ts_client *c, const char *addr, long status,
+                                 const ts_body *body, id_identity **out, wp_error *err)
+{
+    if (status == 200)
+        return ts_whois_parse(c, addr, body, out, err);
+    char excerpt[256]; /* for the log-only detail of a refusal */
+    ts_excerpt(body, excerpt, sizeof(excerpt));
+    /* Only tailscaled's own "no match" body means "not a tailnet peer"; any other 404
+     * (a tailscaled without this endpoint, a proxy in the way) is a tailscaled problem the
+     * operator must see as such. Both refuse. */
+    if (status == 404 && body->data && strncmp(body->data, "no match", 8) == 0) {
+        wp_error_set(err, WP_SQLSTATE_INVALID_AUTH,
+                     "not on the tailnet: this connection does not come from a Tailscale node");
+        wp_error_detail(err, "whois %s: 404 %s", addr, excerpt);
+        return WP_ERR_NOT_FOUND;
+    }
+    wp_error_set(err, WP_SQLSTATE_INVALID_AUTH, TS_WHO ": tailscaled answered HTTP %ld", status);
+    wp_error_detail(err, "whois %s: HTTP %ld: %s", addr, status, excerpt);
     return WP_ERR_TAILSCALE;
 }
 

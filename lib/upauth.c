@@ -39,11 +39,6 @@ typedef struct login {
     pgw_buf out;
 } login;
 
-static uint32_t get32(const unsigned char *p)
-{
-    return ((uint32_t)p[0] << 24) | ((uint32_t)p[1] << 16) | ((uint32_t)p[2] << 8) | p[3];
-}
-
 static wp_status fail(wp_error *err, wp_status st, const char *sqlstate, const char *msg)
 {
     wp_error_set(err, sqlstate, "%s", msg);
@@ -213,7 +208,7 @@ static wp_status on_auth(login *l, const unsigned char *body, size_t len, int *d
 {
     if (len < 4)
         return bad_backend(l, "malformed authentication request from the backend");
-    uint32_t code = get32(body);
+    uint32_t code = pgw_get32(body);
     l->requests++;
     /* PostgreSQL asks for exactly one method. A second request (another method, or the
      * same again) could only get the password sent twice or in a weaker form, e.g. in
@@ -252,7 +247,7 @@ static wp_status on_negotiate(login *l, const unsigned char *body, size_t len)
 {
     if (l->requests > 0 || len < 8)
         return bad_backend(l, "unexpected NegotiateProtocolVersion from the backend");
-    uint32_t offered = get32(body), nopts = get32(body + 4);
+    uint32_t offered = pgw_get32(body), nopts = pgw_get32(body + 4);
     if (offered < PGW_PROTO_30 || offered >= l->version || nopts != 0) {
         wp_error_set(l->err, WP_SQLSTATE_PROTOCOL,
                      "backend cannot speak protocol %u.%u (it offers %u.%u)", l->version >> 16,

@@ -102,13 +102,7 @@ static int check_config(const char *path)
 
 static int run(const char *path)
 {
-    cfg_diag diag = {0};
-    wp_config *cfg = cfg_load(path, &diag);
-    for (size_t i = 0; i < diag.nwarnings; i++)
-        log_kv(WP_LOG_WARN, "config_warning", "msg", diag.warnings[i], (char *)NULL);
-    for (size_t i = 0; i < diag.nerrors; i++)
-        log_kv(WP_LOG_ERROR, "config_error", "msg", diag.errors[i], (char *)NULL);
-    cfg_diag_free(&diag);
+    wp_config *cfg = cfg_load_logged(path);
     if (!cfg) {
         log_kv(WP_LOG_ERROR, "startup_failed", "config", path, "reason", "invalid configuration",
                (char *)NULL);
