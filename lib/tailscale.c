@@ -302,7 +302,7 @@ wp_status ts_whois(const ts_client *c, const char *addr, id_identity **out, wp_e
     }
     ts_body body = {0};
     long status = 0;
-    wp_status st = ts_get(c, "whois?addr=", addr, &status, &body, TS_WHO, err);
+    wp_status st = ts_get(c, "whois?proto=tcp&addr=", addr, &status, &body, TS_WHO, err);
     if (st == WP_OK)
         st = ts_whois_answer(c, addr, status, &body, out, err);
     free(body.data);
