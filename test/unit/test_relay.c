@@ -14,10 +14,12 @@
 
 #include <errno.h>
 #include <fcntl.h>
+#include <poll.h>
 #include <pthread.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/socket.h>
+#include <time.h>
 #include <unistd.h>
 
 #include "io.h"
@@ -284,6 +286,48 @@ static void test_relay_tick_stops(void **state)
     assert_string_equal(r.res.tick_err.sqlstate, "28000");
 }
 
+/* A client that stops reading must not stop the timers: with the relay's write to it
+ * blocked and the backend still sending, the tick still runs and ends the session. */
+static void test_relay_tick_fires_while_client_write_blocked(void **state)
+{
+    (void)state;
+    rig r;
+    rig_init(&r);
+    r.opts.tick_ms = 50;
+    r.opts.tick = tick_fn;
+    r.opts.tick_arg = &r;
+    r.stop_after_ticks = 2;
+    rig_start(&r);
+    assert_int_equal(fcntl(r.backend_app, F_SETFL, O_NONBLOCK), 0);
+    static unsigned char chunk[16384];
+    memset(chunk, 'x', sizeof(chunk));
+    int64_t deadline = wp_now_ms() + 5000;
+    int ended = 0;
+    while (!ended && wp_now_ms() < deadline) {
+        ssize_t w = write(r.backend_app, chunk, sizeof(chunk)); /* the client reads none */
+        if (w < 0) {
+            assert_true(errno == EAGAIN || errno == EPIPE || errno == ECONNRESET);
+            struct pollfd p = {.fd = r.backend_app, .events = POLLOUT};
+            (void)poll(&p, 1, 20);
+        }
+        struct timespec ts;
+        clock_gettime(CLOCK_REALTIME, &ts);
+        ended = pthread_timedjoin_np(r.thread, NULL, &ts) == 0;
+    }
+    if (!ended) { /* unblock the relay so the test can report instead of hanging */
+        close(r.client_app);
+        r.client_app = -1;
+        pthread_join(r.thread, NULL);
+    }
+    assert_true(ended);
+    assert_int_equal(r.res.end, RELAY_TICK_STOP);
+    if (r.client_app >= 0)
+        close(r.client_app);
+    close(r.backend_app);
+    close(r.stop[0]);
+    close(r.stop[1]);
+}
+
 static void test_relay_linger_after_client_eof(void **state)
 {
     (void)state;
@@ -369,6 +413,7 @@ int main(void)
         cmocka_unit_test(test_relay_stop_finishes_message),
         cmocka_unit_test(test_relay_max_bytes),
         cmocka_unit_test(test_relay_tick_stops),
+        cmocka_unit_test(test_relay_tick_fires_while_client_write_blocked),
         cmocka_unit_test(test_relay_linger_after_client_eof),
         cmocka_unit_test(test_relay_bulk_both_directions),
     };
