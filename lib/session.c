@@ -46,6 +46,7 @@
 #define SESS_FINISH_WAIT_MS 2000 /* time to write a final ErrorResponse at the end */
 #define SESS_CANCEL_WAIT_MS 5000 /* time to deliver a CancelRequest to the backend */
 #define SESS_STOP_WAIT_MS 5000   /* ending by authority: time for the backend to be gone */
+#define SESS_STOP_CANCEL_MS 1000 /* of which at most this for the CancelRequest */
 #define SESS_STARTUP_ROUNDS 4    /* SSLRequest, GSSENCRequest, ... before StartupMessage */
 #define SESS_FLUSH_AT (64 * 1024)
 
@@ -676,7 +677,7 @@ static int sess_stop_backend(void *arg, relay_end why)
     int64_t deadline = wp_now_ms() + SESS_STOP_WAIT_MS;
     if (s->bk.backend_pid)
         (void)up_send_cancel(s->bk.host, s->bk.port, s->bk.backend_pid, s->bk.backend_key,
-                             s->bk.backend_key_len, deadline);
+                             s->bk.backend_key_len, wp_now_ms() + SESS_STOP_CANCEL_MS);
     prov_backend_ref ref = {.pid = s->bk.backend_pid};
     sess_local_addr(s, ref.local_addr, sizeof(ref.local_addr));
     wp_error e, le;
