@@ -7,6 +7,8 @@
 . "$(dirname "$0")/lib.sh"
 e2e_init
 
+openssl req -x509 -newkey rsa:2048 -nodes -days 2 -subj "/CN=db.example.com" \
+    -addext "subjectAltName=DNS:db.example.com" -keyout "$T/file.key" -out "$T/file.crt" 2>/dev/null
 e2e_cluster
 RW='{"appdb": {"permissions": ["readwrite"]}}'
 ROLE=wp_alice_laptop_appdb
@@ -15,7 +17,9 @@ e2e_standin
 E2E_TOP='[revalidation]
 interval = "1s"'
 E2E_DRAIN_TIMEOUT=1s
-e2e_config
+e2e_config "tls_mode = \"optional\"
+cert_file = \"$T/file.crt\"
+key_file = \"$T/file.key\""
 e2e_waypoint
 
 COPY="copy (select repeat('x',1000) from generate_series(1,10000000)) to stdout"
@@ -51,6 +55,27 @@ assert_contains "$(log_line conn_end)" "outcome=revoked" "stalled session ended 
 elapsed=$(($(now_ms) - t0))
 [ "$elapsed" -lt 8000 ] || fail "ending the stalled session took ${elapsed} ms"
 pass "stalled session ended ${elapsed} ms after the revocation"
+
+# ---- the same through TLS (a write mbedTLS could not finish is retried later) -------
+e2e_identity "$RW"
+E2E_SSLMODE=require start_stalled
+before=$(log_count conn_end)
+t0=$(now_ms)
+e2e_identity '{"otherdb": {"permissions": ["readonly"]}}'
+e2e_wait 8 "the stalled TLS backend $WPID to be stopped after revocation" '! pid_alive "$WPID"'
+e2e_wait 8 "the revoked TLS session to end" '[ "$(log_count conn_end)" -gt '"$before"' ]'
+assert_contains "$(log_line conn_end)" "tls=1" "the stalled session was TLS"
+assert_contains "$(log_line conn_end)" "outcome=revoked" "stalled TLS session ended as revoked"
+pass "stalled TLS session ended $(($(now_ms) - t0)) ms after the revocation"
+
+# Writes that wait for the client lose nothing: a bulk COPY through TLS arrives intact.
+e2e_identity "$RW"
+BULK="copy (select i, md5(i::text) from generate_series(1, 400000) i) to stdout"
+want=$(super_sql -c "$BULK" | md5sum)
+got=$(PGAPPNAME=e2e psql -X -qAt "$(wp_conninfo)" -c "$BULK" | md5sum)
+assert_eq "$want" "$got" "bulk COPY in plaintext is byte-identical to the direct one"
+got=$(E2E_SSLMODE=require psql -X -qAt "$(E2E_SSLMODE=require wp_conninfo)" -c "$BULK" | md5sum)
+assert_eq "$want" "$got" "bulk COPY through TLS (sslmode=require) is byte-identical"
 
 # ---- drain deadline while the write to the client is blocked ---------------------------
 e2e_identity "$RW"
