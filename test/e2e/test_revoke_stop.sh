@@ -53,7 +53,7 @@ check_stopped() {
 # ---- revocation in the middle of a write -----------------------------------------------
 assert_eq "$ROLE" "$(wpsql "" -c "SELECT current_user")" "first connect creates the role"
 assert_eq "$ROLE" "$(direct_login)" "before revocation the role can log in"
-start_write 8101 3 "$T/revoked.out"
+start_write 8101 4 "$T/revoked.out"
 e2e_identity '{"otherdb": {"permissions": ["readonly"]}}'
 rc=0
 wait "$CLIENT" || rc=$?
