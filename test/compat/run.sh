@@ -130,15 +130,37 @@ cert_file = \"$T/server.crt\"
 key_file = \"$T/server.key\""
 e2e_waypoint
 
-export WP_HOST=127.0.0.1 WP_PORT WP_DB=myapp WP_ROLE=wp_alice_laptop_myapp
+# The direct_tls checks go through a relay that records each connection's first byte:
+# 16 (a TLS handshake record) proves the driver really skipped the SSLRequest.
+python3 "$HERE/first_byte_relay.py" --to "$WP_PORT" --log "$T/direct.log" \
+    --ready-file "$T/relay.ready" 2>"$T/relay.log" &
+E2E_PIDS+=($!)
+e2e_wait 15 "the first-byte relay" '[ -s "$T/relay.ready" ]'
+: >"$T/direct.log"
+WP_DIRECT_PORT=$(cat "$T/relay.ready")
+
+export WP_HOST=127.0.0.1 WP_PORT WP_DIRECT_PORT WP_DB=myapp WP_ROLE=wp_alice_laptop_myapp
 
 # ------------------------------------------------------------------ run ----
+
+# direct_verdict DRIVER FIRST_LINE: turns a reported direct_tls pass into a failure when
+# the driver's connections to the relay (lines FIRST_LINE.. of direct.log) did not all
+# open with a TLS record.
+direct_verdict() {
+    local bytes
+    bytes=$(tail -n +"$2" "$T/direct.log" | sort -u | tr '\n' ' ')
+    if grep -q '^check direct_tls pass' "$T/$1.out" && [ "$bytes" != "16 " ]; then
+        sed -i "s/^check direct_tls pass .*/check direct_tls fail first bytes seen by the relay: ${bytes:-none}/" "$T/$1.out"
+    fi
+}
 
 for d in $DRIVERS; do
     t0=$SECONDS
     rc=0
     driver_cmd "$d"
+    first=$(($(wc -l <"$T/direct.log") + 1))
     timeout "$DRIVER_TIMEOUT" "${CMD[@]}" >"$T/$d.out" 2>"$T/$d.err" || rc=$?
+    direct_verdict "$d" "$first"
     log "$d: exit $rc in $((SECONDS - t0)) s"
     [ -z "${COMPAT_LOGS:-}" ] || { mkdir -p "$COMPAT_LOGS" && cp "$T/$d.out" "$T/$d.err" "$COMPAT_LOGS/"; }
     [ "$rc" -eq 0 ] || tail -n 20 "$T/$d.err" >&2
