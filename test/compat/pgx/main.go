@@ -89,7 +89,7 @@ func main() {
 		os.Exit(1)
 	}
 	defer c.Close(ctx)
-	report("types", checkTypes(ctx, c), "unicode, bytea 0-255, NULL, int8, float8, numeric, bool, date, uuid, jsonb, int4[]")
+	report("types", checkTypes(ctx, c), "unicode, bytea 0-255, NULL, int8, float8, numeric, bool, date, uuid, jsonb, int4[], timestamptz")
 	report("prepared_x100", checkPrepared(ctx, c), "Prepare once, 100 executions, in pg_prepared_statements")
 	report("errors", checkErrors(ctx, c), "22012, 42P01, 42601, 25P02; session usable after")
 	report("rollback", checkRollback(ctx, c), "inserted row gone after ROLLBACK")
@@ -152,20 +152,22 @@ func checkTypes(ctx context.Context, c *pgx.Conn) error {
 		ok       bool
 		uuid, js string
 		arr      []int32
+		ts       time.Time
 	)
+	wantTS := time.Date(2024, 2, 29, 12, 30, 0, 0, time.UTC)
 	err := c.QueryRow(ctx, `SELECT $1::text, $2::bytea, $3::text, $4::int8, $5::float8,
-		$6::numeric::text, $7::bool, $8::date::text, $9::uuid::text, $10::jsonb->>'k', $11::int4[]`,
+		$6::numeric::text, $7::bool, $8::date::text, $9::uuid::text, $10::jsonb->>'k', $11::int4[], $12::timestamptz`,
 		unicode, allBytes(), nil, int64(9223372036854775807), 1.5e300,
 		"12345678901234567890.123456789", true, "2024-02-29", "a0eebc99-9c0b-4ef8-bb6d-6bb9bd380a11",
-		`{"k": "ü"}`, []int32{1, -2, 3}).Scan(&t, &b, &null, &i8, &f8, &num, &ok, &day, &uuid, &js, &arr)
+		`{"k": "ü"}`, []int32{1, -2, 3}, wantTS).Scan(&t, &b, &null, &i8, &f8, &num, &ok, &day, &uuid, &js, &arr, &ts)
 	if err != nil {
 		return err
 	}
 	if t != unicode || !bytes.Equal(b, allBytes()) || null != nil || i8 != 9223372036854775807 ||
 		f8 != 1.5e300 || num != "12345678901234567890.123456789" || !ok || day != "2024-02-29" ||
-		uuid != "a0eebc99-9c0b-4ef8-bb6d-6bb9bd380a11" || js != "ü" || fmt.Sprint(arr) != "[1 -2 3]" {
-		return fmt.Errorf("round trip mismatch: %q %x %v %d %g %s %v %s %s %s %v",
-			t, b, null, i8, f8, num, ok, day, uuid, js, arr)
+		uuid != "a0eebc99-9c0b-4ef8-bb6d-6bb9bd380a11" || js != "ü" || fmt.Sprint(arr) != "[1 -2 3]" || !ts.Equal(wantTS) {
+		return fmt.Errorf("round trip mismatch: %q %x %v %d %g %s %v %s %s %s %v %v",
+			t, b, null, i8, f8, num, ok, day, uuid, js, arr, ts)
 	}
 	// Stored and read back from a table, through the full grant.
 	_, err = c.Exec(ctx, "INSERT INTO items (driver, t, b, n) VALUES ($1, $2, $3, $4)",
