@@ -77,7 +77,7 @@ install_pgjdbc() { # Maven resolves the jars and writes the class path
 
 install_pgx() { # go build is incremental; modules come from Go's module cache
     mkdir -p "$CACHE/go"
-    (cd "$HERE/pgx" && go build -mod=readonly -o "$CACHE/go/pgx-compat" .)
+    (cd "$HERE/pgx" && go build -mod=readonly -buildvcs=false -o "$CACHE/go/pgx-compat" .)
 }
 
 install_driver() {
@@ -163,7 +163,7 @@ for d in $DRIVERS; do
     direct_verdict "$d" "$first"
     log "$d: exit $rc in $((SECONDS - t0)) s"
     [ -z "${COMPAT_LOGS:-}" ] || { mkdir -p "$COMPAT_LOGS" && cp "$T/$d.out" "$T/$d.err" "$COMPAT_LOGS/"; }
-    [ "$rc" -eq 0 ] || tail -n 20 "$T/$d.err" >&2
+    [ "$rc" -eq 0 ] || { tail -n 20 "$T/$d.err" >&2; BAD_EXIT="${BAD_EXIT:-} $d"; }
 done
 
 # ------------------------------------------------------------------ table ----
@@ -206,6 +206,10 @@ for d in $DRIVERS; do
         *) nfail=$((nfail + 1)) ;;
         esac
     done
+done
+for d in ${BAD_EXIT:-}; do
+    echo "compat: the $d program exited non-zero (its stderr is above)"
+    nfail=$((nfail + 1))
 done
 echo "compat: $npass passed, $nfail failed, $nna skipped"
 [ "$nfail" -eq 0 ] || fail "$nfail driver checks failed"
