@@ -60,7 +60,7 @@ func goTool() string {
 func buildTools(t *testing.T, dir string) {
 	t.Helper()
 	start := time.Now()
-	cmd := exec.Command(goTool(), "build", "-o", dir+"/",
+	cmd := exec.Command(goTool(), "build", "-buildvcs=false", "-o", dir+"/",
 		"tailscale.com/cmd/tailscaled", "tailscale.com/cmd/tailscale", "./laptop")
 	out, err := cmd.CombinedOutput()
 	if err != nil {
