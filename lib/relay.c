@@ -43,6 +43,8 @@ void relay_framer_feed(relay_framer *f, const unsigned char *p, size_t n)
 {
     while (n > 0 && !f->broken) {
         if (f->remaining > 0) {
+            if (f->last_type == 'Z' && f->remaining == 1)
+                f->last_status = (char)*p;
             size_t take = n < f->remaining ? n : (size_t)f->remaining;
             f->remaining -= take;
             p += take;
@@ -56,11 +58,14 @@ void relay_framer_feed(relay_framer *f, const unsigned char *p, size_t n)
         uint32_t len = pgw_get32(f->hdr + 1);
         f->hdr_len = 0;
         f->last_type = (char)f->hdr[0];
+        f->msgs++;
         if (len < 4) {
             f->broken = 1;
             return;
         }
         f->remaining = len - 4;
+        if (f->last_type == 'Z')
+            f->last_status = 0; /* known once its body byte arrives */
     }
 }
 
@@ -101,6 +106,8 @@ const char *relay_end_str(relay_end e)
         return "revoked";
     case RELAY_NOMEM:
         return "out_of_memory";
+    case RELAY_CLIENT_TERMINATE:
+        return "client_terminate";
     }
     return "unknown";
 }
@@ -119,11 +126,21 @@ typedef struct relay_dir {
     unsigned char *buf;
     relay_framer framer;
     uint64_t *count;
+    int hold_terminate;   /* client side only: see relay_opts.hold_terminate */
     relay_end read_fail;  /* outcome when reading `from` fails */
     relay_end write_fail; /* outcome when writing `to` fails */
 } relay_dir;
 
-typedef enum { MOVE_OK, MOVE_AGAIN, MOVE_EOF, MOVE_FAIL } move_status;
+typedef enum { MOVE_OK, MOVE_AGAIN, MOVE_EOF, MOVE_FAIL, MOVE_HELD } move_status;
+
+/* The chunk just read ends with a complete Terminate message (X, length 4) on a message
+ * boundary; a Terminate split across reads has partly gone out already, so it is not. */
+static int relay_ends_with_terminate(const relay_framer *f, const unsigned char *p, size_t n)
+{
+    static const unsigned char x[5] = {'X', 0, 0, 0, 4};
+    return f->last_type == 'X' && relay_framer_at_boundary(f) && n >= 5 &&
+           memcmp(p + n - 5, x, 5) == 0;
+}
 
 /* Reads at most cap bytes from d->from (which poll() or pending says is ready) and writes
  * them all to d->to. On MOVE_FAIL *fail_end says which side failed. */
@@ -140,12 +157,16 @@ static move_status relay_move(relay_dir *d, size_t cap, int64_t write_deadline, 
     }
     relay_framer_feed(&d->framer, d->buf, (size_t)r);
     *d->count += (uint64_t)r;
-    wp_status st = io_write_all(d->to, d->buf, (size_t)r, write_deadline);
+    size_t n = (size_t)r;
+    int held = d->hold_terminate && relay_ends_with_terminate(&d->framer, d->buf, n);
+    if (held)
+        n -= 5;
+    wp_status st = n ? io_write_all(d->to, d->buf, n, write_deadline) : WP_OK;
     if (st != WP_OK) {
         *fail_end = st == WP_ERR_TIMEOUT ? RELAY_MAX_DURATION : d->write_fail;
         return MOVE_FAIL;
     }
-    return MOVE_OK;
+    return held ? MOVE_HELD : MOVE_OK;
 }
 
 /* Stopping for a reason the client must hear about: finish the backend message in
@@ -189,6 +210,7 @@ typedef struct relay_loop {
     const relay_opts *o;
     relay_dir c2b, b2c;
     int client_eof;
+    uint64_t client_msgs_at_ready; /* c2b.framer.msgs when the last 'Z' was read */
     int64_t next_tick;
     int64_t linger_end;
     relay_result *res;
@@ -224,12 +246,18 @@ static void relay_client_eof(relay_loop *L)
 static relay_end relay_serve(relay_loop *L, relay_dir *d)
 {
     relay_end fail = 0;
-    switch (relay_move(d, RELAY_BUF_SIZE, L->o->end_ms, &fail)) {
+    uint64_t before = d->framer.msgs;
+    move_status m = relay_move(d, RELAY_BUF_SIZE, L->o->end_ms, &fail);
+    if (d == &L->b2c && d->framer.msgs != before && d->framer.last_type == 'Z')
+        L->client_msgs_at_ready = L->c2b.framer.msgs;
+    switch (m) {
     case MOVE_OK:
     case MOVE_AGAIN:
         return 0;
     case MOVE_FAIL:
         return fail;
+    case MOVE_HELD:
+        return RELAY_CLIENT_TERMINATE;
     case MOVE_EOF:
         break;
     }
@@ -291,6 +319,7 @@ void relay_run(wp_io *client, wp_io *backend, const relay_opts *o, relay_result 
                         .to = backend,
                         .buf = bufs,
                         .count = &res->bytes_in,
+                        .hold_terminate = o->hold_terminate,
                         .read_fail = RELAY_CLIENT_ERROR,
                         .write_fail = RELAY_BACKEND_ERROR};
     L.b2c = (relay_dir){.from = backend,
@@ -299,6 +328,10 @@ void relay_run(wp_io *client, wp_io *backend, const relay_opts *o, relay_result 
                         .count = &res->bytes_out,
                         .read_fail = RELAY_BACKEND_ERROR,
                         .write_fail = RELAY_CLIENT_ERROR};
+    if (o->backend_ready) { /* startup ended with this ReadyForQuery */
+        L.b2c.framer.last_type = PGW_MSG_READY;
+        L.b2c.framer.last_status = o->backend_ready;
+    }
     if (o->tick && o->tick_ms > 0)
         L.next_tick = wp_now_ms() + o->tick_ms;
 
@@ -310,6 +343,10 @@ void relay_run(wp_io *client, wp_io *backend, const relay_opts *o, relay_result 
     }
     res->end = e;
     res->client_terminated = L.c2b.framer.last_type == 'X';
+    res->backend_status = L.b2c.framer.last_status;
+    res->backend_boundary = relay_framer_at_boundary(&L.b2c.framer);
+    res->backend_last = L.b2c.framer.last_type;
+    res->client_after_ready = L.c2b.framer.msgs - L.client_msgs_at_ready;
     res->at_boundary = relay_end_informs_client(e) && !L.client_eof
                            ? relay_finish_message(&L.b2c)
                            : relay_framer_at_boundary(&L.b2c.framer);
