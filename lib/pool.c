@@ -197,10 +197,10 @@ char *pool_grant_fingerprint(const grant_effective *g)
     FILE *f = open_memstream(&out, &len);
     if (!f)
         return NULL;
-    int bad = fprintf(f, "d%d;l%lld,%lld,%lld;", (int)g->downgrade,
-                      (long long)g->limits.max_conns_per_user,
-                      (long long)g->limits.max_conn_duration_ms,
-                      (long long)g->limits.max_bytes_per_conn) < 0;
+    int bad =
+        fprintf(f, "d%d;l%lld,%lld,%lld;", (int)g->downgrade,
+                (long long)g->limits.max_conns_per_user, (long long)g->limits.max_conn_duration_ms,
+                (long long)g->limits.max_bytes_per_conn) < 0;
     for (size_t i = 0; i < g->npairs; i++) {
         bad |= fprintf(f, "p%d,", (int)g->pairs[i].preset) < 0;
         bad |= fp_put(f, g->pairs[i].schema);

@@ -1622,7 +1622,8 @@ wp_status prov_cleanup(prov_ctx *p, int *dropped, wp_error *err)
  * changed (the same marks a connect reads), a group is not known fresh, or the
  * memberships differ. want holds g->npairs names. */
 static bool reuse_groups_current(prov_ctx *p, const char *db, const grant_effective *g,
-                                 const role_state *st, const char **want, char (*names)[ID_ROLE_MAX + 1])
+                                 const role_state *st, const char **want,
+                                 char (*names)[ID_ROLE_MAX + 1])
 {
     size_t nwant = 0;
     for (size_t i = 0; i < g->npairs; i++) {
@@ -1654,8 +1655,8 @@ static bool reuse_groups_current(prov_ctx *p, const char *db, const grant_effect
     return have == nwant;
 }
 
-prov_reuse prov_check_reuse(prov_ctx *p, const char *role, const char *database,
-                            const char *record, const grant_effective *g)
+prov_reuse prov_check_reuse(prov_ctx *p, const char *role, const char *database, const char *record,
+                            const grant_effective *g)
 {
     if (g->nsql > 0)
         return PROV_REUSE_REFRESH; /* raw SQL grants run on every connect */

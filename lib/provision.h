@@ -69,8 +69,8 @@ void prov_touch_role(prov_ctx *p, const char *role, const char *database, int64_
  * not this identity's, modified outside Waypoint, or the read failed, so the parked
  * session must be closed. */
 typedef enum { PROV_REUSE_OK = 0, PROV_REUSE_REFRESH, PROV_REUSE_GONE } prov_reuse;
-prov_reuse prov_check_reuse(prov_ctx *p, const char *role, const char *database,
-                            const char *record, const grant_effective *g);
+prov_reuse prov_check_reuse(prov_ctx *p, const char *role, const char *database, const char *record,
+                            const grant_effective *g);
 
 /* One cleanup pass (spec 5.5). *dropped gets the number of roles dropped. */
 wp_status prov_cleanup(prov_ctx *p, int *dropped, wp_error *err);

@@ -61,7 +61,7 @@ typedef struct relay_opts {
     int64_t tick_ms;    /* 0 = no tick */
     relay_tick_fn tick;
     void *tick_arg;
-    int64_t linger_ms; /* after the client's EOF, wait this long for the backend */
+    int64_t linger_ms;  /* after the client's EOF, wait this long for the backend */
     int hold_terminate; /* a Terminate that ends the client's stream on a boundary is not
                            forwarded: the relay ends with RELAY_CLIENT_TERMINATE (pooling) */
     char backend_ready; /* status of the ReadyForQuery that ended startup (0 = unknown) */
@@ -69,17 +69,17 @@ typedef struct relay_opts {
 
 typedef struct relay_result {
     relay_end end;
-    uint64_t bytes_in;     /* client -> backend */
-    uint64_t bytes_out;    /* backend -> client */
-    int client_terminated; /* the client's last message was Terminate ('X') */
-    char backend_status;   /* status byte of the backend's last ReadyForQuery; 0 = none */
-    int backend_boundary;  /* backend->client stream ended on a message boundary */
-    char backend_last;     /* type of the backend's last message */
+    uint64_t bytes_in;           /* client -> backend */
+    uint64_t bytes_out;          /* backend -> client */
+    int client_terminated;       /* the client's last message was Terminate ('X') */
+    char backend_status;         /* status byte of the backend's last ReadyForQuery; 0 = none */
+    int backend_boundary;        /* backend->client stream ended on a message boundary */
+    char backend_last;           /* type of the backend's last message */
     uint64_t client_after_ready; /* client messages read after the backend's last
                                     ReadyForQuery was read (Terminate included) */
-    int at_boundary;       /* backend->client stream ends on a message boundary, so an
-                              ErrorResponse may be appended */
-    wp_error tick_err;     /* RELAY_TICK_STOP: what the tick callback reported */
+    int at_boundary;             /* backend->client stream ends on a message boundary, so an
+                                    ErrorResponse may be appended */
+    wp_error tick_err;           /* RELAY_TICK_STOP: what the tick callback reported */
 } relay_result;
 
 void relay_opts_init(relay_opts *o);

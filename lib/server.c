@@ -76,7 +76,7 @@ typedef struct srv {
 
     cancel_map *cancel;
     sess_users *users;
-    pool *pool; /* parked backend sessions, shared by all environments */
+    pool *pool;       /* parked backend sessions, shared by all environments */
     int stop_pipe[2]; /* closing [1] makes [0] readable for every relay */
 
     pthread_t cleaner;

@@ -854,8 +854,8 @@ static void sess_log_end(sess *s)
     snprintf(dur, sizeof(dur), "%lld", (long long)(wp_now_ms() - s->start_ms));
     log_kv(WP_LOG_INFO, "conn_end", "listener", s->lc->name, "peer", s->peer, "user", sess_login(s),
            "node", sess_node(s), "role", s->role, "database", s->database, "preset", sess_preset(s),
-           "tls", s->tls ? "1" : "0", "reused", s->reused ? "1" : "0", "bytes_in", in, "bytes_out", out, "duration_ms", dur,
-           "outcome", sess_outcome(s), (char *)NULL);
+           "tls", s->tls ? "1" : "0", "reused", s->reused ? "1" : "0", "bytes_in", in, "bytes_out",
+           out, "duration_ms", dur, "outcome", sess_outcome(s), (char *)NULL);
 }
 
 static void sess_end(sess *s, int relayed)
@@ -910,8 +910,8 @@ void sess_run(const sess_env *env, const sess_listener *l, int fd, int over_cap)
 {
     sess s;
     sess_init(&s, env, l, fd, over_cap);
-    int ok = sess_read_startup(&s) && sess_check_startup(&s) && sess_identify(&s) &&
-             sess_authorize(&s);
+    int ok =
+        sess_read_startup(&s) && sess_check_startup(&s) && sess_identify(&s) && sess_authorize(&s);
     int reused = ok ? sess_reuse(&s) : 0;
     if (reused < 0)
         ok = sess_provision_and_login(&s) && sess_finish_startup(&s);

@@ -29,8 +29,8 @@ static int dial(const char *host, const char *port)
     int fd = socket(res->ai_family, res->ai_socktype, 0);
     const char *src = getenv("WP_RAWCLIENT_SRC");
     struct addrinfo *sa = NULL;
-    if (fd >= 0 && src && (getaddrinfo(src, NULL, &hints, &sa) != 0 ||
-                           bind(fd, sa->ai_addr, sa->ai_addrlen) != 0)) {
+    if (fd >= 0 && src &&
+        (getaddrinfo(src, NULL, &hints, &sa) != 0 || bind(fd, sa->ai_addr, sa->ai_addrlen) != 0)) {
         close(fd);
         fd = -1;
     }
