@@ -312,12 +312,13 @@ int pool_park(pool *p, const pool_key *k, pool_session *s, const pool_limits *li
     }
     e->expires_ms = wp_now_ms() + lim->lifetime_ms;
     pool_entry *dead = NULL;
+    size_t size = 0;
     pthread_mutex_lock(&p->mu);
     int ok = !p->closed;
     if (ok) {
         e->s = *s; /* the connection moves into the pool */
         e->id = ++p->next_id;
-        e->bytes = entry_size(e);
+        e->bytes = size = entry_size(e);
         if (count_role(p, s->role) >= (size_t)lim->max_per_role)
             unlink_to(p, oldest(p, s->role), &dead);
         else if (p->n >= (size_t)lim->max_total)
@@ -332,12 +333,14 @@ int pool_park(pool *p, const pool_key *k, pool_session *s, const pool_limits *li
         free(e->listener), free(e->owner), free(e->grant), free(e->params), free(e);
         return 0;
     }
-    memset(s, 0, sizeof(*s));
+    /* e belongs to the pool now (another worker may already have taken it): only s,
+     * still the caller's, is read from here on */
     char pid[16], bytes[24];
-    snprintf(pid, sizeof(pid), "%u", (unsigned)e->s.backend_pid);
-    snprintf(bytes, sizeof(bytes), "%zu", e->bytes);
-    log_kv(WP_LOG_DEBUG, "pool_park", "listener", k->listener, "role", e->s.role, "backend_pid",
-           pid, "bytes", bytes, (char *)NULL);
+    snprintf(pid, sizeof(pid), "%u", (unsigned)s->backend_pid);
+    snprintf(bytes, sizeof(bytes), "%zu", size);
+    log_kv(WP_LOG_DEBUG, "pool_park", "listener", k->listener, "role", s->role, "backend_pid", pid,
+           "bytes", bytes, (char *)NULL);
+    memset(s, 0, sizeof(*s));
     return 1;
 }
 

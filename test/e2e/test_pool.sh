@@ -33,8 +33,9 @@ p1=$(pid_of)
 wait_park 1
 p2=$(pid_of)
 assert_eq "$p1" "$p2" "a sequential connect of the same caller gets the parked backend"
-assert_contains "$(log_line conn_end)" "reused=1" "conn_end says reused=1"
 wait_park 2
+e2e_wait 10 "the second conn_end" '[ "$(log_count conn_end)" -ge 2 ]'
+assert_contains "$(log_line conn_end)" "reused=1" "conn_end says reused=1"
 
 # --- a SET (and its ParameterStatus) is gone in the next session; session locks too -----
 out=$(wpsql "" -c "SET work_mem = '7MB'" -c "SET client_encoding = 'LATIN1'" \
