@@ -290,6 +290,18 @@ memory() {
     done
 }
 
+# A parked backend session's memory: Waypoint's own share is logged by the pool
+# (event=pool_park bytes=, at log_level debug); the PostgreSQL backend it keeps is
+# measured here (Pss and Private_Dirty of one parked backend, from smaps_rollup).
+parked_memory() {
+    [[ connect =~ $ONLY ]] || [[ $ONLY == . ]] || [[ $ONLY =~ connect ]] || return 0
+    local pid
+    pid=$("$SRC/test/support/pgcluster.sh" psql "$T/pg" -d appdb -qAt \
+        -c "SELECT pid FROM pg_stat_activity WHERE query = 'DISCARD ALL' AND state = 'idle' LIMIT 1" 2>/dev/null || true)
+    [ -n "$pid" ] && [ -r "/proc/$pid/smaps_rollup" ] || return 0
+    awk '/^Pss:/{p=$2} /^Private_Dirty:/{d=$2} END{print p, d}' "/proc/$pid/smaps_rollup" >"$R/parked"
+}
+
 # --- run ------------------------------------------------------------------------------
 for round in $(seq 1 "$ROUNDS"); do
     say "round $round/$ROUNDS"
@@ -298,6 +310,7 @@ for round in $(seq 1 "$ROUNDS"); do
     tls_steady
     bulk
 done
+parked_memory
 memory
 
 # --- report ---------------------------------------------------------------------------
@@ -347,6 +360,11 @@ for sslm in prefer disable; do
         echo "| CPU ms per connect, $c clients, sslmode=$sslm: Waypoint (LocalAPI stand-in) | - | - | $(awk '{print $1}' "$f" | median) ($(awk '{print $2}' "$f" | median)) | - | - |"
     done
 done
+if [ -s "$R/parked" ]; then
+    read -r pss dirty <"$R/parked"
+    echo
+    echo "Parked backend session (after the connect rows): the PostgreSQL backend it keeps has Pss $pss KiB, Private_Dirty $dirty KiB."
+fi
 if [ -f "$R/idle" ]; then
     echo
     echo "| idle Waypoint connections | Waypoint RSS before, KiB | RSS with them, KiB | KiB per connection |"
