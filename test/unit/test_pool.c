@@ -16,6 +16,7 @@
 #include <sys/socket.h>
 #include <unistd.h>
 
+#include "config.h"
 #include "pool.h"
 #include "relay.h"
 
@@ -312,12 +313,59 @@ static void test_relay_hold_terminate(void **state)
     assert_int_equal(got[0], 'Q');
 }
 
+/* ------------------------------------------------------------ [pool] keys ---- */
+
+static wp_config *load_pool(const char *pool_lines, cfg_diag *d)
+{
+    char text[1024];
+    snprintf(text, sizeof(text),
+             "%s[[listeners]]\nname = \"pg\"\nlisten = \":5432\"\nmode = \"postgres\"\n"
+             "backend = \"127.0.0.1:5433\"\n[listeners.postgres]\nadmin_user = \"a\"\n"
+             "admin_password = \"p\"\n",
+             pool_lines);
+    return cfg_load_string(text, "t.toml", d);
+}
+
+static void test_config_keys(void **state)
+{
+    (void)state;
+    cfg_diag d = {0};
+    wp_config *c = load_pool("", &d);
+    assert_non_null(c);
+    assert_true(c->pool_enabled);
+    assert_int_equal(c->pool_idle_timeout_ms, 60000);
+    assert_int_equal(c->pool_max_per_role, 4);
+    assert_int_equal(c->pool_max_total, 100);
+    cfg_unref(c);
+    c = load_pool("[pool]\nenabled = false\nidle_timeout = \"5s\"\nmax_per_role = 2\n"
+                  "max_total = 7\n",
+                  &d);
+    assert_non_null(c);
+    assert_false(c->pool_enabled);
+    assert_int_equal(c->pool_idle_timeout_ms, 5000);
+    assert_int_equal(c->pool_max_per_role, 2);
+    assert_int_equal(c->pool_max_total, 7);
+    cfg_unref(c);
+    cfg_diag_free(&d);
+    static const char *bad[] = {"[pool]\nmax_total = 0\n", "[pool]\nidle_timeout = \"0\"\n",
+                                "[pool]\nenabled = maybe\n", "[pool]\nmax_parked = 3\n"};
+    for (size_t i = 0; i < sizeof(bad) / sizeof(bad[0]); i++) {
+        cfg_diag e = {0};
+        c = load_pool(bad[i], &e);
+        if (c || e.nerrors == 0)
+            fail_msg("accepted: %s", bad[i]);
+        assert_non_null(strstr(e.errors[0], "t.toml:2:"));
+        cfg_diag_free(&e);
+    }
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
-        cmocka_unit_test(test_status), cmocka_unit_test(test_fingerprints),
-        cmocka_unit_test(test_reset),  cmocka_unit_test(test_park_take),
-        cmocka_unit_test(test_reaper), cmocka_unit_test(test_relay_hold_terminate),
+        cmocka_unit_test(test_status),      cmocka_unit_test(test_fingerprints),
+        cmocka_unit_test(test_reset),       cmocka_unit_test(test_park_take),
+        cmocka_unit_test(test_reaper),      cmocka_unit_test(test_relay_hold_terminate),
+        cmocka_unit_test(test_config_keys),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
