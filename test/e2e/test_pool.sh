@@ -36,12 +36,18 @@ assert_eq "$p1" "$p2" "a sequential connect of the same caller gets the parked b
 wait_park 2
 e2e_wait 10 "the second conn_end" '[ "$(log_count conn_end)" -ge 2 ]'
 assert_contains "$(log_line conn_end)" "reused=1" "conn_end says reused=1"
+# the expiry moves at most once per user_ttl/100: a reused connect writes nothing
+until1=$(super_sql -c "SELECT rolvaliduntil FROM pg_roles WHERE rolname = '$ROLE'")
+assert_eq "$p1" "$(pid_of)" "a third connect reuses it too"
+wait_park 3
+assert_eq "$until1" "$(super_sql -c "SELECT rolvaliduntil FROM pg_roles WHERE rolname = '$ROLE'")" \
+    "reuse and park do not rewrite the role's expiry"
 
 # --- a SET (and its ParameterStatus) is gone in the next session; session locks too -----
 out=$(wpsql "" -c "SET work_mem = '7MB'" -c "SET client_encoding = 'LATIN1'" \
     -c "SELECT pg_advisory_lock(4242)" -c "CREATE TEMP TABLE tmp(x int)" -c "SELECT pg_backend_pid()" | tail -n 1)
 assert_eq "$p1" "$out" "the session that SETs is the parked one"
-wait_park 3
+wait_park 4
 assert_eq 0 "$(super_sql -c "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory'")" \
     "a parked session holds no advisory lock (DISCARD ALL)"
 out=$(wpsql "" -c "SHOW work_mem" -c '\encoding' -c "SELECT count(*) FROM pg_tables WHERE tablename = 'tmp'" -c "SELECT pg_backend_pid()")
@@ -49,25 +55,25 @@ assert_eq "4MB
 UTF8
 0
 $p1" "$out" "the next session has the default work_mem, the reported client_encoding, no temp table"
-wait_park 4
+wait_park 5
 
 # --- never across startup parameters, databases, downgrades, grants, callers -------------
 other=$(PGAPPNAME=other pid_of)
 [ "$other" != "$p1" ] || fail "another application_name got the parked backend"
 pass "startup parameters are part of the key"
-wait_park 5
-assert_eq "$other" "$(PGAPPNAME=other pid_of)" "the same parameters again reuse their own backend"
 wait_park 6
+assert_eq "$other" "$(PGAPPNAME=other pid_of)" "the same parameters again reuse their own backend"
+wait_park 7
 odb=$(wpsql "dbname=otherdb" -c "SELECT pg_backend_pid()")
 [ "$odb" != "$p1" ] && [ "$odb" != "$other" ] || fail "another database got a parked backend"
 pass "databases are part of the key"
-wait_park 7
+wait_park 8
 ro=$(pid_of "options='-c waypoint_presets=readonly'")
 [ "$ro" != "$p1" ] && [ "$ro" != "$other" ] && [ "$ro" != "$odb" ] || fail "a downgraded connect got a parked backend"
 pass "a downgrade is part of the key"
-wait_park 8
-assert_eq "$ro" "$(pid_of "options='-c waypoint_presets=readonly'")" "a downgraded connect reuses its own"
 wait_park 9
+assert_eq "$ro" "$(pid_of "options='-c waypoint_presets=readonly'")" "a downgraded connect reuses its own"
+wait_park 10
 
 # bob on 127.0.0.2 has the same grant for appdb: he never gets alice's backends.
 e2e_state "$(python3 - "$T/state.json" <<'PY'
@@ -84,7 +90,7 @@ PY
 bobpid=$(WP_RAWCLIENT_SRC=127.0.0.2 "$RAW" 127.0.0.1 "$WP_PORT" "SELECT pg_backend_pid(), current_user" user=x database=appdb application_name=e2e)
 case "$bobpid" in "$p1"*|"$other"*|"$ro"*|"$odb"*|ERROR*) fail "bob got '$bobpid'" ;; esac
 assert_contains "$bobpid" "wp_bob_desk_appdb" "another caller gets his own backend"
-wait_park 10
+wait_park 11
 
 # a changed grant closes the parked sessions provisioned for the old one
 e2e_identity '{"appdb": {"permissions": ["readonly"]}, "otherdb": {"permissions": ["readonly"]}}'
@@ -93,14 +99,14 @@ np=$(pid_of)
 pass "a narrowed grant is provisioned afresh"
 e2e_wait 10 "the old grant's parked backend to close" '! alive '"$p1"
 pass "the parked session of the old grant was closed"
-wait_park 11
+wait_park 12
 
 # --- a new table is visible through a reused session (the watermark check) --------------
 admin_sql -c "CREATE TABLE t2(y int)" -c "INSERT INTO t2 VALUES (7)"
 out=$(wpsql "" -c "SELECT y FROM t2" -c "SELECT pg_backend_pid()")
 assert_eq "7
 $np" "$out" "a table created while parked is readable by the reused session"
-wait_park 12
+wait_park 13
 
 # --- transaction, error and COPY states leave nothing parked and no lock ------------------
 e2e_identity "$ALICE_RULES"
