@@ -645,12 +645,13 @@ static void sess_pool_forget(sess *s)
 }
 
 /* The role's expiry moves with use, as a connect would move it; at most once per
- * user_ttl/100 (the margin prov_touch_role already allows). */
+ * user_ttl/100 (the margin prov_touch_role already allows), counted from the last time
+ * it moved: a reused connect does not move it, a provisioning connect does. */
 static void sess_touch_if_due(sess *s, int64_t now)
 {
     if (now - s->ps.expiry_set_ms < s->lc->user_ttl_ms / 100)
         return;
-    prov_touch_role(s->lsn->prov, s->ps.role, s->database, -1);
+    prov_touch_role(s->lsn->prov, s->role, s->database, -1);
     s->ps.expiry_set_ms = now;
 }
 
@@ -689,12 +690,12 @@ static int sess_reuse(sess *s)
         memset(&s->ps, 0, sizeof(s->ps));
         return -1;
     }
+    snprintf(s->role, sizeof(s->role), "%s", s->ps.role);
     sess_touch_if_due(s, wp_now_ms());
     s->up = s->ps.up; /* the worker owns the connection from here on */
     s->ps.open = 0;
     s->up_open = 1;
     s->reused = 1;
-    snprintf(s->role, sizeof(s->role), "%s", s->ps.role);
     if (pgw_build_auth_ok(&s->out) != WP_OK || pool_status_build(&s->ps, &s->out) != WP_OK ||
         sess_give_key(s) != WP_OK || pgw_build_raw(&s->out, PGW_MSG_READY, "I", 1) != WP_OK)
         return sess_refuse(s, NULL, "out of memory");
@@ -727,7 +728,6 @@ static void sess_park(sess *s)
                        .max_per_role = s->env->cfg->pool_max_per_role,
                        .max_total = s->env->cfg->pool_max_total};
     if (clean) {
-        sess_touch_if_due(s, wp_now_ms());
         if (pool_reset(&s->ps, wp_now_ms() + SESS_RESET_WAIT_MS) == WP_OK &&
             pool_park(s->env->pool, &s->pk, &s->ps, &lim))
             return;
@@ -861,11 +861,9 @@ static void sess_log_end(sess *s)
 static void sess_end(sess *s, int relayed)
 {
     if (relayed) {
+        sess_touch_if_due(s, wp_now_ms()); /* before parking: the entry carries the time */
         sess_park(s);
         sess_log_end(s);
-        /* measured from the last time the expiry moved: a reused session's connect did
-         * not move it, and parking already moved it when that was due */
-        prov_touch_role(s->lsn->prov, s->role, s->database, wp_now_ms() - s->ps.expiry_set_ms);
     }
     if (s->wp_pid)
         cancel_unregister(s->env->cancel, s->wp_pid);
