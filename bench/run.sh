@@ -10,7 +10,9 @@
 #
 #   bench/run.sh [BUILD_DIR]       (make bench)
 # Knobs: BENCH_ROUNDS (3), BENCH_SECONDS per pgbench run (5), BENCH_BULK_MB (1024),
-#        BENCH_IDLE ("1 100 1000"), BENCH_SCALE (10), BENCH_ONLY (regex of workloads).
+#        BENCH_IDLE ("1 100 1000"), BENCH_SCALE (10), BENCH_ONLY (regex of workloads),
+#        BENCH_PG_AUTH (scram-sha-256; "trust" only for profiling runs under valgrind,
+#        where the admin login's PBKDF2-4096 would outlast the connect timeout).
 set -euo pipefail
 
 SRC=$(cd "$(dirname "$0")/.." && pwd)
@@ -73,7 +75,7 @@ chmod 600 "$T/tls/server.key"
 
 # --- PostgreSQL ----------------------------------------------------------------------
 say "starting PostgreSQL"
-eval "$("$SRC/test/support/pgcluster.sh" start "$T/pg" --auth scram-sha-256 --owner-pid $$ \
+eval "$("$SRC/test/support/pgcluster.sh" start "$T/pg" --auth "${BENCH_PG_AUTH:-scram-sha-256}" --owner-pid $$ \
     --set "max_connections = 1300" --set "shared_buffers = 256MB" --set "ssl = on" \
     --set "ssl_cert_file = '$T/tls/server.crt'" --set "ssl_key_file = '$T/tls/server.key'")"
 PG_PORT=$PORT
