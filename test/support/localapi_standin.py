@@ -17,12 +17,20 @@ Behaviour copied from tailscaled (ipn/localapi/localapi.go, cert.go):
     values, but only when the LocalAPI requires a password (macOS GUI) or in its own
     tests; neither applies to the Linux unix socket, so the stand-in refuses them.
   * HTTP/1.1 without Host: 400 (Go's net/http rejects it before any handler runs).
-  * GET /localapi/v0/whois?addr=IP:PORT ("[v6]:port"); a bare IP is also accepted
-    (looked up with port 0), as is "nodekey:<hex>" (matched against Node.Key).
-    Missing addr: 400 "missing 'addr' parameter"; unparsable: 400 "invalid 'addr'
-    parameter"; no identity: 404 "no match for IP:port"; else 200 with the tab-indented
-    JSON {"Node": ..., "UserProfile": ..., "CapMap": ...} (CapMap null when empty, as
-    Go encodes a nil map).
+  * GET /localapi/v0/whois?addr=IP:PORT[&proto=tcp|udp] ("[v6]:port"); a bare IP is
+    also accepted (looked up with port 0), as is "nodekey:<hex>" (matched against
+    Node.Key). Missing addr: 400 "missing 'addr' parameter"; unparsable: 400 "invalid
+    'addr' parameter"; no identity: 404 "no match for IP:port"; else 200 with the
+    tab-indented JSON {"Node": ..., "UserProfile": ..., "CapMap": ...} (CapMap null when
+    empty, as Go encodes a nil map).
+  * The lookup is LocalBackend.WhoIs (ipn/ipnlocal/local.go): first the node that owns
+    the IP (the port does not matter, nor does proto); otherwise, for a non-zero port,
+    the proxymap (net/proxymap) that a userspace-networking tailscaled keeps for the
+    local ip:port of every TCP connection and UDP flow it relays to a local service.
+    Those are separate tables: with proto the lookup uses only that one ("tcp" or
+    "udp"; tailscaled does not validate proto, so any other value matches nothing and
+    the answer is the same 404), without proto TCP first, then UDP. tailscaled retries
+    a proxymap miss for ~180 ms (a registration race); the stand-in answers at once.
   * GET /localapi/v0/cert/<domain>?type=cert|crt|key|pair: key/cert PEM as text/plain;
     an unknown domain is a 500 with tailscaled's wording; a bad type is a 400.
   * Unknown paths: 404 "404 page not found".
@@ -35,9 +43,15 @@ empty file means "no identities"):
   {"identities": [{"match": "100.64.0.1:12345" | "100.64.0.1" | "[fd7a::1]:5" | "*",
                    "whois": {"Node": {...}, "UserProfile": {...}, "CapMap": {...}},
                    "fault": null}],
+   "proxymap": {"tcp": {"127.0.0.1:41000": "100.64.0.1"},
+                "udp": {"127.0.0.1:41001": "100.64.0.2"}},
    "certs": {"db.tail1234.ts.net": {"key": "/path/key.pem", "cert": "/path/cert.pem"}},
    "fault": null}
-Matching: exact ip:port first, then ip, then "*". A fault ("hang", "500", "403", "404",
+Matching (the node-by-address step): exact ip:port first, then ip. Then the proxymap,
+whose values are Tailscale IPs resolved by match key or by an identity's
+Node.Addresses (a mapped IP no identity owns is a 404, as in tailscaled). "*" matches last: it
+stands for a tailscaled that knows every address, so tests about the proxymap must not
+use it. A fault ("hang", "500", "403", "404",
 "malformed", "close") either applies to every request (top level) or to requests that
 match that identity:
   hang       send nothing until the client gives up (closes the connection)
@@ -148,6 +162,16 @@ def validate_state(data):
             raise StateError("identities[%d]: unknown fault %r" % (i, ident.get("fault")))
         if ident.get("fault") is None and not isinstance(ident.get("whois"), dict):
             raise StateError("identities[%d] needs a 'whois' object" % i)
+    pm = data.get("proxymap", {})
+    if not isinstance(pm, dict):
+        raise StateError("proxymap is not an object")
+    for proto, m in pm.items():
+        if proto not in ("tcp", "udp") or not isinstance(m, dict):
+            raise StateError("proxymap[%r]: want \"tcp\" or \"udp\" with an object" % proto)
+        for k, v in m.items():
+            if parse_addr_port(k) is None or not isinstance(v, str) or parse_ip(v) is None:
+                raise StateError("proxymap[%r][%r]: want \"ip:port\": \"tailscale ip\"" %
+                                 (proto, k))
     certs = data.get("certs", {})
     if not isinstance(certs, dict):
         raise StateError("certs is not an object")
@@ -191,8 +215,48 @@ def parse_match(m):
     return parse_addr_port(m)
 
 
-def find_identity(state, ip, port, nodekey):
-    """Exact ip:port, then ip, then "*". Returns the identity entry or None."""
+def node_addresses(ident):
+    """The IPs of an identity's Node.Addresses ("100.64.0.1/32" -> 100.64.0.1)."""
+    node = (ident.get("whois") or {}).get("Node") or {}
+    out = []
+    for a in node.get("Addresses") or []:
+        ip = parse_ip(a.split("/", 1)[0]) if isinstance(a, str) else None
+        if ip is not None:
+            out.append(ip)
+    return out
+
+
+def node_by_addr(idents, ip, port, by_addresses=False):
+    """tailscaled's NodeByAddr through the stand-in's match keys: exact ip:port, then ip
+    (a test may pin a port to model one connection); with by_addresses, then a node
+    owning ip in Node.Addresses (how a proxymap's Tailscale IP is resolved)."""
+    by_ip = by_addr = None
+    for ident in idents:
+        if ident["match"] == "*":
+            continue
+        mip, mport = parse_match(ident["match"])
+        if mip == ip and mport is not None and mport == port:
+            return ident
+        if mip == ip and mport is None and by_ip is None:
+            by_ip = ident
+        if by_addresses and by_addr is None and ip in node_addresses(ident):
+            by_addr = ident
+    return by_ip or by_addr
+
+
+def proxymap_lookup(state, proto, ip, port):
+    """proxymap.Mapper.WhoIsIPPort: the Tailscale IP registered for a local ip:port
+    under exactly this proto ("tcp" or "udp"; any other proto matches nothing)."""
+    for key, tsip in ((state.get("proxymap") or {}).get(proto) or {}).items():
+        if parse_addr_port(key) == (ip, port):
+            return parse_ip(tsip)
+    return None
+
+
+def find_identity(state, ip, port, nodekey, proto=""):
+    """LocalBackend.WhoIs: the node owning ip; else (port != 0) the proxymap entry for
+    ip:port under proto, or without proto TCP first, then UDP; then "*". Returns the
+    identity entry or None."""
     idents = state.get("identities", [])
     if nodekey is not None:
         for ident in idents:
@@ -200,19 +264,19 @@ def find_identity(state, ip, port, nodekey):
             if node.get("Key") == nodekey:
                 return ident
         return None
-    by_ip = star = None
+    ident = node_by_addr(idents, ip, port)
+    if ident is not None:
+        return ident
+    if port:
+        for tryproto in ([proto] if proto else ["tcp", "udp"]):
+            tsip = proxymap_lookup(state, tryproto, ip, port)
+            if tsip is not None:
+                # A mapped IP no node owns is a miss, as in tailscaled.
+                return node_by_addr(idents, tsip, 0, by_addresses=True)
     for ident in idents:
         if ident["match"] == "*":
-            star = star or ident
-            continue
-        mip, mport = parse_match(ident["match"])
-        if mip != ip:
-            continue
-        if mport is not None and mport == port:
             return ident
-        if mport is None and by_ip is None:
-            by_ip = ident
-    return by_ip or star
+    return None
 
 
 def log(msg):
@@ -381,7 +445,7 @@ class Handler(BaseHTTPRequestHandler):
                     self.http_error(400, "invalid 'addr' parameter")
                     return
                 ip, port = ap
-        ident = find_identity(state, ip, port, nodekey)
+        ident = find_identity(state, ip, port, nodekey, q.get("proto", ""))
         if ident is None:
             self.http_error(404, "no match for IP:port")
             return

@@ -7,8 +7,13 @@
  * or "ERROR <sqlstate> <message>" and exit 1 for an ErrorResponse.
  *
  *   wp_rawclient HOST PORT "SQL" key=value [key=value ...]
+ *
+ * WP_RAWCLIENT_LOCAL_PORT=N binds the client's own end to port N first (on the wildcard
+ * address of HOST's family), so a test can choose the ip:port Waypoint's WhoIs asks
+ * about, as tailscaled's proxymap would see it.
  */
 #include <netdb.h>
+#include <netinet/in.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -18,12 +23,41 @@
 #include "io.h"
 #include "pgwire.h"
 
+/* Binds fd to the local port in WP_RAWCLIENT_LOCAL_PORT, if set. 0 on success. */
+static int bind_local(int fd, int family)
+{
+    const char *lp = getenv("WP_RAWCLIENT_LOCAL_PORT");
+    if (!lp || !*lp)
+        return 0;
+    int one = 1;
+    (void)setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof(one));
+    struct sockaddr_storage ss;
+    memset(&ss, 0, sizeof(ss));
+    uint16_t port = htons((uint16_t)atoi(lp));
+    socklen_t len;
+    if (family == AF_INET6) {
+        ((struct sockaddr_in6 *)&ss)->sin6_family = AF_INET6;
+        ((struct sockaddr_in6 *)&ss)->sin6_port = port;
+        len = sizeof(struct sockaddr_in6);
+    } else {
+        ((struct sockaddr_in *)&ss)->sin_family = AF_INET;
+        ((struct sockaddr_in *)&ss)->sin_port = port;
+        len = sizeof(struct sockaddr_in);
+    }
+    return bind(fd, (struct sockaddr *)&ss, len);
+}
+
 static int dial(const char *host, const char *port)
 {
     struct addrinfo hints = {.ai_socktype = SOCK_STREAM}, *res;
     if (getaddrinfo(host, port, &hints, &res) != 0)
         return -1;
     int fd = socket(res->ai_family, res->ai_socktype, 0);
+    if (fd >= 0 && bind_local(fd, res->ai_family) != 0) {
+        perror("wp_rawclient: bind");
+        close(fd);
+        fd = -1;
+    }
     if (fd >= 0 && connect(fd, res->ai_addr, res->ai_addrlen) != 0) {
         close(fd);
         fd = -1;
