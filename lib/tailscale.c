@@ -16,6 +16,8 @@
  *   client-facing message says what kind of failure it was and nothing more; the
  *   operator-facing reason (curl error, HTTP status, body excerpt) goes to err->detail,
  *   which callers log and never send.
+ * - Every WhoIs (connect, revalidation, cancel) asks with proto=tcp: a peer is only
+ *   ever a TCP connection, and only the TCP half of tailscaled's proxymap may answer.
  * - Inputs are validated before they reach a URL: addresses may only hold the characters
  *   of "ip:port"/"[ipv6]:port" (and are URL-escaped anyway), domains only [a-z0-9.-].
  *   Response bodies are capped at TS_BODY_MAX; a larger answer is an error, not a
@@ -302,7 +304,10 @@ wp_status ts_whois(const ts_client *c, const char *addr, id_identity **out, wp_e
     }
     ts_body body = {0};
     long status = 0;
-    wp_status st = ts_get(c, "whois?addr=", addr, &status, &body, TS_WHO, err);
+    /* proto=tcp: callers are always TCP connections, and a userspace-networking
+     * tailscaled that is not told so falls back to its UDP flow table, where any local
+     * process could have connected from the port of a tailnet peer's UDP flow. */
+    wp_status st = ts_get(c, "whois?proto=tcp&addr=", addr, &status, &body, TS_WHO, err);
     if (st == WP_OK)
         st = ts_whois_answer(c, addr, status, &body, out, err);
     free(body.data);
