@@ -502,6 +502,9 @@ def cert_domain_error(domain, okay):
 class Server(socketserver.ThreadingUnixStreamServer):
     daemon_threads = True      # a hung handler must not keep the process alive
     block_on_close = False
+    # Go's net.Listen uses the kernel's somaxconn as the backlog; socketserver's default
+    # of 5 would refuse a burst of concurrent WhoIs that tailscaled accepts.
+    request_queue_size = 4096
 
 
 def write_ready(path):
