@@ -75,6 +75,7 @@ typedef struct srv {
 
     cancel_map *cancel;
     sess_users *users;
+    adm_table *admit; /* per-peer unstarted connections, process-wide */
     int stop_pipe[2]; /* closing [1] makes [0] readable for every relay */
 
     pthread_t cleaner;
@@ -217,6 +218,7 @@ static srv_env *srv_env_build(srv *s, wp_config *cfg, srv_env *old)
     e->env.cfg = cfg;
     e->env.cancel = s->cancel;
     e->env.users = s->users;
+    e->env.admit = s->admit;
     e->env.stop_fd = s->stop_pipe[0];
     e->env.ts = ts_client_new(cfg->ts_socket, cfg->ts_capability, cfg->whois_timeout_ms);
     e->env.listeners = calloc(cfg->nlisteners, sizeof(*e->env.listeners));
@@ -476,6 +478,7 @@ static void srv_shutdown(srv *s, const sigset_t *set)
         srv_env_unref(s->cur);
         cancel_map_free(s->cancel);
         sess_users_free(s->users);
+        adm_free(s->admit);
     }
     log_kv(WP_LOG_INFO, "stopped", (char *)NULL);
 }
@@ -490,7 +493,8 @@ static int srv_init(srv *s, const char *path, wp_config *cfg)
     pthread_cond_init(&s->ccv, NULL);
     s->cancel = cancel_map_new();
     s->users = sess_users_new();
-    if (!s->cancel || !s->users || pipe2(s->stop_pipe, O_CLOEXEC) != 0) {
+    s->admit = adm_new();
+    if (!s->cancel || !s->users || !s->admit || pipe2(s->stop_pipe, O_CLOEXEC) != 0) {
         cfg_unref(cfg);
         return 0;
     }

@@ -12,6 +12,7 @@
 
 #include <stddef.h>
 
+#include "admit.h"
 #include "cancel.h"
 #include "config.h"
 #include "provision.h"
@@ -32,6 +33,7 @@ typedef struct sess_env {
     sess_listener *listeners; /* cfg->nlisteners entries, in cfg order */
     cancel_map *cancel;       /* process-wide */
     sess_users *users;        /* process-wide live-connection counts per caller */
+    adm_table *admit;         /* process-wide unstarted connections per peer */
     int stop_fd;              /* readable once open sessions must end; -1 = never */
 } sess_env;
 
