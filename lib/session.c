@@ -344,7 +344,10 @@ static int sess_cancel(sess *s)
 
 static int sess_tls_enabled(const sess *s)
 {
-    return !s->over_cap && s->adm != ADM_REFUSE && s->lsn->tls && s->lc->tls_mode != CFG_TLS_OFF;
+    /* No certificate source at all: 'N', so libpq's sslmode=prefer goes on in plaintext
+     * on this connection instead of failing a handshake and connecting again. */
+    return !s->over_cap && s->adm != ADM_REFUSE && s->lsn->tls && s->lc->tls_mode != CFG_TLS_OFF &&
+           tls_server_can_serve(s->lsn->tls);
 }
 
 static int sess_answer(sess *s, char c)
@@ -387,9 +390,10 @@ static int sess_read_startup(sess *s)
             if (s->tls)
                 return sess_refuse_msg(s, WP_SQLSTATE_PROTOCOL, NULL,
                                        "SSLRequest received inside TLS");
-            if (!sess_answer(s, sess_tls_enabled(s) ? 'S' : 'N'))
+            int on = sess_tls_enabled(s);
+            if (!sess_answer(s, on ? 'S' : 'N'))
                 return sess_refuse(s, NULL, "client went away during negotiation");
-            if (sess_tls_enabled(s) && !sess_start_tls(s, 0))
+            if (on && !sess_start_tls(s, 0))
                 return 0;
             break;
         case PGW_START_DIRECT_TLS:

@@ -33,6 +33,10 @@ Behaviour copied from tailscaled (ipn/localapi/localapi.go, cert.go):
     a proxymap miss for ~180 ms (a registration race); the stand-in answers at once.
   * GET /localapi/v0/cert/<domain>?type=cert|crt|key|pair: key/cert PEM as text/plain;
     an unknown domain is a 500 with tailscaled's wording; a bad type is a 400.
+  * GET /localapi/v0/status[?peers=false]: ipnstate.Status (Version, BackendState,
+    TailscaleIPs, Self, MagicDNSSuffix, CurrentTailnet, CertDomains, Peer, User, ...);
+    CertDomains are the state's "cert_domains", else the names under "certs" (null when
+    none, as Go encodes a nil slice); "self" may set Self's DNSName / TailscaleIPs.
   * Unknown paths: 404 "404 page not found".
   * Errors are text/plain; charset=utf-8 with a trailing newline (Go's http.Error).
 Stand-in additions: methods other than GET/HEAD/POST get 405 (tailscaled's whois and
@@ -172,6 +176,9 @@ def validate_state(data):
             if parse_addr_port(k) is None or not isinstance(v, str) or parse_ip(v) is None:
                 raise StateError("proxymap[%r][%r]: want \"ip:port\": \"tailscale ip\"" %
                                  (proto, k))
+    cds = data.get("cert_domains", [])
+    if not isinstance(cds, list) or not all(isinstance(d, str) for d in cds):
+        raise StateError("cert_domains is not an array of strings")
     certs = data.get("certs", {})
     if not isinstance(certs, dict):
         raise StateError("certs is not an object")
@@ -364,6 +371,8 @@ class Handler(BaseHTTPRequestHandler):
         query = self.form(url.query)
         if path == "/localapi/v0/whois":
             self.serve_whois(state, query)
+        elif path == "/localapi/v0/status":
+            self.serve_status(state, query)
         elif path.startswith("/localapi/v0/cert/"):
             self.serve_cert(state, path[len("/localapi/v0/cert/"):], query)
         else:
@@ -459,6 +468,16 @@ class Handler(BaseHTTPRequestHandler):
         body = json.dumps(res, indent="\t", ensure_ascii=False).encode()
         self.reply(200, body, "application/json", self.localapi_headers())
 
+    def serve_status(self, state, q):
+        """serveStatus: ipnstate.Status, tab-indented by json.Encoder (trailing newline).
+        peers=false (StatusWithoutPeers, what tailscale's client library asks for
+        CertDomains) leaves Peer null."""
+        if self.apply_fault(state.get("fault"), "status access denied"):
+            return
+        body = (json.dumps(status_json(state, defbool(q.get("peers", ""), True)),
+                           indent="\t") + "\n").encode()
+        self.reply(200, body, "application/json", self.localapi_headers())
+
     def serve_cert(self, state, domain, q):
         if self.apply_fault(state.get("fault"), "cert access denied"):
             return
@@ -485,6 +504,52 @@ class Handler(BaseHTTPRequestHandler):
             self.http_error(400, 'invalid type; want "cert" (default), "key", or "pair"')
             return
         self.reply(200, body, "text/plain", self.localapi_headers())
+
+
+def defbool(v, default):
+    """localapi's defBool: strconv.ParseBool, else the default."""
+    v = v.strip() if isinstance(v, str) else ""
+    if v in ("1", "t", "T", "TRUE", "true", "True"):
+        return True
+    if v in ("0", "f", "F", "FALSE", "false", "False"):
+        return False
+    return default
+
+
+def cert_domains(state):
+    """The node's CertDomains: state "cert_domains" if given, else the "certs" names
+    (the cert endpoint permits exactly those, as tailscaled permits its CertDomains)."""
+    if "cert_domains" in state:
+        return state.get("cert_domains") or None
+    return sorted(state.get("certs", {})) or None  # Go encodes a nil slice as null
+
+
+def status_json(state, peers):
+    """ipnstate.Status as tailscaled encodes it (field names and order of the Go struct)."""
+    cds = cert_domains(state)
+    me = state.get("self") or {}
+    ips = me.get("TailscaleIPs") or ["100.64.0.100", "fd7a:115c:a1e0::100"]
+    dns = me.get("DNSName") or ((cds[0] + ".") if cds else "waypoint-db.tail1234.ts.net.")
+    suffix = dns.rstrip(".").split(".", 1)[1] if "." in dns.rstrip(".") else ""
+    self_status = {
+        "ID": me.get("ID", "nSELF"), "PublicKey": "nodekey:" + "0" * 64,
+        "HostName": dns.split(".", 1)[0], "DNSName": dns, "OS": "linux", "UserID": 1,
+        "TailscaleIPs": ips, "AllowedIPs": [ip + ("/32" if "." in ip else "/128") for ip in ips],
+        "Tags": me.get("Tags"), "Addrs": None, "CurAddr": "", "Relay": "", "RxBytes": 0,
+        "TxBytes": 0, "Created": "0001-01-01T00:00:00Z", "LastWrite": "0001-01-01T00:00:00Z",
+        "LastSeen": "0001-01-01T00:00:00Z", "LastHandshake": "0001-01-01T00:00:00Z",
+        "Online": True, "ExitNode": False, "ExitNodeOption": False, "Active": False,
+        "PeerAPIURL": None, "InNetworkMap": True, "InMagicSock": False, "InEngine": False}
+    return {
+        "Version": TAILSCALE_VERSION, "TUN": False, "BackendState": "Running",
+        "HaveNodeKey": True, "AuthURL": "", "TailscaleIPs": ips, "Self": self_status,
+        "Health": None, "MagicDNSSuffix": suffix,
+        "CurrentTailnet": {"Name": "example.com", "MagicDNSSuffix": suffix,
+                           "MagicDNSEnabled": True},
+        "CertDomains": cds, "Peer": {} if peers else None,
+        "User": {"1": {"ID": 1, "LoginName": "admin@example.com", "DisplayName": "Admin",
+                       "ProfilePicURL": ""}},
+        "ClientVersion": None}
 
 
 def cert_domain_error(domain, okay):
