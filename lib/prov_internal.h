@@ -56,7 +56,9 @@ bool prov_record_is_group(const char *comment);
 /* SQL condition: the current (admin) role holds a membership in role oid X that it granted
  * itself, as Waypoint does when it creates a role. A COMMENT alone is no proof: any other
  * CREATEROLE role can write one. Nobody but a superuser can record a grantor other than
- * themselves (PostgreSQL 15: GRANTED BY needs superuser; 16+: ADMIN held by that role). */
+ * themselves (PostgreSQL 15: GRANTED BY needs superuser; 16+: ADMIN held by that role).
+ * X must be qualified (r.oid): on 16+ pg_auth_members has an oid column of its own, which
+ * a bare "oid" would silently refer to. */
 #define PROV_SQL_ADMIN_MADE(X)                                                                     \
     "EXISTS (SELECT 1 FROM pg_auth_members am WHERE am.roleid = " X " AND am.member = "            \
     "am.grantor AND am.member = (SELECT oid FROM pg_roles WHERE rolname = current_user))"

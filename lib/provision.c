@@ -1436,13 +1436,17 @@ static wp_status ensure_orphans(prov_ctx *p, PGconn *c, char name[ID_ROLE_MAX + 
 static bool reassign_in_db(PGconn *dc, const char *role, const char *qr, const char *qo)
 {
     const char *vals[1] = {role};
+    /* pg_identify_object runs through LATERAL, so only on this role's rows: as a plain
+     * target-list call the planner pushed "x.s IS NOT NULL" down to the pg_shdepend scan,
+     * and on PostgreSQL 14 and older that meets the pin rows (classid 0) and fails with
+     * "unrecognized object class: 0". */
     PGresult *r = run(dc,
-                      "SELECT coalesce(string_agg(DISTINCT quote_ident(x.s), ', '), '') FROM "
-                      "(SELECT (pg_identify_object(d.classid, d.objid, d.objsubid)).schema AS s "
+                      "SELECT coalesce(string_agg(DISTINCT quote_ident(x.schema), ', '), '') "
                       "FROM pg_shdepend d JOIN pg_database db ON db.oid = d.dbid AND db.datname "
-                      "= current_database() JOIN pg_roles a ON a.oid = d.refobjid WHERE "
+                      "= current_database() JOIN pg_roles a ON a.oid = d.refobjid, LATERAL "
+                      "pg_identify_object(d.classid, d.objid, d.objsubid) AS x WHERE "
                       "d.refclassid = 'pg_authid'::regclass AND d.deptype = 'o' AND a.rolname "
-                      "= $1) AS x WHERE x.s IS NOT NULL",
+                      "= $1 AND x.schema IS NOT NULL",
                       1, vals, NULL);
     if (!r)
         return false;
@@ -1498,8 +1502,8 @@ static bool cleanup_one(prov_ctx *p, PGconn *c, const char *lockdb, const char *
 {
     const char *vals[1] = {role};
     PGresult *r = run(c,
-                      "SELECT shobj_description(oid, 'pg_authid'), rolvaliduntil < now() "
-                      "AND " PROV_SQL_ADMIN_MADE("oid") " FROM pg_roles WHERE rolname = $1",
+                      "SELECT shobj_description(r.oid, 'pg_authid'), r.rolvaliduntil < now() "
+                      "AND " PROV_SQL_ADMIN_MADE("r.oid") " FROM pg_roles r WHERE r.rolname = $1",
                       1, vals, NULL);
     bool still = r && PQntuples(r) == 1 && !PQgetisnull(r, 0, 0) &&
                  strcmp(PQgetvalue(r, 0, 0), record) == 0 && PQgetvalue(r, 0, 1)[0] == 't';
@@ -1587,9 +1591,9 @@ wp_status prov_cleanup(prov_ctx *p, int *dropped, wp_error *err)
         if (prov_pool_get(&p->pools, p->s.admin_database, &c, NULL, err) != WP_OK)
             return WP_ERR_BACKEND;
         r = run(c,
-                "SELECT rolname, shobj_description(oid, 'pg_authid') FROM pg_roles "
-                "WHERE rolvaliduntil < now() AND left(shobj_description(oid, "
-                "'pg_authid'), length($1)) = $1 AND " PROV_SQL_ADMIN_MADE("oid"),
+                "SELECT r.rolname, shobj_description(r.oid, 'pg_authid') FROM pg_roles r "
+                "WHERE r.rolvaliduntil < now() AND left(shobj_description(r.oid, "
+                "'pg_authid'), length($1)) = $1 AND " PROV_SQL_ADMIN_MADE("r.oid"),
                 1, vals, NULL);
         bool broken = PQstatus(c) == CONNECTION_BAD;
         if (!r && (!broken || attempt == 1))

@@ -99,11 +99,16 @@ free_port() {
     python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'
 }
 
-# e2e_cluster [pgcluster.sh start options]: a cluster in $T/pg; sets PG_PORT.
+# e2e_cluster [pgcluster.sh start options]: a cluster in $T/pg; sets PG_PORT, PG_MAJOR
+# (the server's major version: ctest runs each e2e test once per version through
+# WP_PG_BIN, and tests branch on PG_MAJOR where PostgreSQL's behaviour differs) and
+# PG_BINDIR.
 e2e_cluster() {
     "$PGCLUSTER" start "$T/pg" --owner-pid $$ "$@" >/dev/null
     # shellcheck disable=SC1091
     PG_PORT=$(. "$T/pg/cluster.env" && echo "$PORT")
+    PG_MAJOR=$(. "$T/pg/cluster.env" && echo "$PG_MAJOR")
+    PG_BINDIR=$(. "$T/pg/cluster.env" && echo "$BINDIR")
 }
 
 # Runs SQL on appdb as the superuser (setup and inspection, never through Waypoint).

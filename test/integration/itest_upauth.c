@@ -473,6 +473,9 @@ static void check_session(up_conn *u, const char *role)
     pgw_buf_free(&b);
 }
 
+/* The protocol version the backend agreed to in the last login() (up_conn.proto). */
+static uint32_t last_proto;
+
 static wp_status login(const pgc_cluster *c, uint32_t version, const char *role,
                        const char *password, int check, wp_error *err)
 {
@@ -481,6 +484,7 @@ static wp_status login(const pgc_cluster *c, uint32_t version, const char *role,
     io_plain_init(&u.io, u.fd);
     pgw_param params[] = {{"database", (char *)c->test_db}, {"application_name", "itest"}};
     wp_status st = up_login(&u, version, params, 2, role, password, soon(), err);
+    last_proto = u.proto;
     if (st == WP_OK && check)
         check_session(&u, role);
     close(u.fd);
@@ -503,11 +507,14 @@ static void run_cluster(const char *auth, const char *pwenc)
     wp_status st = login(&c, PGW_PROTO_30, role, PASSWORD, 1, &err);
     if (st != WP_OK)
         fail_msg("%s: up_login: %s (%s %s)", auth, wp_status_str(st), err.sqlstate, err.message);
-    /* 3.2 against PostgreSQL 15: the backend negotiates down to 3.0 */
+    assert_int_equal(last_proto, PGW_PROTO_30);
+    /* 3.2: PostgreSQL 18 speaks it (and sends a 32-byte cancel key); older servers
+     * negotiate down to 3.0 with NegotiateProtocolVersion. */
     st = login(&c, PGW_PROTO_32, role, PASSWORD, 1, &err);
     if (st != WP_OK)
         fail_msg("%s 3.2: up_login: %s (%s %s)", auth, wp_status_str(st), err.sqlstate,
                  err.message);
+    assert_int_equal(last_proto, c.major >= 18 ? PGW_PROTO_32 : PGW_PROTO_30);
 
     st = login(&c, PGW_PROTO_30, role, "wrong-" PASSWORD, 0, &err);
     if (strcmp(auth, "trust") == 0) {
