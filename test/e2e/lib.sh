@@ -164,7 +164,7 @@ e2e_standin() {
 
 # e2e_config [extra [[listeners]] lines] -- (re)writes $T/waypoint.toml for pg-main on a free
 # port. Environment knobs: E2E_SERVER (lines for [server]), E2E_TOP (lines placed
-# before [server], e.g. a [revalidation] section).
+# before [server], e.g. a [revalidation] section), E2E_BACKEND_HOST (default 127.0.0.1).
 e2e_config() {
     WP_PORT=${WP_PORT:-$(free_port)} # kept when rewriting the file for a reload
     local extra=${1:-}
@@ -184,7 +184,7 @@ ${E2E_SERVER:-}
 name = "pg-main"
 listen = "127.0.0.1:$WP_PORT"
 mode = "postgres"
-backend = "127.0.0.1:$PG_PORT"
+backend = "${E2E_BACKEND_HOST:-127.0.0.1}:$PG_PORT"
 backend_tls = "disable"
 $extra
 

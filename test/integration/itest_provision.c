@@ -511,6 +511,66 @@ static void test_missing_database(void **state)
     id_free(id);
 }
 
+/* The client-facing part of a provisioning refusal (err.message, err.hint) names no
+ * admin role, backend address or port; err.detail (log-only) has them. */
+static void assert_reveals_nothing(const wp_error *err)
+{
+    char port[16];
+    snprintf(port, sizeof port, "%d", C.port);
+    const char *leaks[] = {C.admin_user, C.host, port, "connection to server", "FATAL"};
+    for (size_t i = 0; i < sizeof leaks / sizeof leaks[0]; i++)
+        if (strstr(err->message, leaks[i]) || strstr(err->hint, leaks[i]))
+            fail_msg("client-facing error reveals \"%s\": %s / %s", leaks[i], err->message,
+                     err->hint);
+}
+
+/* template0 exists but accepts no connections: 55000, no role, and the admin's failed
+ * login text stays out of the message. */
+static void test_database_closed_to_connections(void **state)
+{
+    (void)state;
+    id_identity *id = ident("closed@example.com", "pc", "nCLOSED");
+    grant_effective *g =
+        grant("template0", "{\"*\":{\"permissions\":[\"readonly\"]}}", GRANT_PRESET_NONE);
+    prov_lease *l = NULL;
+    wp_error err;
+    wp_error_clear(&err);
+    assert_int_not_equal(prov_ensure_role(P, id, "template0", g, &l, &err), WP_OK);
+    assert_null(l);
+    assert_string_equal(err.sqlstate, "55000");
+    assert_string_equal(err.message, "the database does not accept connections");
+    assert_reveals_nothing(&err);
+    assert_non_null(strstr(err.detail, "datallowconn"));
+    assert_int_equal(
+        count_q(super_appdb, "SELECT count(*) FROM pg_roles WHERE rolname LIKE $1", "%closed%"), 0);
+    grant_free(g);
+    id_free(id);
+}
+
+/* The admin cannot log in to the target database (no CONNECT there): 08006 saying so,
+ * the admin's name and libpq's text only in the detail. */
+static void test_admin_login_refused(void **state)
+{
+    (void)state;
+    assert_int_equal(pgc_exec(super_appdb, "CREATE DATABASE noconnect"), 0);
+    assert_int_equal(pgc_exec(super_appdb, "REVOKE CONNECT ON DATABASE noconnect FROM PUBLIC"), 0);
+    id_identity *id = ident("noconn@example.com", "pc", "nNOCONN");
+    grant_effective *g =
+        grant("noconnect", "{\"*\":{\"permissions\":[\"readonly\"]}}", GRANT_PRESET_NONE);
+    prov_lease *l = NULL;
+    wp_error err;
+    wp_error_clear(&err);
+    assert_int_not_equal(prov_ensure_role(P, id, "noconnect", g, &l, &err), WP_OK);
+    assert_null(l);
+    assert_string_equal(err.sqlstate, "08006");
+    assert_string_equal(err.message, "Waypoint cannot log in to the backend");
+    assert_reveals_nothing(&err);
+    assert_non_null(strstr(err.detail, C.admin_user));
+    assert_non_null(strstr(err.detail, "permission denied for database"));
+    grant_free(g);
+    id_free(id);
+}
+
 static void test_collision_uses_hashed_name(void **state)
 {
     (void)state;
@@ -1339,6 +1399,8 @@ int main(void)
         cmocka_unit_test(test_concurrent_same_identity),
         cmocka_unit_test(test_steady_state_statements),
         cmocka_unit_test(test_missing_database),
+        cmocka_unit_test(test_database_closed_to_connections),
+        cmocka_unit_test(test_admin_login_refused),
         cmocka_unit_test(test_collision_uses_hashed_name),
         cmocka_unit_test(test_both_names_taken_is_conflict),
         cmocka_unit_test(test_elevated_role_refused),

@@ -197,8 +197,25 @@ static void test_fake_error_response(void **state)
     assert_int_equal(fake_login(&f, PGW_PROTO_30, &err), WP_ERR_BACKEND);
     assert_string_equal(err.sqlstate, "28P01");
     assert_string_equal(err.severity, "FATAL");
-    assert_non_null(strstr(err.message, "password authentication failed"));
+    /* The client learns what kind of failure; the backend's words go to the log. */
+    assert_string_equal(err.message, "the backend refused the login");
+    assert_non_null(strstr(err.detail, "password authentication failed"));
     assert_no_password(&err);
+    fake_close(&f);
+}
+
+/* A missing database keeps the backend's own 3D000 message, as a direct login shows it. */
+static void test_fake_error_missing_database(void **state)
+{
+    (void)state;
+    fake f;
+    fake_open(&f, 0);
+    const char e[] = "SFATAL\0VFATAL\0C3D000\0Mdatabase \"nodb\" does not exist\0\0";
+    script(&f, 'E', e, sizeof(e) - 1);
+    wp_error err;
+    assert_int_equal(fake_login(&f, PGW_PROTO_30, &err), WP_ERR_BACKEND);
+    assert_string_equal(err.sqlstate, "3D000");
+    assert_string_equal(err.message, "database \"nodb\" does not exist");
     fake_close(&f);
 }
 
@@ -558,6 +575,7 @@ int main(void)
         cmocka_unit_test(test_fake_cleartext),
         cmocka_unit_test(test_fake_md5),
         cmocka_unit_test(test_fake_error_response),
+        cmocka_unit_test(test_fake_error_missing_database),
         cmocka_unit_test(test_fake_unsupported_methods),
         cmocka_unit_test(test_fake_sasl_without_scram),
         cmocka_unit_test(test_fake_method_switch),
