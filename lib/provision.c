@@ -47,6 +47,9 @@
 /* Watermarks are re-proved this often with a full ALL TABLES grant, which also catches
  * a relation whose creating transaction committed with an OID below a watermark. */
 #define PROV_GROUP_MAX_AGE_S 600
+/* object_not_in_prerequisite_state: what PostgreSQL answers a login to a database that
+ * does not allow connections. */
+#define PROV_SQLSTATE_DB_CLOSED "55000"
 
 typedef struct group_cache {
     char name[ID_ROLE_MAX + 1];
@@ -104,7 +107,9 @@ static void set_backend_err(wp_error *err, const char *what, PGconn *c)
     while (n > 0 && msg[n - 1] == '\n')
         msg[--n] = '\0';
     log_kv(WP_LOG_ERROR, "prov_backend_error", "step", what, "error", msg, (char *)NULL);
-    wp_error_set(err, WP_SQLSTATE_CONN_FAILURE, "backend provisioning failed");
+    /* The backend's words stay in the log (and the detail, which is never sent). */
+    wp_error_set(err, WP_SQLSTATE_CONN_FAILURE, "setting up access on the backend failed");
+    wp_error_detail(err, "%s: %s", what, msg);
 }
 
 static const char *res_state(const PGresult *r)
@@ -197,7 +202,7 @@ static wp_status detect_backend(prov_ctx *p, wp_error *err)
     PGconn *c = prov_connect(&p->s, p->s.admin_database, NULL, err);
     if (!c) {
         log_kv(WP_LOG_ERROR, "prov_admin_login_failed", "listener", p->s.listener_name, "error",
-               err ? err->message : "", (char *)NULL);
+               err ? err->detail : "", (char *)NULL);
         return WP_ERR_BACKEND;
     }
     PGresult *r =
@@ -303,6 +308,32 @@ prov_dialect prov_get_dialect(const prov_ctx *p)
     return p->dialect;
 }
 
+/* The one "retry once on a dead admin connection": a pooled connection may have died
+ * with a backend restart since it was last used, and only a query tells. Call after a
+ * failed attempt number `attempt` on *c: when it was the first and *c is broken, *c is
+ * replaced by a fresh connection from pools and true is returned (run it again).
+ * Otherwise false, *c untouched; or, when no fresh connection could be had, false with
+ * *c NULL, err set and the reconnect's SQLSTATE in sqlstate (may be NULL). */
+static bool reconnect_once(prov_pools *pools, const char *db, PGconn **c, int attempt,
+                           char *sqlstate, wp_error *err)
+{
+    if (attempt > 0 || !*c || PQstatus(*c) != CONNECTION_BAD)
+        return false;
+    prov_pool_put(pools, db, *c, true);
+    *c = NULL;
+    return prov_pool_get(pools, db, c, sqlstate, err) == WP_OK;
+}
+
+/* A checkout of db failed with sqlstate: a database dropped since its pool was made
+ * shows as 3D000 on the reconnect, and is reported as PostgreSQL would. */
+static wp_status checkout_failed(wp_error *err, const char *db, const char *sqlstate)
+{
+    if (strcmp(sqlstate, "3D000") != 0)
+        return WP_ERR_BACKEND;
+    wp_error_set(err, WP_SQLSTATE_UNDEFINED_DB, "database \"%s\" does not exist", db);
+    return WP_ERR_NOT_FOUND;
+}
+
 /* ---- the per-role lock --------------------------------------------------------------- */
 
 /* Takes the backend half of the role lock on *c (retrying once on a fresh connection if
@@ -314,7 +345,7 @@ static wp_status backend_lock(prov_ctx *p, prov_pools *pools, const char *db, PG
 {
     const char *vals[1] = {key};
     bool table = prov_lock_strategy(p->dialect) == PROV_LOCK_TABLE;
-    for (int attempt = 0; attempt < 2; attempt++) {
+    for (int attempt = 0;; attempt++) {
         PGresult *r = NULL;
         if (table) {
             for (int i = 0; i <= prov_serialization_retries(p->dialect) && !r; i++) {
@@ -339,16 +370,11 @@ static wp_status backend_lock(prov_ctx *p, prov_pools *pools, const char *db, PG
             PQclear(r);
             return WP_OK;
         }
-        if (attempt == 0 && PQstatus(*c) == CONNECTION_BAD) {
-            prov_pool_put(pools, db, *c, true);
-            *c = NULL;
-            if (prov_pool_get(pools, db, c, NULL, err) != WP_OK)
-                return WP_ERR_BACKEND;
-            continue;
-        }
-        break;
+        if (!reconnect_once(pools, db, c, attempt, NULL, err))
+            break;
     }
-    set_backend_err(err, "lock", *c);
+    if (*c) /* else the reconnect failed and err says why */
+        set_backend_err(err, "lock", *c);
     return WP_ERR_BACKEND;
 }
 
@@ -480,18 +506,16 @@ static wp_status lock_and_read(prov_ctx *p, prov_lease *l, const char *schemas, 
     }
     for (int attempt = 0;; attempt++) {
         wp_status rc = pipelined_lock_read(p, l->conn, l->lock_key, l->role, schemas, st, err);
-        if (rc == WP_OK || attempt > 0 || PQstatus(l->conn) != CONNECTION_BAD)
-            return rc;
-        prov_pool_put(&p->pools, l->db, l->conn, true);
-        l->conn = NULL;
         char ss[6] = "";
-        if (prov_pool_get(&p->pools, l->db, &l->conn, ss, err) != WP_OK) {
-            l->lock_key[0] = '\0';
-            if (strcmp(ss, "3D000") != 0)
-                return WP_ERR_BACKEND;
-            wp_error_set(err, WP_SQLSTATE_UNDEFINED_DB, "database \"%s\" does not exist", l->db);
-            return WP_ERR_NOT_FOUND;
+        if (rc == WP_OK || reconnect_once(&p->pools, l->db, &l->conn, attempt, ss, err)) {
+            if (rc == WP_OK)
+                return rc;
+            continue;
         }
+        if (l->conn)
+            return rc;
+        l->lock_key[0] = '\0';
+        return checkout_failed(err, l->db, ss);
     }
 }
 
@@ -828,20 +852,23 @@ static wp_status rawsql_apply(PGconn *c, const char *role, const grant_effective
 
 /* ---- ensure role -------------------------------------------------------------------------- */
 
+/* WP_OK when db exists and accepts connections. A database that refuses them
+ * (template0, ALLOW_CONNECTIONS false) is refused here with PostgreSQL's own SQLSTATE
+ * rather than by the admin's failed login to it, whose text is not the caller's. */
 static wp_status database_exists(prov_ctx *p, const char *db, wp_error *err)
 {
     PGconn *c = NULL;
     if (prov_pool_get(&p->pools, p->s.admin_database, &c, NULL, err) != WP_OK)
         return WP_ERR_BACKEND;
     const char *vals[1] = {db};
-    PGresult *r = run(c, "SELECT 1 FROM pg_database WHERE datname = $1", 1, vals, NULL);
-    if (!r && PQstatus(c) == CONNECTION_BAD) { /* backend restarted: one retry */
-        prov_pool_put(&p->pools, p->s.admin_database, c, true);
-        c = NULL;
-        if (prov_pool_get(&p->pools, p->s.admin_database, &c, NULL, err) != WP_OK)
-            return WP_ERR_BACKEND;
-        r = run(c, "SELECT 1 FROM pg_database WHERE datname = $1", 1, vals, NULL);
+    PGresult *r = NULL;
+    for (int attempt = 0; !r; attempt++) {
+        r = run(c, "SELECT datallowconn FROM pg_database WHERE datname = $1", 1, vals, NULL);
+        if (!r && !reconnect_once(&p->pools, p->s.admin_database, &c, attempt, NULL, err))
+            break;
     }
+    if (!c)
+        return WP_ERR_BACKEND;
     wp_status st = WP_OK;
     if (!r) {
         set_backend_err(err, "database_check", c);
@@ -849,6 +876,10 @@ static wp_status database_exists(prov_ctx *p, const char *db, wp_error *err)
     } else if (PQntuples(r) == 0) {
         wp_error_set(err, WP_SQLSTATE_UNDEFINED_DB, "database \"%s\" does not exist", db);
         st = WP_ERR_NOT_FOUND;
+    } else if (PQgetvalue(r, 0, 0)[0] != 't') {
+        wp_error_set(err, PROV_SQLSTATE_DB_CLOSED, "the database does not accept connections");
+        wp_error_detail(err, "database \"%s\" has pg_database.datallowconn = false", db);
+        st = WP_ERR_DENIED;
     }
     PQclear(r);
     prov_pool_put(&p->pools, p->s.admin_database, c, false);
@@ -1013,11 +1044,7 @@ static wp_status claim(prov_ctx *p, prov_lease *l, const char *record, const cha
     char ss[6] = "";
     if (prov_pool_get(&p->pools, l->db, &l->conn, ss, err) != WP_OK) {
         lease_unlock(l);
-        if (strcmp(ss, "3D000") == 0) {
-            wp_error_set(err, WP_SQLSTATE_UNDEFINED_DB, "database \"%s\" does not exist", l->db);
-            return WP_ERR_NOT_FOUND;
-        }
-        return WP_ERR_BACKEND;
+        return checkout_failed(err, l->db, ss);
     }
     wp_status rc = lock_and_read(p, l, schemas, st, err);
     if (rc != WP_OK) {
@@ -1584,31 +1611,28 @@ wp_status prov_cleanup(prov_ctx *p, int *dropped, wp_error *err)
     const char *vals[1] = {PROV_ROLE_RECORD_PREFIX};
     PGresult *r = NULL;
     char orphans[ID_ROLE_MAX + 1];
-    /* Two attempts: a pooled connection may have died with a backend restart since it
-     * was last used, and only a query tells. */
-    for (int attempt = 0; attempt < 2 && !r; attempt++) {
-        PGconn *c = NULL;
-        if (prov_pool_get(&p->pools, p->s.admin_database, &c, NULL, err) != WP_OK)
-            return WP_ERR_BACKEND;
+    PGconn *c = NULL;
+    if (prov_pool_get(&p->pools, p->s.admin_database, &c, NULL, err) != WP_OK)
+        return WP_ERR_BACKEND;
+    for (int attempt = 0; !r; attempt++) {
         r = run(c,
                 "SELECT r.rolname, shobj_description(r.oid, 'pg_authid') FROM pg_roles r "
                 "WHERE r.rolvaliduntil < now() AND left(shobj_description(r.oid, "
                 "'pg_authid'), length($1)) = $1 AND " PROV_SQL_ADMIN_MADE("r.oid"),
                 1, vals, NULL);
-        bool broken = PQstatus(c) == CONNECTION_BAD;
-        if (!r && (!broken || attempt == 1))
-            set_backend_err(err, "cleanup_list", c);
-        wp_status ost = r && PQntuples(r) > 0 ? ensure_orphans(p, c, orphans, err) : WP_OK;
-        prov_pool_put(&p->pools, p->s.admin_database, c, broken);
-        if (ost != WP_OK) {
-            PQclear(r);
-            return ost;
-        }
-        if (!r && !broken)
-            return WP_ERR_BACKEND;
+        if (!r && !reconnect_once(&p->pools, p->s.admin_database, &c, attempt, NULL, err))
+            break;
     }
-    if (!r)
-        return WP_ERR_BACKEND;
+    if (!r && c)
+        set_backend_err(err, "cleanup_list", c);
+    wp_status ost = !r                 ? WP_ERR_BACKEND
+                    : PQntuples(r) > 0 ? ensure_orphans(p, c, orphans, err)
+                                       : WP_OK;
+    prov_pool_put(&p->pools, p->s.admin_database, c, c && PQstatus(c) == CONNECTION_BAD);
+    if (ost != WP_OK) {
+        PQclear(r);
+        return ost;
+    }
     for (int i = 0; i < PQntuples(r); i++) {
         const char *rec = PQgetvalue(r, i, 1);
         if (!id_record_is_waypoint(rec) || !prov_record_is_role(rec))
