@@ -575,6 +575,73 @@ static void test_admin_login_refused(void **state)
     id_free(id);
 }
 
+/* The one group role the caller role is a member of (grp: 64 bytes). */
+static void member_group(const char *role, char *grp)
+{
+    const char *vals[1] = {role};
+    PGresult *r = PQexecParams(super_appdb,
+                               "SELECT g.rolname FROM pg_auth_members m JOIN pg_roles g ON g.oid = "
+                               "m.roleid JOIN pg_roles r ON r.oid = m.member WHERE r.rolname = $1",
+                               1, NULL, vals, NULL, NULL, 0);
+    assert_int_equal(PQresultStatus(r), PGRES_TUPLES_OK);
+    assert_int_equal(PQntuples(r), 1);
+    snprintf(grp, 64, "%s", PQgetvalue(r, 0, 0));
+    PQclear(r);
+}
+
+/* Memberships of the caller role that allow SET ROLE, lack INHERIT or carry ADMIN
+ * (PostgreSQL 16+, where pg_auth_members has the options). */
+static int loose_memberships(const char *role)
+{
+    return count_q(super_appdb,
+                   "SELECT count(*) FROM pg_auth_members m JOIN pg_roles r ON r.oid = m.member "
+                   "WHERE r.rolname = $1 AND (m.set_option OR NOT m.inherit_option OR "
+                   "m.admin_option)",
+                   role);
+}
+
+/* Group privileges reach the caller by inheritance. PostgreSQL 16 and later: the
+ * memberships are INHERIT TRUE, SET FALSE, never ADMIN, so SET ROLE to the group (and
+ * with it creating objects the group owns, which would outlive a narrowed grant) is
+ * refused; a membership of ours that allows SET (made before an upgrade to 16, or
+ * altered) is fixed at the next connect. 14 and 15 have no such options: SET ROLE to the
+ * group works there (docs/provisioning.md, Known limits). */
+static void test_group_set_role_by_version(void **state)
+{
+    (void)state;
+    id_identity *id = ident("setrole@example.com", "pc", "nSETROLE");
+    grant_effective *g =
+        grant("appdb", "{\"appdb\":{\"permissions\":[\"admin\"],\"schemas\":[\"adm\"]}}",
+              GRANT_PRESET_NONE);
+    char role[64], grp[64], sql[256];
+    PGconn *c = connect_as(id, "appdb", g, role);
+    member_group(role, grp);
+    snprintf(sql, sizeof sql, "SET ROLE \"%s\"", grp);
+    const char *want = C.major >= 16 ? "42501" : "00000";
+    expect_state(c, "CREATE TABLE adm.setrole_t (a int)", "00000"); /* inherited CREATE */
+    expect_state(c, sql, want);
+    expect_state(c, "RESET ROLE", "00000");
+    PQfinish(c);
+    if (C.major >= 16) {
+        assert_int_equal(loose_memberships(role), 0);
+        /* Loosen the admin's own grant (as an older Waypoint or a hand edit would). */
+        PGconn *adm = pgc_connect_admin(&C, "appdb");
+        assert_non_null(adm);
+        snprintf(sql, sizeof sql, "GRANT \"%s\" TO \"%s\" WITH SET TRUE, ADMIN TRUE", grp, role);
+        assert_int_equal(pgc_exec(adm, sql), 0);
+        PQfinish(adm);
+        assert_int_equal(loose_memberships(role), 1);
+        c = connect_as(id, "appdb", g, NULL);
+        assert_int_equal(loose_memberships(role), 0);
+        snprintf(sql, sizeof sql, "SET ROLE \"%s\"", grp);
+        expect_state(c, sql, "42501");
+        expect_state(c, "INSERT INTO adm.setrole_t VALUES (1)", "00000");
+        PQfinish(c);
+    }
+    grant_free(g);
+    id_free(id);
+}
+
 static void test_collision_uses_hashed_name(void **state)
 {
     (void)state;
@@ -1405,6 +1472,7 @@ int main(void)
         cmocka_unit_test(test_missing_database),
         cmocka_unit_test(test_database_closed_to_connections),
         cmocka_unit_test(test_admin_login_refused),
+        cmocka_unit_test(test_group_set_role_by_version),
         cmocka_unit_test(test_collision_uses_hashed_name),
         cmocka_unit_test(test_both_names_taken_is_conflict),
         cmocka_unit_test(test_elevated_role_refused),
