@@ -64,6 +64,7 @@ struct prov_ctx {
     char *strs[7];
     prov_dialect dialect;
     bool md5;
+    bool member_opts; /* PostgreSQL 16+: memberships WITH INHERIT TRUE, SET FALSE */
     prov_pools pools;
     prov_pools lockpools; /* CockroachDB: lock-table transactions, admin_database */
     prov_keylocks locks;
@@ -205,8 +206,10 @@ static wp_status detect_backend(prov_ctx *p, wp_error *err)
                err ? err->detail : "", (char *)NULL);
         return WP_ERR_BACKEND;
     }
-    PGresult *r =
-        run(c, "SELECT version(), current_setting('password_encryption', true)", 0, NULL, NULL);
+    PGresult *r = run(c,
+                      "SELECT version(), current_setting('password_encryption', true), "
+                      "current_setting('server_version_num', true)",
+                      0, NULL, NULL);
     if (!r) {
         set_backend_err(err, "detect", c);
         PQfinish(c);
@@ -214,6 +217,7 @@ static wp_status detect_backend(prov_ctx *p, wp_error *err)
     }
     p->dialect = prov_dialect_from_version(PQgetvalue(r, 0, 0));
     p->md5 = p->dialect == PROV_DIALECT_POSTGRES && prov_pwenc_is_md5(PQgetvalue(r, 0, 1));
+    p->member_opts = prov_member_options(p->dialect, strtol(PQgetvalue(r, 0, 2), NULL, 10));
     PQclear(r);
     wp_status st = WP_OK;
     if (p->dialect == PROV_DIALECT_COCKROACH) {
@@ -234,7 +238,8 @@ static wp_status detect_backend(prov_ctx *p, wp_error *err)
         }
     }
     PQfinish(c);
-    if (st == WP_OK && !(p->state_sql = prov_sql_role_state(p->dialect, p->qrecords)))
+    if (st == WP_OK &&
+        !(p->state_sql = prov_sql_role_state(p->dialect, p->qrecords, p->member_opts)))
         st = WP_ERR_NOMEM;
     return st;
 }
@@ -279,7 +284,8 @@ wp_status prov_create(const prov_settings *s, prov_ctx **out, wp_error *err)
     }
     log_kv(WP_LOG_INFO, "prov_ready", "listener", p->s.listener_name, "dialect",
            p->dialect == PROV_DIALECT_COCKROACH ? "cockroachdb" : "postgres", "password_hash",
-           p->md5 ? "md5" : "scram-sha-256", (char *)NULL);
+           p->md5 ? "md5" : "scram-sha-256", "group_set_role",
+           p->member_opts ? "denied" : "allowed", (char *)NULL);
     *out = p;
     return WP_OK;
 }
@@ -684,8 +690,26 @@ static bool name_in(const char *const *names, size_t n, const char *name)
 }
 
 /* Makes the role a member of exactly the groups of its pairs (among Waypoint groups). */
+/* Appends "GRANT qg-of-gn TO qr<options>; " to *sql. False on allocation failure. */
+static bool append_member_grant(PGconn *c, char **sql, const char *gn, const char *qr, bool opts)
+{
+    char *qg = qident(c, gn);
+    char *next =
+        qg ? fmt_sql("%sGRANT %s TO %s%s; ", *sql, qg, qr, prov_sql_member_options(opts)) : NULL;
+    free(qg);
+    free(*sql);
+    *sql = next;
+    return next != NULL;
+}
+
+/* Makes the role a member of exactly the wanted groups. With opts (PostgreSQL 16+) every
+ * membership is INHERIT TRUE, SET FALSE, ADMIN FALSE: the caller has its groups'
+ * privileges but cannot SET ROLE to a group (and so cannot create objects owned by it,
+ * which would outlive a narrowed grant); a membership of ours with other options (made
+ * before the upgrade, or altered) is re-granted, which updates them in place. */
 static wp_status reconcile_members(PGconn *c, const char *role, const role_state *st,
-                                   char (*want)[ID_ROLE_MAX + 1], size_t nwant, wp_error *err)
+                                   char (*want)[ID_ROLE_MAX + 1], size_t nwant, bool opts,
+                                   wp_error *err)
 {
     const char **wantp = calloc(nwant + 1, sizeof *wantp);
     char *qr = qident(c, role);
@@ -712,8 +736,18 @@ static wp_status reconcile_members(PGconn *c, const char *role, const role_state
         if (!gn)
             continue;
         have[nhave++] = gn;
-        if (name_in(wantp, nwant, gn))
+        if (name_in(wantp, nwant, gn)) {
+            if (!opts || !json_is_true(json_array_get(m, 2)))
+                continue;
+            log_kv(WP_LOG_INFO, "prov_membership_fixed", "role", role, "group", gn, "options",
+                   "INHERIT TRUE, SET FALSE, ADMIN FALSE", (char *)NULL);
+            if (!append_member_grant(c, &sql, gn, qr, opts)) {
+                free(have);
+                rc = WP_ERR_NOMEM;
+                goto out;
+            }
             continue;
+        }
         if (!prov_record_is_group(grec)) {
             log_kv(WP_LOG_WARN, "prov_foreign_membership", "role", role, "member_of", gn,
                    (char *)NULL);
@@ -731,11 +765,7 @@ static wp_status reconcile_members(PGconn *c, const char *role, const role_state
     for (size_t i = 0; i < nwant; i++) {
         if (!wantp[i] || name_in(have, nhave, wantp[i]) || name_in(wantp, i, wantp[i]))
             continue;
-        char *qg = qident(c, wantp[i]);
-        char *next = qg ? fmt_sql("%sGRANT %s TO %s; ", sql, qg, qr) : NULL;
-        free(qg);
-        free(sql);
-        if (!(sql = next)) {
+        if (!append_member_grant(c, &sql, wantp[i], qr, opts)) {
             free(have);
             rc = WP_ERR_NOMEM;
             goto out;
@@ -785,7 +815,7 @@ static wp_status reconcile_grants(prov_ctx *p, PGconn *c, const char *db, const 
             cache_store(p, want[i], nspoid, json_integer_value(json_array_get(row, 3)));
     }
     if (rc == WP_OK)
-        rc = reconcile_members(c, role, st, want, g->npairs, err);
+        rc = reconcile_members(c, role, st, want, g->npairs, p->member_opts, err);
     if (rc != WP_OK)
         for (size_t i = 0; i < g->npairs; i++)
             if (want[i][0])
