@@ -51,6 +51,12 @@
  * does not allow connections. */
 #define PROV_SQLSTATE_DB_CLOSED "55000"
 
+/* A database whose schema public was checked for PUBLIC CREATE (check_public_create). */
+typedef struct db_seen {
+    struct db_seen *next;
+    char name[]; /* flexible: database names are not bounded by the identifier limit */
+} db_seen;
+
 typedef struct group_cache {
     char name[ID_ROLE_MAX + 1];
     long long nsp_oid;
@@ -68,11 +74,12 @@ struct prov_ctx {
     prov_pools pools;
     prov_pools lockpools; /* CockroachDB: lock-table transactions, admin_database */
     prov_keylocks locks;
-    pthread_mutex_t cache_mu; /* guards groups */
+    pthread_mutex_t cache_mu; /* guards groups and public_checked */
     group_cache *groups;
-    char *qrecords;  /* CockroachDB: quoted waypoint_roles table name */
-    char *state_sql; /* the role-state query: fixed once the dialect is known */
-    char ttl_ms[24]; /* user_ttl in ms, as the state query's $2 */
+    db_seen *public_checked; /* databases checked for PUBLIC CREATE on public */
+    char *qrecords;          /* CockroachDB: quoted waypoint_roles table name */
+    char *state_sql;         /* the role-state query: fixed once the dialect is known */
+    char ttl_ms[24];         /* user_ttl in ms, as the state query's $2 */
 };
 
 struct prov_lease {
@@ -301,6 +308,10 @@ void prov_destroy(prov_ctx *p)
     for (group_cache *g = p->groups, *n; g; g = n) {
         n = g->next;
         free(g);
+    }
+    for (db_seen *d = p->public_checked, *n; d; d = n) {
+        n = d->next;
+        free(d);
     }
     for (int i = 0; i < 7; i++)
         free(p->strs[i]);
@@ -1119,6 +1130,68 @@ static wp_status claim_name(prov_ctx *p, prov_lease *l, const id_identity *id, c
     return rc;
 }
 
+/* ---- PUBLIC CREATE on schema public ------------------------------------------------------ */
+
+/* Adds db to the checked list; false if it was there already (or out of memory: then
+ * the check is skipped, it is advice, not a guard). */
+static bool public_check_claim(prov_ctx *p, const char *db)
+{
+    pthread_mutex_lock(&p->cache_mu);
+    bool fresh = true;
+    for (db_seen *d = p->public_checked; d && fresh; d = d->next)
+        fresh = strcmp(d->name, db) != 0;
+    size_t n = strlen(db) + 1;
+    db_seen *d = fresh ? malloc(sizeof *d + n) : NULL;
+    if (d) {
+        memcpy(d->name, db, n);
+        d->next = p->public_checked;
+        p->public_checked = d;
+    }
+    pthread_mutex_unlock(&p->cache_mu);
+    return d != NULL;
+}
+
+static void public_check_release(prov_ctx *p, const char *db)
+{
+    pthread_mutex_lock(&p->cache_mu);
+    for (db_seen **pp = &p->public_checked; *pp; pp = &(*pp)->next) {
+        if (strcmp((*pp)->name, db) == 0) {
+            db_seen *d = *pp;
+            *pp = d->next;
+            free(d);
+            break;
+        }
+    }
+    pthread_mutex_unlock(&p->cache_mu);
+}
+
+/* PostgreSQL 14 and older let PUBLIC create in schema public by default (and a database
+ * upgraded from one keeps that ACL): every caller, a readonly one included, can then
+ * create tables there. That is the server's grant, not Waypoint's, so it is not revoked
+ * here; the first time Waypoint provisions in a database (per process) it looks once,
+ * on the locked connection c, and logs one warning naming the database and the fix. A
+ * failed look is tried again at the next connect. */
+static void check_public_create(prov_ctx *p, PGconn *c, const char *db)
+{
+    if (p->dialect != PROV_DIALECT_POSTGRES || !public_check_claim(p, db))
+        return;
+    PGresult *r = run(c,
+                      "SELECT EXISTS (SELECT 1 FROM pg_namespace n WHERE n.nspname = 'public' "
+                      "AND has_schema_privilege('public', n.oid, 'CREATE'))",
+                      0, NULL, NULL);
+    if (!r) {
+        public_check_release(p, db);
+        return;
+    }
+    if (PQgetvalue(r, 0, 0)[0] == 't')
+        log_kv(WP_LOG_WARN, "prov_public_create", "listener", p->s.listener_name, "database", db,
+               "reason",
+               "PUBLIC may CREATE in schema public (the default before PostgreSQL 15): every "
+               "caller can create objects there, whatever its grant",
+               "fix", "REVOKE CREATE ON SCHEMA public FROM PUBLIC", (char *)NULL);
+    PQclear(r);
+}
+
 /* ---- ownership ------------------------------------------------------------------------- */
 
 /* True when the (clamped) grant holds the admin preset on schema. */
@@ -1258,6 +1331,7 @@ static wp_status ensure_locked(prov_ctx *p, prov_lease *l, const id_identity *id
         free(record);
         return rc;
     }
+    check_public_create(p, l->conn, l->db);
     bool raw = g->nsql > 0 && g->downgrade == GRANT_PRESET_NONE;
     if (raw && (rc = rawsql_prepare(p, id, l->db, l->role, g, &stmts, err)) != WP_OK) {
         free(record);

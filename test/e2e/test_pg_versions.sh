@@ -55,7 +55,7 @@ n_other=$(grep 'event=prov_public_create' "$T/waypoint.log" | grep -c 'database=
 if [ "$PG_MAJOR" -le 14 ]; then
     [ "$rc" -eq 0 ] || fail "PostgreSQL $PG_MAJOR: PUBLIC's CREATE on public did not apply: $out"
     pass "PostgreSQL $PG_MAJOR: a readonly caller can create in public (PostgreSQL's default)"
-    assert_eq 1 "$n_appdb" "PostgreSQL $PG_MAJOR: one prov_public_create warning for appdb after 4 connects"
+    assert_eq 1 "$n_appdb" "PostgreSQL $PG_MAJOR: one prov_public_create warning for appdb after 3 connects"
     assert_eq 1 "$n_other" "PostgreSQL $PG_MAJOR: one prov_public_create warning for otherdb"
     line=$(grep 'event=prov_public_create' "$T/waypoint.log" | grep 'database=appdb')
     assert_contains "$line" "level=warn" "the warning is a warning"

@@ -124,7 +124,7 @@ static PGconn *connect_as(const id_identity *id, const char *db, const grant_eff
 
 /* CREATE in schema public by a caller whose grant gives no CREATE there: refused, except
  * on PostgreSQL 14 and older, where PUBLIC holds CREATE on public by default (the
- * server's own grant, not Waypoint's). */
+ * server's own grant, not Waypoint's, which logs prov_public_create for it). */
 #define PUBLIC_CREATE_STATE() (C.major <= 14 ? "00000" : "42501")
 
 static void expect_state(PGconn *c, const char *sql, const char *want)
