@@ -79,6 +79,12 @@ typedef struct wp_config {
     int64_t drain_timeout_ms;   /* default 30s */
     char *log_level;            /* default "info" */
 
+    /* [pool] parked backend sessions (Waypoint-C specific, lib/pool.c) */
+    bool pool_enabled;            /* default true */
+    int64_t pool_idle_timeout_ms; /* default 60s */
+    int64_t pool_max_per_role;    /* default 4 */
+    int64_t pool_max_total;       /* default 100 */
+
     cfg_listener *listeners;
     size_t nlisteners;
 } wp_config;

@@ -44,6 +44,7 @@
 #include "io.h"
 #include "listener.h"
 #include "log.h"
+#include "pool.h"
 #include "provision.h"
 #include "session.h"
 #include "tailscale.h"
@@ -75,6 +76,7 @@ typedef struct srv {
 
     cancel_map *cancel;
     sess_users *users;
+    pool *pool;       /* parked backend sessions, shared by all environments */
     int stop_pipe[2]; /* closing [1] makes [0] readable for every relay */
 
     pthread_t cleaner;
@@ -218,6 +220,7 @@ static srv_env *srv_env_build(srv *s, wp_config *cfg, srv_env *old)
     e->env.cfg = cfg;
     e->env.cancel = s->cancel;
     e->env.users = s->users;
+    e->env.pool = s->pool;
     e->env.stop_fd = s->stop_pipe[0];
     e->env.ts = ts_client_new(cfg->ts_socket, cfg->ts_capability, cfg->whois_timeout_ms);
     e->env.listeners = calloc(cfg->nlisteners, sizeof(*e->env.listeners));
@@ -454,6 +457,7 @@ static void srv_shutdown(srv *s, const sigset_t *set)
 {
     for (size_t i = 0; i < s->nlsns; i++)
         lsn_stop(s->lsns[i]);
+    pool_shutdown(s->pool); /* parked sessions end now; nothing parks from here on */
     int64_t drain_ms = s->cur->env.cfg->drain_timeout_ms;
     char ms[24];
     snprintf(ms, sizeof(ms), "%lld", (long long)drain_ms);
@@ -477,6 +481,7 @@ static void srv_shutdown(srv *s, const sigset_t *set)
         srv_env_unref(s->cur);
         cancel_map_free(s->cancel);
         sess_users_free(s->users);
+        pool_free(s->pool);
     }
     log_kv(WP_LOG_INFO, "stopped", (char *)NULL);
 }
@@ -491,7 +496,8 @@ static int srv_init(srv *s, const char *path, wp_config *cfg)
     pthread_cond_init(&s->ccv, NULL);
     s->cancel = cancel_map_new();
     s->users = sess_users_new();
-    if (!s->cancel || !s->users || pipe2(s->stop_pipe, O_CLOEXEC) != 0) {
+    s->pool = pool_new();
+    if (!s->cancel || !s->users || !s->pool || pipe2(s->stop_pipe, O_CLOEXEC) != 0) {
         cfg_unref(cfg);
         return 0;
     }
@@ -530,6 +536,8 @@ int srv_run(const char *config_path, wp_config *cfg)
         if (sig == SIGHUP) {
             log_kv(WP_LOG_INFO, "reload", "signal", "HUP", (char *)NULL);
             srv_reload(&s);
+            /* grants, limits or the backend may have changed: parked sessions go */
+            pool_drop(s.pool, POOL_DROP_ALL, NULL, NULL, "reload");
             continue;
         }
         log_kv(WP_LOG_INFO, "shutdown", "signal", sig == SIGTERM ? "TERM" : "INT", (char *)NULL);
