@@ -43,6 +43,7 @@
 #include <sys/socket.h>
 
 #define RELAY_TELL_WAIT_MS 1000    /* bringing the client to a boundary when stopping */
+#define RELAY_BOUNDARY_WAIT_MS 2000 /* time to finish a message before a held Terminate */
 #define RELAY_LAST_WORDS_MAX 65536 /* a stopped backend's last messages passed on, bytes */
 
 void relay_framer_init(relay_framer *f)
