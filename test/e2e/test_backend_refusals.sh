@@ -94,9 +94,15 @@ direct_rejected() { # (asks for the reload again: a loaded machine was seen to m
     local o
     o=$(PGPASSWORD=x psql -X -qAt "host=127.0.0.1 port=$PG_PORT dbname=appdb user=wp_alice_laptop_appdb sslmode=disable" \
         -c "SELECT 1" 2>&1) || true
+    printf '%s\n' "$o" >"$T/direct_rejected.out"
     case $o in *"pg_hba.conf rejects"*) return 0 ;; *) return 1 ;; esac
 }
-e2e_wait 40 "the backend to load the reject rule" direct_rejected
+deadline=$((SECONDS + 40))
+until direct_rejected; do # e2e_wait, but the failure shows the last answer
+    [ "$SECONDS" -lt "$deadline" ] ||
+        fail "timed out after 40s waiting for the backend to load the reject rule (last answer: $(cat "$T/direct_rejected.out"))"
+    sleep 0.05
+done
 expect_backend_refusal "upstream login refused" appdb 28000 "the backend refused the login" \
     'pg_hba.conf rejects connection'
 sed -i '1d' "$hba"
