@@ -101,6 +101,8 @@ const char *relay_end_str(relay_end e)
         return "revoked";
     case RELAY_NOMEM:
         return "out_of_memory";
+    case RELAY_KILLED:
+        return "killed";
     }
     return "unknown";
 }
@@ -109,6 +111,7 @@ void relay_opts_init(relay_opts *o)
 {
     memset(o, 0, sizeof(*o));
     o->stop_fd = -1;
+    o->kill_fd = -1;
     o->linger_ms = 10000;
 }
 
@@ -119,6 +122,7 @@ typedef struct relay_dir {
     unsigned char *buf;
     relay_framer framer;
     uint64_t *count;
+    _Atomic uint64_t *live; /* optional mirror of *count for other threads */
     relay_end read_fail;  /* outcome when reading `from` fails */
     relay_end write_fail; /* outcome when writing `to` fails */
 } relay_dir;
@@ -140,6 +144,8 @@ static move_status relay_move(relay_dir *d, size_t cap, int64_t write_deadline, 
     }
     relay_framer_feed(&d->framer, d->buf, (size_t)r);
     *d->count += (uint64_t)r;
+    if (d->live)
+        atomic_fetch_add_explicit(d->live, (uint64_t)r, memory_order_relaxed);
     wp_status st = io_write_all(d->to, d->buf, (size_t)r, write_deadline);
     if (st != WP_OK) {
         *fail_end = st == WP_ERR_TIMEOUT ? RELAY_MAX_DURATION : d->write_fail;
@@ -250,20 +256,23 @@ static relay_end relay_step(relay_loop *L)
     if (io_pending(L->b2c.from) > 0)
         return relay_serve(L, &L->b2c);
 
-    struct pollfd p[3] = {
+    struct pollfd p[4] = {
         {.fd = L->client_eof ? -1 : L->c2b.from->fd, .events = POLLIN},
         {.fd = L->b2c.from->fd, .events = POLLIN},
         {.fd = L->o->stop_fd, .events = POLLIN},
+        {.fd = L->o->kill_fd, .events = POLLIN},
     };
     int64_t now = wp_now_ms();
     int64_t due = earliest(earliest(L->o->end_ms, L->linger_end), L->next_tick);
-    int r = poll(p, 3, poll_timeout(due, now));
+    int r = poll(p, 4, poll_timeout(due, now));
     if (r < 0)
         return errno == EINTR ? 0 : RELAY_CLIENT_ERROR;
     if (r == 0)
         return 0;
     if (p[2].revents)
         return RELAY_STOPPED;
+    if (p[3].revents)
+        return RELAY_KILLED;
     relay_end e = 0;
     if (p[0].revents)
         e = relay_serve(L, &L->c2b);
@@ -275,7 +284,7 @@ static relay_end relay_step(relay_loop *L)
 static int relay_end_informs_client(relay_end e)
 {
     return e == RELAY_STOPPED || e == RELAY_MAX_DURATION || e == RELAY_MAX_BYTES ||
-           e == RELAY_TICK_STOP;
+           e == RELAY_TICK_STOP || e == RELAY_KILLED;
 }
 
 void relay_run(wp_io *client, wp_io *backend, const relay_opts *o, relay_result *res)
@@ -291,12 +300,14 @@ void relay_run(wp_io *client, wp_io *backend, const relay_opts *o, relay_result 
                         .to = backend,
                         .buf = bufs,
                         .count = &res->bytes_in,
+                        .live = o->live_in,
                         .read_fail = RELAY_CLIENT_ERROR,
                         .write_fail = RELAY_BACKEND_ERROR};
     L.b2c = (relay_dir){.from = backend,
                         .to = client,
                         .buf = bufs + RELAY_BUF_SIZE,
                         .count = &res->bytes_out,
+                        .live = o->live_out,
                         .read_fail = RELAY_BACKEND_ERROR,
                         .write_fail = RELAY_CLIENT_ERROR};
     if (o->tick && o->tick_ms > 0)

@@ -10,6 +10,7 @@
 #ifndef WP_RELAY_H
 #define WP_RELAY_H
 
+#include <stdatomic.h>
 #include <stddef.h>
 #include <stdint.h>
 
@@ -44,6 +45,7 @@ typedef enum {
     RELAY_MAX_BYTES,         /* max_bytes exceeded */
     RELAY_TICK_STOP,         /* the tick callback asked to end the session */
     RELAY_NOMEM,
+    RELAY_KILLED, /* kill_fd became readable (`waypoint kill`) */
 } relay_end;
 
 /* Called every tick_ms during the relay (revalidation). Return 0 to go on; non-zero to
@@ -58,6 +60,10 @@ typedef struct relay_opts {
     relay_tick_fn tick;
     void *tick_arg;
     int64_t linger_ms; /* after the client's EOF, wait this long for the backend */
+    /* Admin hooks (sessreg): kill_fd readable => end with RELAY_KILLED (-1 = none);
+     * live_in/live_out, when set, follow bytes_in/bytes_out while the relay runs. */
+    int kill_fd;
+    _Atomic uint64_t *live_in, *live_out;
 } relay_opts;
 
 typedef struct relay_result {

@@ -14,6 +14,7 @@
 
 #include "cancel.h"
 #include "config.h"
+#include "obs.h"
 #include "provision.h"
 #include "tailscale.h"
 #include "tls.h"
@@ -33,6 +34,7 @@ typedef struct sess_env {
     cancel_map *cancel;       /* process-wide */
     sess_users *users;        /* process-wide live-connection counts per caller */
     int stop_fd;              /* readable once open sessions must end; -1 = never */
+    obs *obs;                 /* process-wide metrics, session registry, audit; may be NULL */
 } sess_env;
 
 /* Serves the connection on fd (and closes it). over_cap: only answer 53300. */
