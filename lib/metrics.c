@@ -391,8 +391,12 @@ void metrics_format_double(double v, char *out, size_t outsz)
         snprintf(out, outsz, "%s", v > 0 ? "+Inf" : "-Inf");
     else if (v == floor(v) && fabs(v) < 1e15)
         snprintf(out, outsz, "%.0f", v);
-    else
-        snprintf(out, outsz, "%.17g", v);
+    else /* the shortest text that reads back as the same double: 0.1, not 0.10000000000000001 */
+        for (int prec = 1; prec <= 17; prec++) {
+            snprintf(out, outsz, "%.*g", prec, v);
+            if (strtod(out, NULL) == v)
+                break;
+        }
 }
 
 /* {a="x",b="y"[,le="0.5"]}; nothing when there are no labels at all. */
