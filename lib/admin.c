@@ -178,7 +178,8 @@ static void *admin_thread(void *arg)
 {
     admin_server *a = arg;
     for (;;) {
-        struct pollfd p[2] = {{.fd = a->fd, .events = POLLIN}, {.fd = a->stop[0], .events = POLLIN}};
+        struct pollfd p[2] = {{.fd = a->fd, .events = POLLIN},
+                              {.fd = a->stop[0], .events = POLLIN}};
         if (poll(p, 2, -1) < 0) {
             if (errno == EINTR)
                 continue;
@@ -252,8 +253,7 @@ wp_status admin_start(const char *path, obs *o, admin_server **out, wp_error *er
     }
     a->fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC | SOCK_NONBLOCK, 0);
     if (a->fd < 0 || bind(a->fd, (struct sockaddr *)&sa, sizeof(sa)) != 0 ||
-        chmod(path, 0600) != 0 || listen(a->fd, 16) != 0 ||
-        pipe2(a->stop, O_CLOEXEC) != 0) {
+        chmod(path, 0600) != 0 || listen(a->fd, 16) != 0 || pipe2(a->stop, O_CLOEXEC) != 0) {
         wp_error_set(err, WP_SQLSTATE_INTERNAL, "cannot listen on admin socket %s: %s", path,
                      strerror(errno));
         goto fail;
@@ -301,8 +301,10 @@ wp_status admin_call(const char *path, const json_t *req, json_t **reply, char *
     }
     int fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
     if (fd < 0 || connect(fd, (struct sockaddr *)&sa, sizeof(sa)) != 0) {
-        snprintf(err, errsz, "cannot connect to the admin socket %s: %s (is Waypoint running "
-                 "with [admin] socket set?)", path, strerror(errno));
+        snprintf(err, errsz,
+                 "cannot connect to the admin socket %s: %s (is Waypoint running "
+                 "with [admin] socket set?)",
+                 path, strerror(errno));
         if (fd >= 0)
             close(fd);
         return WP_ERR_IO;
@@ -310,7 +312,8 @@ wp_status admin_call(const char *path, const json_t *req, json_t **reply, char *
     /* The server may wait up to ADMIN_KILL_WAIT_MS for killed sessions to go. */
     int64_t deadline = wp_now_ms() + ADMIN_KILL_WAIT_MS + 5000;
     char *buf = malloc(1 << 20);
-    int ok = buf && write_json_line(fd, req, deadline) == 0 && read_line(fd, buf, 1 << 20, deadline) == 0;
+    int ok = buf && write_json_line(fd, req, deadline) == 0 &&
+             read_line(fd, buf, 1 << 20, deadline) == 0;
     close(fd);
     json_error_t jerr;
     *reply = ok ? json_loads(buf, JSON_DISABLE_EOF_CHECK, &jerr) : NULL;

@@ -20,7 +20,8 @@
 #include "wp_error.h"
 
 #define ADMIN_KILL_SQLSTATE "57P01"
-#define ADMIN_KILL_MESSAGE "terminating connection: the session was ended by a Waypoint administrator"
+#define ADMIN_KILL_MESSAGE                                                                         \
+    "terminating connection: the session was ended by a Waypoint administrator"
 
 typedef struct admin_server admin_server;
 
@@ -33,7 +34,6 @@ void admin_stop(admin_server *a); /* also unlinks the socket */
 json_t *admin_handle(obs *o, const json_t *req);
 
 /* Client side: sends req to the socket at path and returns the decoded reply. */
-wp_status admin_call(const char *path, const json_t *req, json_t **reply, char *err,
-                     size_t errsz);
+wp_status admin_call(const char *path, const json_t *req, json_t **reply, char *err, size_t errsz);
 
 #endif

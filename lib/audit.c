@@ -144,8 +144,8 @@ int audit_write(audit_log *a, const json_t *rec, char *err, size_t errsz)
     int rc = 1;
     if (a->path) {
         rc = 0;
-        if (a->fd < 0 || write_all(a->fd, a->broken_line ? buf : buf + 1,
-                                   a->broken_line ? n + 2 : n + 1) != 0) {
+        if (a->fd < 0 ||
+            write_all(a->fd, a->broken_line ? buf : buf + 1, a->broken_line ? n + 2 : n + 1) != 0) {
             snprintf(err, errsz, "cannot write audit file %s: %s", a->path,
                      a->fd < 0 ? "not open" : strerror(errno));
             a->broken_line = 1;

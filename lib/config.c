@@ -99,7 +99,7 @@ typedef enum {
     V_BTLS,
     V_LOGLEVEL,
     V_METRICS_LISTEN, /* metrics_listen_host + metrics_listen_port */
-    V_IGNORED, /* tsnet-edition key: warn, keep nothing */
+    V_IGNORED,        /* tsnet-edition key: warn, keep nothing */
 } vtype;
 
 typedef struct key_spec {

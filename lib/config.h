@@ -80,9 +80,9 @@ typedef struct wp_config {
     char *log_level;            /* default "info" */
 
     /* [metrics]: Prometheus endpoint, off unless listen is set */
-    char *metrics_listen_host;  /* "" = every address (needs allow_remote) */
-    int metrics_listen_port;    /* 0 = off */
-    bool metrics_allow_remote;  /* default false: only loopback addresses */
+    char *metrics_listen_host; /* "" = every address (needs allow_remote) */
+    int metrics_listen_port;   /* 0 = off */
+    bool metrics_allow_remote; /* default false: only loopback addresses */
 
     /* [admin] */
     char *admin_socket; /* unix socket for `waypoint sessions` / `kill`; NULL = none */

@@ -28,8 +28,8 @@ struct metrics_series {
     metrics_series *next;
     const metrics_family *fam;
     char *values[METRICS_LABELS_MAX];
-    _Atomic uint64_t v; /* counter: integer; gauge: double bits */
-    _Atomic uint64_t sum; /* histogram: double bits */
+    _Atomic uint64_t v;                                /* counter: integer; gauge: double bits */
+    _Atomic uint64_t sum;                              /* histogram: double bits */
     _Atomic uint64_t buckets[METRICS_BUCKETS_MAX + 1]; /* last = above every bound */
 };
 

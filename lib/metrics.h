@@ -45,15 +45,15 @@ metrics_family *metrics_family_add(metrics_registry *r, metrics_type type, const
  * use. NULL when the family is full or memory ran out. */
 metrics_series *metrics_series_get(metrics_family *f, const char *const *values);
 
-void metrics_inc(metrics_series *s, uint64_t n);  /* counter */
-void metrics_set(metrics_series *s, double v);    /* gauge */
+void metrics_inc(metrics_series *s, uint64_t n);   /* counter */
+void metrics_set(metrics_series *s, double v);     /* gauge */
 void metrics_add(metrics_series *s, double delta); /* gauge */
 void metrics_observe(metrics_series *s, double v); /* histogram */
 /* Sets every gauge series of f to 0 (before a collector sets the current ones). */
 void metrics_family_zero(metrics_family *f);
 
 /* Reads for tests and for callers that need a value back. */
-double metrics_value(const metrics_series *s);     /* counter or gauge */
+double metrics_value(const metrics_series *s); /* counter or gauge */
 uint64_t metrics_hist_count(const metrics_series *s);
 
 int metrics_collector_add(metrics_registry *r, metrics_collect_fn fn, void *arg);

@@ -70,9 +70,9 @@ static int obs_families(obs *o)
     o->bytes = metrics_family_add(r, METRICS_COUNTER, "waypoint_bytes_total",
                                   "Bytes relayed after startup, counted when a session ends.",
                                   LBL("listener", "direction"), NULL, 0);
-    o->cancels = metrics_family_add(r, METRICS_COUNTER, "waypoint_cancel_requests_total",
-                                    "CancelRequests by result.", LBL("listener", "result"), NULL,
-                                    0);
+    o->cancels =
+        metrics_family_add(r, METRICS_COUNTER, "waypoint_cancel_requests_total",
+                           "CancelRequests by result.", LBL("listener", "result"), NULL, 0);
     o->reval = metrics_family_add(r, METRICS_COUNTER, "waypoint_revalidations_total",
                                   "Mid-session revalidation checks by result.",
                                   LBL("listener", "result"), NULL, 0);
@@ -94,10 +94,10 @@ static int obs_families(obs *o)
          "Total connect time: accept to the first ReadyForQuery."},
     };
     for (int h = 0; h < OBS_H_COUNT; h++)
-        o->hist[h] = metrics_family_add(r, METRICS_HISTOGRAM, hnames[h][0], hnames[h][1],
-                                        h == OBS_H_CONNECT ? LBL("listener")
-                                                           : LBL("listener", "result"),
-                                        obs_buckets, OBS_NBUCKETS);
+        o->hist[h] =
+            metrics_family_add(r, METRICS_HISTOGRAM, hnames[h][0], hnames[h][1],
+                               h == OBS_H_CONNECT ? LBL("listener") : LBL("listener", "result"),
+                               obs_buckets, OBS_NBUCKETS);
     o->active = metrics_family_add(r, METRICS_GAUGE, "waypoint_active_sessions",
                                    "Relayed sessions open now.", LBL("listener"), NULL, 0);
     o->parked = metrics_family_add(r, METRICS_GAUGE, "waypoint_parked_backend_sessions",
@@ -112,17 +112,15 @@ static int obs_families(obs *o)
                                       "1 when the last configuration load (start or SIGHUP) was "
                                       "applied, 0 when it was rejected.",
                                       NULL, NULL, 0);
-    o->reload_ts = metrics_family_add(r, METRICS_GAUGE,
-                                      "waypoint_config_last_reload_timestamp_seconds",
-                                      "Unix time of the last configuration load attempt.", NULL,
-                                      NULL, 0);
+    o->reload_ts =
+        metrics_family_add(r, METRICS_GAUGE, "waypoint_config_last_reload_timestamp_seconds",
+                           "Unix time of the last configuration load attempt.", NULL, NULL, 0);
     o->start_ts = metrics_family_add(r, METRICS_GAUGE, "waypoint_start_time_seconds",
                                      "Unix time the process started.", NULL, NULL, 0);
-    metrics_family *all[] = {o->conns,  o->refusals,   o->bytes,        o->cancels,
-                             o->reval,  o->roles,      o->login_fail,   o->audit_err,
-                             o->active, o->parked,     o->admin,        o->build,
-                             o->reload_ok, o->reload_ts, o->start_ts,   o->hist[0],
-                             o->hist[1], o->hist[2],   o->hist[3]};
+    metrics_family *all[] = {o->conns,   o->refusals,   o->bytes,     o->cancels,   o->reval,
+                             o->roles,   o->login_fail, o->audit_err, o->active,    o->parked,
+                             o->admin,   o->build,      o->reload_ok, o->reload_ts, o->start_ts,
+                             o->hist[0], o->hist[1],    o->hist[2],   o->hist[3]};
     for (size_t i = 0; i < sizeof(all) / sizeof(all[0]); i++)
         if (!all[i])
             return -1;
@@ -333,12 +331,12 @@ json_t *obs_audit_record(const obs_conn *c)
         bad = json_object_set_new(r, "tags", tags) != 0;
     else
         json_decref(tags);
-    const char *keys[] = {"time",  "event",   "listener", "peer",     "login",    "node",
-                          "database", "rules", "presets", "role",     "outcome",  "sqlstate",
-                          "message",  "reason"};
-    const char *vals[] = {when,        c->event,   c->listener, c->peer,    c->login,
-                          c->node,     c->database, c->rules,   c->presets, c->role,
-                          c->outcome,  c->sqlstate, c->message, c->reason};
+    const char *keys[] = {"time",    "event",    "listener", "peer",    "login",
+                          "node",    "database", "rules",    "presets", "role",
+                          "outcome", "sqlstate", "message",  "reason"};
+    const char *vals[] = {when,       c->event,    c->listener, c->peer,    c->login,
+                          c->node,    c->database, c->rules,    c->presets, c->role,
+                          c->outcome, c->sqlstate, c->message,  c->reason};
     for (size_t i = 0; !bad && i < sizeof(keys) / sizeof(keys[0]); i++)
         bad = set_str(r, keys[i], vals[i]);
     if (!bad)
@@ -360,7 +358,8 @@ static void obs_audit(obs *o, const obs_conn *c)
 {
     char err[512] = "out of memory encoding an audit record";
     json_t *rec = audit_enabled(o->audit) ? obs_audit_record(c) : NULL;
-    int rc = rec ? audit_write(o->audit, rec, err, sizeof(err)) : (audit_enabled(o->audit) ? -1 : 1);
+    int rc =
+        rec ? audit_write(o->audit, rec, err, sizeof(err)) : (audit_enabled(o->audit) ? -1 : 1);
     json_decref(rec);
     if (rc < 0) {
         metrics_inc(metrics_series_get(o->audit_err, NULL), 1);
@@ -415,8 +414,8 @@ void obs_presets_str(const grant_effective *g, char *out, size_t outsz)
 
 /* ----------------------------------------------------------------- http ---- */
 
-static enum MHD_Result obs_http_answer(struct MHD_Connection *conn, unsigned code,
-                                       const char *body, char *owned, size_t len)
+static enum MHD_Result obs_http_answer(struct MHD_Connection *conn, unsigned code, const char *body,
+                                       char *owned, size_t len)
 {
     struct MHD_Response *resp =
         owned ? MHD_create_response_from_buffer(len, owned, MHD_RESPMEM_MUST_FREE)
@@ -492,10 +491,10 @@ wp_status obs_http_start(obs *o, const char *host, int port, wp_error *err)
     int fd = obs_bind(host, port, err);
     if (fd < 0)
         return WP_ERR_IO;
-    o->http = MHD_start_daemon(MHD_USE_POLL_INTERNAL_THREAD | MHD_USE_ITC, 0, NULL, NULL, obs_http_handler, o,
-                               MHD_OPTION_LISTEN_SOCKET, fd, MHD_OPTION_CONNECTION_LIMIT,
-                               (unsigned)OBS_HTTP_CONN_LIMIT, MHD_OPTION_CONNECTION_TIMEOUT,
-                               (unsigned)OBS_HTTP_TIMEOUT_S, MHD_OPTION_END);
+    o->http = MHD_start_daemon(
+        MHD_USE_POLL_INTERNAL_THREAD | MHD_USE_ITC, 0, NULL, NULL, obs_http_handler, o,
+        MHD_OPTION_LISTEN_SOCKET, fd, MHD_OPTION_CONNECTION_LIMIT, (unsigned)OBS_HTTP_CONN_LIMIT,
+        MHD_OPTION_CONNECTION_TIMEOUT, (unsigned)OBS_HTTP_TIMEOUT_S, MHD_OPTION_END);
     if (!o->http) {
         close(fd);
         wp_error_set(err, WP_SQLSTATE_INTERNAL, "cannot start the metrics HTTP server");

@@ -123,8 +123,8 @@ typedef struct relay_dir {
     relay_framer framer;
     uint64_t *count;
     _Atomic uint64_t *live; /* optional mirror of *count for other threads */
-    relay_end read_fail;  /* outcome when reading `from` fails */
-    relay_end write_fail; /* outcome when writing `to` fails */
+    relay_end read_fail;    /* outcome when reading `from` fails */
+    relay_end write_fail;   /* outcome when writing `to` fails */
 } relay_dir;
 
 typedef enum { MOVE_OK, MOVE_AGAIN, MOVE_EOF, MOVE_FAIL } move_status;

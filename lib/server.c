@@ -77,9 +77,9 @@ typedef struct srv {
 
     cancel_map *cancel;
     sess_users *users;
-    obs *obs;              /* metrics registry, session registry, audit file */
-    admin_server *admin;   /* [admin] socket; NULL when not configured */
-    int stop_pipe[2]; /* closing [1] makes [0] readable for every relay */
+    obs *obs;            /* metrics registry, session registry, audit file */
+    admin_server *admin; /* [admin] socket; NULL when not configured */
+    int stop_pipe[2];    /* closing [1] makes [0] readable for every relay */
 
     pthread_t cleaner;
     int cleaner_started;

@@ -158,9 +158,15 @@ static void sess_obs_accepted(sess *s)
     obs_conn c;
     obs_observe(s->env->obs, OBS_H_CONNECT, s->lc->name, NULL, (wp_now_ms() - s->start_ms) * 1000);
     obs_presets_str(s->grant, presets, sizeof(presets));
-    sessreg_info info = {.listener = s->lc->name, .peer = s->peer, .login = sess_login(s),
-                         .node = sess_node(s), .role = s->role, .database = s->database,
-                         .presets = presets, .tls = s->tls, .since_ms = s->start_wall};
+    sessreg_info info = {.listener = s->lc->name,
+                         .peer = s->peer,
+                         .login = sess_login(s),
+                         .node = sess_node(s),
+                         .role = s->role,
+                         .database = s->database,
+                         .presets = presets,
+                         .tls = s->tls,
+                         .since_ms = s->start_wall};
     s->reg = sessreg_add(obs_sessions(s->env->obs), &info);
     sess_obs_fill(s, &c, presets, sizeof(presets));
     c.event = "conn_accepted";
@@ -186,8 +192,10 @@ static void sess_killed(sess *s, wp_error *e)
     char msg[256];
     sessreg_kill_message(obs_sessions(s->env->obs), s->reg, msg, sizeof(msg));
     sessreg_set_state(obs_sessions(s->env->obs), s->reg, "ending");
-    up_stop_target t = {.host = s->lc->backend_host, .port = s->lc->backend_port,
-                        .backend_pid = s->be_pid, .backend_key = s->be_key,
+    up_stop_target t = {.host = s->lc->backend_host,
+                        .port = s->lc->backend_port,
+                        .backend_pid = s->be_pid,
+                        .backend_key = s->be_key,
                         .backend_key_len = s->be_key_len};
     wp_status st = up_stop_backend(&s->up, &t, wp_now_ms() + SESS_CANCEL_WAIT_MS);
     log_kv(st == WP_OK ? WP_LOG_INFO : WP_LOG_WARN, "session_killed", "listener", s->lc->name,
@@ -492,10 +500,10 @@ static int sess_identify(sess *s)
     wp_status st = ts_whois(s->env->ts, s->peer, &s->id, &e);
     s->stage = st == WP_OK ? "identify" : st == WP_ERR_NOT_FOUND ? "not_on_tailnet" : "tailscale";
     obs_observe(s->env->obs, OBS_H_WHOIS, s->lc->name,
-                st == WP_OK                 ? "ok"
-                : st == WP_ERR_NOT_FOUND    ? "not_found"
-                : st == WP_ERR_TIMEOUT      ? "timeout"
-                                            : "error",
+                st == WP_OK              ? "ok"
+                : st == WP_ERR_NOT_FOUND ? "not_found"
+                : st == WP_ERR_TIMEOUT   ? "timeout"
+                                         : "error",
                 obs_now_us() - t0);
     if (st == WP_OK)
         return 1;

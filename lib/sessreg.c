@@ -249,9 +249,9 @@ static json_t *entry_json(const sessreg_entry *e)
     gmtime_r(&secs, &tm);
     strftime(since, sizeof(since), "%Y-%m-%dT%H:%M:%SZ", &tm);
     return json_pack("{s:I,s:s,s:s,s:s,s:s,s:s,s:s,s:s,s:b,s:s,s:I,s:I,s:s}", "id",
-                     (json_int_t)e->id, "listener", e->listener, "peer", e->peer, "login",
-                     e->login, "node", e->node, "role", e->role, "database", e->database,
-                     "presets", e->presets, "tls", e->tls, "since", since, "bytes_in",
+                     (json_int_t)e->id, "listener", e->listener, "peer", e->peer, "login", e->login,
+                     "node", e->node, "role", e->role, "database", e->database, "presets",
+                     e->presets, "tls", e->tls, "since", since, "bytes_in",
                      (json_int_t)atomic_load(&e->bytes_in), "bytes_out",
                      (json_int_t)atomic_load(&e->bytes_out), "state", e->state);
 }

@@ -166,8 +166,7 @@ static int admin_report(const admin_cli *c, bool kill, json_t *reply)
     size_t n = json_array_size(json_object_get(reply, "killed"));
     long long left = (long long)json_integer_value(json_object_get(reply, "still_open"));
     if (!c->json)
-        printf("ended %zu session(s)%s\n", n - (size_t)left,
-               left ? ", some still closing" : "");
+        printf("ended %zu session(s)%s\n", n - (size_t)left, left ? ", some still closing" : "");
     if (n == 0)
         fprintf(stderr, "waypoint kill: no matching session\n");
     return n == 0 || left > 0 ? 1 : 0;

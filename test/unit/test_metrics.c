@@ -77,9 +77,9 @@ static void test_render_exact(void **state)
 {
     (void)state;
     metrics_registry *r = metrics_new();
-    metrics_family *c = metrics_family_add(r, METRICS_COUNTER, "t_conns_total",
-                                           "Connections.\nSecond \\ line.", LBL("listener", "outcome"),
-                                           NULL, 0);
+    metrics_family *c =
+        metrics_family_add(r, METRICS_COUNTER, "t_conns_total", "Connections.\nSecond \\ line.",
+                           LBL("listener", "outcome"), NULL, 0);
     metrics_family *g = metrics_family_add(r, METRICS_GAUGE, "t_up", "Up.", NULL, NULL, 0);
     double b[] = {0.1, 1};
     metrics_family *h = metrics_family_add(r, METRICS_HISTOGRAM, "t_lat_seconds", "Latency.",
@@ -174,8 +174,11 @@ static void test_promtool(void **state)
     obs_observe(o, OBS_H_CONNECT, "pg-main", NULL, 12000);
     obs_cancel(o, "pg-main", "forwarded");
     obs_set_parked(o, "pg-main", 0);
-    obs_conn c = {.event = "conn_refused", .listener = "pg-main", .reason = "no_grant",
-                  .sqlstate = "28000", .outcome = "refused"};
+    obs_conn c = {.event = "conn_refused",
+                  .listener = "pg-main",
+                  .reason = "no_grant",
+                  .sqlstate = "28000",
+                  .outcome = "refused"};
     obs_conn_refused(o, &c);
     char *text = metrics_render(obs_registry(o), NULL);
     assert_non_null(text);
@@ -202,13 +205,25 @@ static void test_audit_record(void **state)
 {
     (void)state;
     char *tags[] = {"tag:ci", "tag:prod"};
-    obs_conn c = {.event = "conn_end", .session_id = 7, .listener = "pg-main",
-                  .peer = "100.64.0.1:5555", .login = "alice@example.com",
-                  .node = "laptop.tail1234.ts.net.", .tags = tags, .ntags = 2,
-                  .database = "appdb", .role = "wp_alice_laptop_appdb",
-                  .presets = "public:readonly", .rules = "1:appdb,1:*", .tls = 1,
-                  .outcome = "killed", .sqlstate = "57P01", .duration_ms = 1234,
-                  .bytes_in = 10, .bytes_out = 20, .time_ms = 1700000000123LL};
+    obs_conn c = {.event = "conn_end",
+                  .session_id = 7,
+                  .listener = "pg-main",
+                  .peer = "100.64.0.1:5555",
+                  .login = "alice@example.com",
+                  .node = "laptop.tail1234.ts.net.",
+                  .tags = tags,
+                  .ntags = 2,
+                  .database = "appdb",
+                  .role = "wp_alice_laptop_appdb",
+                  .presets = "public:readonly",
+                  .rules = "1:appdb,1:*",
+                  .tls = 1,
+                  .outcome = "killed",
+                  .sqlstate = "57P01",
+                  .duration_ms = 1234,
+                  .bytes_in = 10,
+                  .bytes_out = 20,
+                  .time_ms = 1700000000123LL};
     json_t *r = obs_audit_record(&c);
     assert_non_null(r);
     char *s = json_dumps(r, JSON_COMPACT | JSON_SORT_KEYS);
@@ -223,8 +238,12 @@ static void test_audit_record(void **state)
     free(s);
     json_decref(r);
     /* a refusal before identification: unknown fields are null, not missing */
-    obs_conn early = {.event = "conn_refused", .listener = "pg-main", .peer = "1.2.3.4:1",
-                      .outcome = "refused", .reason = "not_on_tailnet", .sqlstate = "28000"};
+    obs_conn early = {.event = "conn_refused",
+                      .listener = "pg-main",
+                      .peer = "1.2.3.4:1",
+                      .outcome = "refused",
+                      .reason = "not_on_tailnet",
+                      .sqlstate = "28000"};
     r = obs_audit_record(&early);
     assert_true(json_is_null(json_object_get(r, "login")));
     assert_true(json_is_null(json_object_get(r, "session")));
@@ -285,8 +304,11 @@ static void test_audit_error_metric(void **state)
     (void)state;
     obs *o = obs_new();
     assert_int_equal(obs_audit_set_path(o, "/dev/full"), 0);
-    obs_conn c = {.event = "conn_refused", .listener = "pg-main", .reason = "no_grant",
-                  .sqlstate = "28000", .outcome = "refused"};
+    obs_conn c = {.event = "conn_refused",
+                  .listener = "pg-main",
+                  .reason = "no_grant",
+                  .sqlstate = "28000",
+                  .outcome = "refused"};
     obs_conn_refused(o, &c);
     obs_conn_refused(o, &c);
     char *text = metrics_render(obs_registry(o), NULL);
@@ -375,11 +397,16 @@ static void test_presets_str(void **state)
 int main(void)
 {
     const struct CMUnitTest tests[] = {
-        cmocka_unit_test(test_names),           cmocka_unit_test(test_format_double),
-        cmocka_unit_test(test_render_exact),    cmocka_unit_test(test_bounded_series),
-        cmocka_unit_test(test_gauge_add_zero),  cmocka_unit_test(test_promtool),
-        cmocka_unit_test(test_audit_record),    cmocka_unit_test(test_audit_file),
-        cmocka_unit_test(test_audit_error_metric), cmocka_unit_test(test_sessreg_kill),
+        cmocka_unit_test(test_names),
+        cmocka_unit_test(test_format_double),
+        cmocka_unit_test(test_render_exact),
+        cmocka_unit_test(test_bounded_series),
+        cmocka_unit_test(test_gauge_add_zero),
+        cmocka_unit_test(test_promtool),
+        cmocka_unit_test(test_audit_record),
+        cmocka_unit_test(test_audit_file),
+        cmocka_unit_test(test_audit_error_metric),
+        cmocka_unit_test(test_sessreg_kill),
         cmocka_unit_test(test_presets_str),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
