@@ -254,6 +254,14 @@ void obs_roles(obs *o, const char *listener, const char *what, uint64_t n)
         metrics_inc(metrics_series_get(o->roles, LBL(nz(listener), nz(what))), n);
 }
 
+void obs_listener_init(obs *o, const char *listener)
+{
+    if (!o)
+        return;
+    metrics_add(metrics_series_get(o->active, LBL(nz(listener))), 0);
+    metrics_add(metrics_series_get(o->parked, LBL(nz(listener))), 0);
+}
+
 void obs_set_parked(obs *o, const char *listener, int n)
 {
     if (o)

@@ -84,6 +84,9 @@ void obs_revalidation(obs *o, const char *listener, const char *result);
 void obs_roles(obs *o, const char *listener, const char *what, uint64_t n);
 void obs_reloaded(obs *o, int ok);
 
+/* Creates a listener's gauges at 0 (active sessions, parked sessions). */
+void obs_listener_init(obs *o, const char *listener);
+
 /* Hook for the backend-session pool (lib/pool.c): parked backend sessions of a
  * listener. Stays 0 until a pool calls it. */
 void obs_set_parked(obs *o, const char *listener, int n);

@@ -413,6 +413,8 @@ static int srv_start_obs(srv *s)
     wp_error err;
     wp_error_clear(&err);
     obs_set_admin_source(s->obs, srv_admin_source, s);
+    for (size_t i = 0; i < cfg->nlisteners; i++) /* series exist (at 0) from the start */
+        obs_listener_init(s->obs, cfg->listeners[i].name);
     if (cfg->audit_file && obs_audit_set_path(s->obs, cfg->audit_file) != 0)
         return 0;
     if (cfg->metrics_listen_port) {

@@ -81,6 +81,9 @@ at_least() { # QUERY N: the query's value is >= N
 e2e_wait 60 "Prometheus to scrape Waypoint" at_least "'up{job=\"waypoint\"}'" 1
 pass "Prometheus scrapes Waypoint"
 e2e_wait 10 "build info in Prometheus" at_least 'waypoint_build_info' 1
+e2e_wait 10 "parked-sessions gauge at 0" \
+    '[ "$(promql "waypoint_parked_backend_sessions{listener=\"pg-main\"}")" = 0 ]'
+pass "parked backend sessions gauge exported (0 without a pool)"
 
 # Two relayed sessions and a refusal (no grant for otherdb), through real psql.
 for i in 1 2; do

@@ -865,13 +865,15 @@ static void test_env_interpolation(void **state)
 static void test_observability_keys(void **state)
 {
     (void)state;
-    wp_config *c = load_ok(mk("", "", ""));
+    char *t = mk("", "", "");
+    wp_config *c = load_ok(t);
     assert_int_equal(c->metrics_listen_port, 0); /* off by default */
     assert_null(c->admin_socket);
     assert_null(c->audit_file);
     cfg_unref(c);
+    free(t);
 
-    char *t = mk("[metrics]\nlisten = \"127.0.0.1:9187\"\n[admin]\nsocket = \"/run/wp.sock\"\n"
+    t = mk("[metrics]\nlisten = \"127.0.0.1:9187\"\n[admin]\nsocket = \"/run/wp.sock\"\n"
                  "[audit]\nfile = \"/var/log/wp.jsonl\"\n",
                  "", "");
     c = load_ok(t);
