@@ -376,6 +376,25 @@ static void obs_audit(obs *o, const obs_conn *c)
     }
 }
 
+const char *obs_refusal_reason(const char *stage, const char *sqlstate)
+{
+    const char *st = stage ? stage : "startup";
+    sqlstate = nz(sqlstate);
+    if (strcmp(st, "check") == 0) {
+        if (strcmp(sqlstate, WP_SQLSTATE_TOO_MANY_CONN) == 0)
+            return "listener_cap";
+        if (strcmp(sqlstate, WP_SQLSTATE_INVALID_AUTH) == 0)
+            return "tls_required";
+        return strcmp(sqlstate, WP_SQLSTATE_FEATURE) == 0 ? "replication" : "protocol";
+    }
+    if (strcmp(st, "authorize") == 0) {
+        if (strcmp(sqlstate, WP_SQLSTATE_TOO_MANY_CONN) == 0)
+            return "user_cap";
+        return strcmp(sqlstate, WP_SQLSTATE_BAD_PARAM) == 0 ? "invalid_presets" : "no_grant";
+    }
+    return st;
+}
+
 void obs_conn_refused(obs *o, const obs_conn *c)
 {
     if (!o)

@@ -73,6 +73,13 @@ void obs_conn_refused(obs *o, const obs_conn *c);
 void obs_conn_accepted(obs *o, const obs_conn *c);
 void obs_conn_ended(obs *o, const obs_conn *c);
 
+/* The reason word of a refusal from the session step that refused ("check",
+ * "authorize", or a word used as is: "startup", "not_on_tailnet", "tailscale",
+ * "backend_unreachable", "provision", "backend_login", "backend_refused") and the
+ * SQLSTATE sent: "check" and "authorize" are split by SQLSTATE (listener_cap,
+ * tls_required, replication, protocol; user_cap, invalid_presets, no_grant). */
+const char *obs_refusal_reason(const char *stage, const char *sqlstate);
+
 /* The audit record for c (new reference; NULL without memory). Exposed for tests. */
 json_t *obs_audit_record(const obs_conn *c);
 

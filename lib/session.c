@@ -101,25 +101,6 @@ static const char *sess_node(const sess *s)
 
 /* ------------------------------------------------------- observability ---- */
 
-/* The reason word for a refusal: the step that refused, refined by what it sent. */
-static const char *sess_reason(const sess *s, const char *sqlstate)
-{
-    const char *st = s->stage ? s->stage : "startup";
-    if (strcmp(st, "check") == 0) {
-        if (strcmp(sqlstate, WP_SQLSTATE_TOO_MANY_CONN) == 0)
-            return "listener_cap";
-        if (strcmp(sqlstate, WP_SQLSTATE_INVALID_AUTH) == 0)
-            return "tls_required";
-        return strcmp(sqlstate, WP_SQLSTATE_FEATURE) == 0 ? "replication" : "protocol";
-    }
-    if (strcmp(st, "authorize") == 0) {
-        if (strcmp(sqlstate, WP_SQLSTATE_TOO_MANY_CONN) == 0)
-            return "user_cap";
-        return strcmp(sqlstate, WP_SQLSTATE_BAD_PARAM) == 0 ? "invalid_presets" : "no_grant";
-    }
-    return st;
-}
-
 static void sess_obs_fill(const sess *s, obs_conn *c, char *presets, size_t psz)
 {
     obs_presets_str(s->grant, presets, psz);
@@ -147,7 +128,7 @@ static void sess_obs_refused(const sess *s, const wp_error *e)
     c.outcome = "refused";
     c.sqlstate = e ? e->sqlstate : "";
     c.message = e ? e->message : "";
-    c.reason = sess_reason(s, c.sqlstate);
+    c.reason = obs_refusal_reason(s->stage, c.sqlstate);
     obs_conn_refused(s->env->obs, &c);
 }
 

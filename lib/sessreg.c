@@ -178,6 +178,9 @@ _Atomic uint64_t *sessreg_bytes_out(sessreg_entry *e)
 
 void sessreg_kill_message(sessreg *r, const sessreg_entry *e, char *msg, size_t msgsz)
 {
+    msg[0] = '\0';
+    if (!r || !e)
+        return;
     pthread_mutex_lock(&r->mu);
     snprintf(msg, msgsz, "%s", e->kill_msg);
     pthread_mutex_unlock(&r->mu);

@@ -379,6 +379,21 @@ static void test_sessreg_kill(void **state)
     obs_free(o);
 }
 
+static void test_refusal_reason(void **state)
+{
+    (void)state;
+    assert_string_equal(obs_refusal_reason(NULL, ""), "startup");
+    assert_string_equal(obs_refusal_reason("check", "53300"), "listener_cap");
+    assert_string_equal(obs_refusal_reason("check", "28000"), "tls_required");
+    assert_string_equal(obs_refusal_reason("check", "0A000"), "replication");
+    assert_string_equal(obs_refusal_reason("check", "08P01"), "protocol");
+    assert_string_equal(obs_refusal_reason("authorize", "53300"), "user_cap");
+    assert_string_equal(obs_refusal_reason("authorize", "22023"), "invalid_presets");
+    assert_string_equal(obs_refusal_reason("authorize", "28000"), "no_grant");
+    assert_string_equal(obs_refusal_reason("backend_login", "28P01"), "backend_login");
+    assert_string_equal(obs_refusal_reason("not_on_tailnet", NULL), "not_on_tailnet");
+}
+
 static void test_presets_str(void **state)
 {
     (void)state;
@@ -408,6 +423,7 @@ int main(void)
         cmocka_unit_test(test_audit_error_metric),
         cmocka_unit_test(test_sessreg_kill),
         cmocka_unit_test(test_presets_str),
+        cmocka_unit_test(test_refusal_reason),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
