@@ -82,16 +82,18 @@ assert_contains "$(log_line session_killed)" "backend_stopped=1" "log says the b
 e2e_wait 5 "conn_end outcome=killed" log_has 'outcome=killed'
 pass "conn_end outcome=killed"
 
-# kill --session ends exactly that one.
+# kill --session ends exactly that one (b is told apart by starting it after a is listed).
+nsessions() { wpctl sessions -json | python3 -c 'import json,sys; print(len(json.load(sys.stdin)["sessions"]))'; }
 wpsql_bg "$T/a.out" "" -c "SELECT pg_sleep(60)"
 a=$BG_PID
+e2e_wait 20 "session a listed" '[ "$(nsessions)" = 1 ]'
+aid=$(wpctl sessions -json | python3 -c 'import json,sys; print(json.load(sys.stdin)["sessions"][0]["id"])')
 wpsql_bg "$T/b.out" "" -c "SELECT pg_sleep(61)"
 b=$BG_PID
-e2e_wait 20 "two sessions" '[ "$(wpctl sessions -json | python3 -c "import json,sys; print(len(json.load(sys.stdin)[\"sessions\"]))")" = 2 ]'
+e2e_wait 20 "two sessions" '[ "$(nsessions)" = 2 ]'
 bid=$(wpctl sessions -json | python3 -c '
 import json, sys
-ss = json.load(sys.stdin)["sessions"]
-print(max(s["id"] for s in ss))')
+print([s["id"] for s in json.load(sys.stdin)["sessions"] if s["id"] != '"$aid"'][0])')
 out=$(wpctl kill --session "$bid" -json)
 assert_contains "$out" "\"killed\": [" "kill -json answers with the ids"
 rc=0
