@@ -17,7 +17,7 @@ BUILD := build-tsan
 CMAKE_FLAGS += -DWP_TSAN=ON
 endif
 
-.PHONY: all deps build check demo fuzz bench format clean
+.PHONY: all deps build check compat demo fuzz bench format clean
 
 all: build
 
@@ -32,6 +32,11 @@ build: deps $(BUILD)/CMakeCache.txt
 
 check: build
 	cd $(BUILD) && ctest --output-on-failure -j $(JOBS) $(CTEST_ARGS)
+
+# Five real drivers (pgx, psycopg, asyncpg, pgjdbc, node-postgres) through Waypoint with
+# TLS; they install into $(WP_CACHE)/compat (default /var/cache/waypoint). docs/compatibility.md.
+compat: build
+	WP_BINARY_DIR=$(abspath $(BUILD)) ./test/compat/run.sh
 
 demo: build
 	./scripts/demo.sh $(BUILD)

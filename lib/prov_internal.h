@@ -121,4 +121,30 @@ void prov_keylocks_destroy(prov_keylocks *kl);
 prov_keylock *prov_keylock_lock(prov_keylocks *kl, const char *key);
 void prov_keylock_unlock(prov_keylocks *kl, prov_keylock *e);
 
+/* ---- what prov_kill.c reaches inside the context (provision.c) --------------------- */
+
+prov_pools *prov_ctx_pools(prov_ctx *p);
+typedef wp_status (*prov_locked_fn)(prov_ctx *p, PGconn *c, const char *role, void *arg,
+                                    wp_error *err);
+/* Runs fn on an admin connection to database while holding role's lock (the in-process
+ * and the backend lock a connect takes), so fn never interleaves with a connect. */
+wp_status prov_with_role_lock(prov_ctx *p, const char *role, const char *database,
+                              prov_locked_fn fn, void *arg, wp_error *err);
+
+/* ---- stopping a session's backend, locking a role out (prov_kill.c) ---------------- */
+
+/* The statements that end one backend session, per dialect. PostgreSQL: $1 the
+ * backend's pid, $2 the role it must belong to, $3 (when terminate_nparams is 3) how
+ * long pg_terminate_backend may wait for it to exit, in ms. CockroachDB has no pids:
+ * $1 is Waypoint's end of the data connection ("ip:port", the session's client
+ * address there), $2 the role. `alive` counts what is left of that session. */
+typedef struct prov_kill_sql {
+    const char *terminate;
+    int terminate_nparams;
+    const char *alive;
+} prov_kill_sql;
+void prov_kill_sql_for(prov_dialect d, int server_version, prov_kill_sql *out);
+/* ALTER ROLE ... NOLOGIN for the quoted role name (malloc'd). */
+char *prov_sql_nologin(const char *qrole);
+
 #endif

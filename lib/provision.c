@@ -1628,3 +1628,38 @@ wp_status prov_cleanup(prov_ctx *p, int *dropped, wp_error *err)
     PQclear(r);
     return WP_OK;
 }
+
+/* ---- prov_kill.c's way in ------------------------------------------------------------- */
+
+prov_pools *prov_ctx_pools(prov_ctx *p)
+{
+    return &p->pools;
+}
+
+/* The locks a connect takes (in-process keyed lock, then the backend lock in database),
+ * around fn on that admin connection: what a connect does to a role is never
+ * interleaved with what fn does to it. */
+wp_status prov_with_role_lock(prov_ctx *p, const char *role, const char *database,
+                              prov_locked_fn fn, void *arg, wp_error *err)
+{
+    const char *db = database && *database ? database : p->s.admin_database;
+    char key[ID_ROLE_MAX + 4], lkey[ID_ROLE_MAX + 32];
+    snprintf(key, sizeof key, "r:%s", role);
+    role_lock_key(lkey, sizeof lkey, role);
+    prov_keylock *kl = prov_keylock_lock(&p->locks, key);
+    if (!kl) {
+        wp_error_set(err, WP_SQLSTATE_INTERNAL, "out of memory");
+        return WP_ERR_NOMEM;
+    }
+    PGconn *c = NULL;
+    bool broken = false;
+    wp_status rc = prov_pool_get(&p->pools, db, &c, NULL, err);
+    if (rc == WP_OK && (rc = backend_lock(p, &p->pools, db, &c, lkey, err)) == WP_OK) {
+        rc = fn(p, c, role, arg, err);
+        broken = !backend_unlock(p, c, lkey); /* closing it releases the lock */
+    }
+    if (c)
+        prov_pool_put(&p->pools, db, c, broken || PQstatus(c) == CONNECTION_BAD);
+    prov_keylock_unlock(&p->locks, kl);
+    return rc;
+}

@@ -1,21 +1,31 @@
 /*
  * relay: the copy loop between a client and its backend.
  *
- * Design. One worker thread, two blocking sockets, one poll() per wake-up. Each
- * direction has a fixed 64 KiB buffer allocated once; whatever is read is written in
- * full to the other side before the loop reads again, so a slow reader pushes back on
- * the writer through TCP instead of through memory. TLS layers can hold decrypted bytes
- * poll() cannot see, so io_pending() is checked first and such a side is served without
+ * Design. One worker thread, two sockets, one poll() per wake-up. Each direction has
+ * a fixed 64 KiB buffer allocated once; whatever is read is written in full to the
+ * other side before that direction reads again, so a slow reader pushes back on the
+ * writer through TCP instead of through memory. Writes never wait: what a peer cannot
+ * take yet stays in the buffer and that side waits for POLLOUT in the same poll() as
+ * everything else, so a client that stops reading cannot keep the loop from its timers
+ * (revalidation, max_conn_duration, drain). TLS layers can hold decrypted bytes poll()
+ * cannot see, so io_pending() is checked first and such a side is served without
  * waiting.
  *
- * poll() sleeps until a socket is readable, the stop fd fires (server shutdown: the
- * server closes the write end of a pipe, which wakes every relay at once), or the next
- * timer is due (session deadline, revalidation tick, linger after the client's EOF).
- * There is no periodic wake-up otherwise.
+ * poll() sleeps until a socket is ready, the stop fd fires (server shutdown: the server
+ * closes the write end of a pipe, which wakes every relay at once), or the next timer
+ * is due (session deadline, revalidation tick, linger after the client's EOF). There is
+ * no periodic wake-up otherwise.
  *
  * Half-close: when the client closes, the backend gets shutdown(SHUT_WR) (and a TLS
  * close_notify) and the loop keeps forwarding what the backend still sends until it
  * closes too, bounded by linger_ms. When the backend closes, the session is over.
+ *
+ * Ending on Waypoint's authority (relay_end_by_authority): first the stop_backend hook
+ * (the session terminates the backend and waits until it is gone, so nothing more runs
+ * or commits for the caller), then the client's stream is brought to a message
+ * boundary within RELAY_TELL_WAIT_MS (pending bytes, the message in flight, and the
+ * dead backend's last whole messages up to its own ErrorResponse), so the session can
+ * append its FATAL. A client that does not read within that bound is not told.
  *
  * Framing. Both streams are followed at the header level (relay_framer): the client side
  * tells whether the client ended politely with Terminate, the backend side lets a
@@ -32,7 +42,8 @@
 #include <string.h>
 #include <sys/socket.h>
 
-#define RELAY_BOUNDARY_WAIT_MS 2000 /* time to finish a backend message when stopping */
+#define RELAY_TELL_WAIT_MS 1000    /* bringing the client to a boundary when stopping */
+#define RELAY_LAST_WORDS_MAX 65536 /* a stopped backend's last messages passed on, bytes */
 
 void relay_framer_init(relay_framer *f)
 {
@@ -115,11 +126,15 @@ void relay_opts_init(relay_opts *o)
     o->linger_ms = 10000;
 }
 
-/* One side of the relay: where bytes come from, where they go, and their framing. */
+/* One side of the relay: where bytes come from, where they go, and their framing.
+ * buf holds what was read and not yet written in full ([off, len) is still to go);
+ * nothing more is read from `from` until it is empty, so a slow reader pushes back on
+ * the writer through TCP. */
 typedef struct relay_dir {
     wp_io *from;
     wp_io *to;
     unsigned char *buf;
+    size_t len, off;
     relay_framer framer;
     uint64_t *count;
     _Atomic uint64_t *live; /* optional mirror of *count for other threads */
@@ -129,9 +144,34 @@ typedef struct relay_dir {
 
 typedef enum { MOVE_OK, MOVE_AGAIN, MOVE_EOF, MOVE_FAIL } move_status;
 
-/* Reads at most cap bytes from d->from (which poll() or pending says is ready) and writes
- * them all to d->to. On MOVE_FAIL *fail_end says which side failed. */
-static move_status relay_move(relay_dir *d, size_t cap, int64_t write_deadline, relay_end *fail_end)
+static int dir_pending(const relay_dir *d)
+{
+    return d->off < d->len;
+}
+
+/* Writes what is pending without waiting: MOVE_OK when all of it went, MOVE_AGAIN when
+ * the rest must wait for POLLOUT. A retry always passes the very bytes (pointer and
+ * length) of the write that could not finish, as mbedTLS requires after WANT_WRITE:
+ * off only moves on success and nothing is read into buf until it is empty. */
+static move_status relay_flush(relay_dir *d)
+{
+    while (d->off < d->len) {
+        ssize_t w = d->to->ops->write(d->to, d->buf + d->off, d->len - d->off);
+        if (w > 0) {
+            d->off += (size_t)w;
+            continue;
+        }
+        if (w < 0 && (errno == EAGAIN || errno == EWOULDBLOCK || errno == EINTR))
+            return MOVE_AGAIN;
+        return MOVE_FAIL;
+    }
+    d->off = d->len = 0;
+    return MOVE_OK;
+}
+
+/* Reads at most cap bytes from d->from (buf is empty) and writes as much of them as
+ * goes without waiting. On MOVE_FAIL *fail_end says which side failed. */
+static move_status relay_move(relay_dir *d, size_t cap, relay_end *fail_end)
 {
     ssize_t r = d->from->ops->read(d->from, d->buf, cap);
     if (r == 0)
@@ -146,29 +186,78 @@ static move_status relay_move(relay_dir *d, size_t cap, int64_t write_deadline, 
     *d->count += (uint64_t)r;
     if (d->live)
         atomic_fetch_add_explicit(d->live, (uint64_t)r, memory_order_relaxed);
-    wp_status st = io_write_all(d->to, d->buf, (size_t)r, write_deadline);
-    if (st != WP_OK) {
-        *fail_end = st == WP_ERR_TIMEOUT ? RELAY_MAX_DURATION : d->write_fail;
+    d->len = (size_t)r;
+    d->off = 0;
+    if (relay_flush(d) == MOVE_FAIL) {
+        *fail_end = d->write_fail;
         return MOVE_FAIL;
     }
     return MOVE_OK;
 }
 
-/* Stopping for a reason the client must hear about: finish the backend message in
- * flight (never reading past it) so an ErrorResponse can follow on a boundary. */
-static int relay_finish_message(relay_dir *b2c)
+/* Writes all that is pending, waiting for the peer up to deadline. */
+static int relay_flush_wait(relay_dir *d, int64_t deadline)
 {
-    int64_t deadline = wp_now_ms() + RELAY_BOUNDARY_WAIT_MS;
+    for (;;) {
+        move_status m = relay_flush(d);
+        if (m == MOVE_OK)
+            return 1;
+        if (m == MOVE_FAIL || io_wait_fd(d->to->fd, POLLOUT, deadline) != WP_OK)
+            return 0;
+    }
+}
+
+/* Moves the rest of the backend message in flight (never past it). */
+static int relay_finish_message(relay_dir *b2c, int64_t deadline)
+{
     size_t want;
     while ((want = relay_framer_max_read(&b2c->framer, RELAY_BUF_SIZE)) > 0) {
+        relay_end ignored;
         if (io_wait_readable(b2c->from, deadline) != WP_OK)
             return 0;
-        relay_end ignored;
-        move_status m = relay_move(b2c, want, deadline, &ignored);
-        if (m == MOVE_EOF || m == MOVE_FAIL)
+        move_status m = relay_move(b2c, want, &ignored);
+        if (m == MOVE_EOF || m == MOVE_FAIL || !relay_flush_wait(b2c, deadline))
             return 0;
     }
     return relay_framer_at_boundary(&b2c->framer);
+}
+
+/* The backend is gone: pass on the whole messages it sent before it went (a
+ * CommandComplete of a write that did commit, ReadyForQuery), up to its own
+ * ErrorResponse (its termination notice: the client hears Waypoint's reason instead)
+ * or a message larger than what is left of the budget. A header is read before any of
+ * it is forwarded, so the client's stream stays on a boundary whatever happens. */
+static int relay_pass_last_words(relay_dir *b2c, int64_t deadline)
+{
+    size_t budget = RELAY_LAST_WORDS_MAX;
+    for (;;) {
+        unsigned char hdr[5];
+        if (io_read_full(b2c->from, hdr, sizeof hdr, deadline) != WP_OK)
+            return 1; /* EOF, error or deadline: nothing of this header was forwarded */
+        uint32_t len = pgw_get32(hdr + 1);
+        if (hdr[0] == PGW_MSG_ERROR || len < 4 || (size_t)len + 1 > budget)
+            return 1;
+        budget -= (size_t)len + 1;
+        memcpy(b2c->buf, hdr, sizeof hdr);
+        relay_framer_feed(&b2c->framer, hdr, sizeof hdr);
+        *b2c->count += sizeof hdr;
+        b2c->len = sizeof hdr;
+        b2c->off = 0;
+        if (!relay_flush_wait(b2c, deadline) || !relay_finish_message(b2c, deadline))
+            return 0;
+    }
+}
+
+/* Ending on Waypoint's authority, after the backend was stopped: brings the client's
+ * stream to a message boundary (flush what is pending, finish the message in flight,
+ * the backend's last words if it is known gone) so a FATAL can follow. All bounded by
+ * RELAY_TELL_WAIT_MS: a client that does not read is not waited for. */
+static int relay_ready_to_tell(relay_dir *b2c, int backend_gone)
+{
+    int64_t deadline = wp_now_ms() + RELAY_TELL_WAIT_MS;
+    if (!relay_flush_wait(b2c, deadline) || !relay_finish_message(b2c, deadline))
+        return 0;
+    return backend_gone ? relay_pass_last_words(b2c, deadline) : 1;
 }
 
 static int64_t earliest(int64_t a, int64_t b)
@@ -230,7 +319,7 @@ static void relay_client_eof(relay_loop *L)
 static relay_end relay_serve(relay_loop *L, relay_dir *d)
 {
     relay_end fail = 0;
-    switch (relay_move(d, RELAY_BUF_SIZE, L->o->end_ms, &fail)) {
+    switch (relay_move(d, RELAY_BUF_SIZE, &fail)) {
     case MOVE_OK:
     case MOVE_AGAIN:
         return 0;
@@ -248,17 +337,30 @@ static relay_end relay_serve(relay_loop *L, relay_dir *d)
     return 0;
 }
 
-/* One wake-up: serve buffered TLS bytes first, else poll. */
+/* A side whose write could not finish is writable again (or failed). */
+static relay_end relay_resume(relay_dir *d)
+{
+    return relay_flush(d) == MOVE_FAIL ? d->write_fail : 0;
+}
+
+/* One wake-up: serve buffered TLS bytes first, else poll. A side with bytes still to
+ * write waits for POLLOUT on its destination and is not read meanwhile; poll() never
+ * waits past the next timer, and no write ever blocks, so the timers run on time even
+ * when a peer stops reading. */
 static relay_end relay_step(relay_loop *L)
 {
-    if (!L->client_eof && io_pending(L->c2b.from) > 0)
+    int c_read = !L->client_eof && !dir_pending(&L->c2b);
+    int b_read = !dir_pending(&L->b2c);
+    if (c_read && io_pending(L->c2b.from) > 0)
         return relay_serve(L, &L->c2b);
-    if (io_pending(L->b2c.from) > 0)
+    if (b_read && io_pending(L->b2c.from) > 0)
         return relay_serve(L, &L->b2c);
 
+    short cev = (short)((c_read ? POLLIN : 0) | (dir_pending(&L->b2c) ? POLLOUT : 0));
+    short bev = (short)((b_read ? POLLIN : 0) | (dir_pending(&L->c2b) ? POLLOUT : 0));
     struct pollfd p[4] = {
-        {.fd = L->client_eof ? -1 : L->c2b.from->fd, .events = POLLIN},
-        {.fd = L->b2c.from->fd, .events = POLLIN},
+        {.fd = cev ? L->c2b.from->fd : -1, .events = cev},
+        {.fd = bev ? L->b2c.from->fd : -1, .events = bev},
         {.fd = L->o->stop_fd, .events = POLLIN},
         {.fd = L->o->kill_fd, .events = POLLIN},
     };
@@ -273,15 +375,21 @@ static relay_end relay_step(relay_loop *L)
         return RELAY_STOPPED;
     if (p[3].revents)
         return RELAY_KILLED;
+    /* Sockets are blocking: read only what poll() said is readable. */
+    const short rd = POLLIN | POLLHUP | POLLERR, wr = POLLOUT | POLLHUP | POLLERR;
     relay_end e = 0;
-    if (p[0].revents)
+    if ((p[0].revents & wr) && dir_pending(&L->b2c))
+        e = relay_resume(&L->b2c);
+    if (!e && (p[1].revents & wr) && dir_pending(&L->c2b))
+        e = relay_resume(&L->c2b);
+    if (!e && (p[0].revents & rd) && c_read)
         e = relay_serve(L, &L->c2b);
-    if (!e && p[1].revents)
+    if (!e && (p[1].revents & rd) && b_read)
         e = relay_serve(L, &L->b2c);
     return e;
 }
 
-static int relay_end_informs_client(relay_end e)
+int relay_end_by_authority(relay_end e)
 {
     return e == RELAY_STOPPED || e == RELAY_MAX_DURATION || e == RELAY_MAX_BYTES ||
            e == RELAY_TICK_STOP || e == RELAY_KILLED;
@@ -321,8 +429,12 @@ void relay_run(wp_io *client, wp_io *backend, const relay_opts *o, relay_result 
     }
     res->end = e;
     res->client_terminated = L.c2b.framer.last_type == 'X';
-    res->at_boundary = relay_end_informs_client(e) && !L.client_eof
-                           ? relay_finish_message(&L.b2c)
-                           : relay_framer_at_boundary(&L.b2c.framer);
+    if (relay_end_by_authority(e)) {
+        /* Nothing more may run for the caller before the client is told. */
+        res->backend_stopped = o->stop_backend ? o->stop_backend(o->stop_arg, e) : 0;
+        res->at_boundary = !L.client_eof && relay_ready_to_tell(&L.b2c, res->backend_stopped);
+    } else {
+        res->at_boundary = !dir_pending(&L.b2c) && relay_framer_at_boundary(&L.b2c.framer);
+    }
     free(bufs);
 }

@@ -4,8 +4,11 @@
  * relay_run() moves bytes both ways with poll() until either side closes, a limit is
  * reached, or the caller asks it to stop. It also follows the message framing of both
  * streams (5-byte headers only, never the bodies) so that, when it stops for a reason
- * the client must be told about, it first completes the backend message in flight: the
- * caller can then append an ErrorResponse without corrupting the client's stream.
+ * the client must be told about, it first has the backend stopped (relay_opts
+ * stop_backend), then completes the backend message in flight: the caller can then
+ * append an ErrorResponse without corrupting the client's stream. No write ever blocks
+ * the loop, so its timers (deadline, revalidation tick, drain) fire on time even when a
+ * peer stops reading.
  */
 #ifndef WP_RELAY_H
 #define WP_RELAY_H
@@ -52,6 +55,16 @@ typedef enum {
  * end the session with RELAY_TICK_STOP (fill err with what the client should see). */
 typedef int (*relay_tick_fn)(void *arg, wp_error *err);
 
+/* Ends on Waypoint's own authority (shutdown, limits, revocation): the client is told
+ * with a FATAL, so its backend must be stopped first. */
+int relay_end_by_authority(relay_end e);
+
+/* Called once when the relay ends by authority, before anything more reaches the
+ * client: stops the backend (cancel, terminate, wait until it is gone). Returns 1 when
+ * the backend is known gone, 0 otherwise (the relay then only finishes the message in
+ * flight instead of passing on the backend's last messages). */
+typedef int (*relay_stop_fn)(void *arg, relay_end why);
+
 typedef struct relay_opts {
     int64_t end_ms;     /* absolute wp_now_ms() deadline for the session; 0 = none */
     uint64_t max_bytes; /* bytes in + out; 0 = unlimited */
@@ -59,7 +72,9 @@ typedef struct relay_opts {
     int64_t tick_ms;    /* 0 = no tick */
     relay_tick_fn tick;
     void *tick_arg;
-    int64_t linger_ms; /* after the client's EOF, wait this long for the backend */
+    int64_t linger_ms;          /* after the client's EOF, wait this long for the backend */
+    relay_stop_fn stop_backend; /* NULL: the backend is not stopped (tests) */
+    void *stop_arg;
     /* Admin hooks (sessreg): kill_fd readable => end with RELAY_KILLED (-1 = none);
      * live_in/live_out, when set, follow bytes_in/bytes_out while the relay runs. */
     int kill_fd;
@@ -73,6 +88,7 @@ typedef struct relay_result {
     int client_terminated; /* the client's last message was Terminate ('X') */
     int at_boundary;       /* backend->client stream ends on a message boundary, so an
                               ErrorResponse may be appended */
+    int backend_stopped;   /* ended by authority and stop_backend reported it gone */
     wp_error tick_err;     /* RELAY_TICK_STOP: what the tick callback reported */
 } relay_result;
 

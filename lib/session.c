@@ -42,12 +42,14 @@
 #include "log.h"
 #include "obs.h"
 #include "pgwire.h"
+#include "prov_kill.h"
 #include "relay.h"
-#include "upstop.h"
 #include "upstream.h"
 
 #define SESS_FINISH_WAIT_MS 2000 /* time to write a final ErrorResponse at the end */
 #define SESS_CANCEL_WAIT_MS 5000 /* time to deliver a CancelRequest to the backend */
+#define SESS_STOP_WAIT_MS 5000   /* ending by authority: time for the backend to be gone */
+#define SESS_STOP_CANCEL_MS 1000 /* of which at most this for the CancelRequest */
 #define SESS_STARTUP_ROUNDS 4    /* SSLRequest, GSSENCRequest, ... before StartupMessage */
 #define SESS_FLUSH_AT (64 * 1024)
 
@@ -72,7 +74,8 @@ typedef struct sess {
     char role[ID_ROLE_MAX + 1];
     up_conn up;
     int up_open;
-    uint32_t wp_pid; /* cancel key given to the client; 0 = none */
+    uint32_t wp_pid;  /* cancel key given to the client; 0 = none */
+    cancel_target bk; /* the backend's own key (pid 0: none yet) */
 
     pgw_buf out; /* bytes for the client, flushed in batches */
     pgw_buf msg;
@@ -82,9 +85,6 @@ typedef struct sess {
     const char *stage;  /* step that refused, as a bounded reason word */
     int64_t start_wall; /* epoch ms of the accept, for the audit trail and listing */
     sessreg_entry *reg; /* live-session entry while relayed (kill, `sessions`) */
-    uint32_t be_pid;    /* the backend's own cancel key, to stop it on kill */
-    unsigned char be_key[PGW_CANCEL_KEY_MAX];
-    size_t be_key_len;
 } sess;
 
 /* ---------------------------------------------------------------- helpers ---- */
@@ -167,21 +167,12 @@ static void sess_obs_ended(const sess *s, const char *outcome)
     obs_conn_ended(s->env->obs, &c);
 }
 
-/* `waypoint kill`: the backend is stopped (and gone) before the client is told. */
-static void sess_killed(sess *s, wp_error *e)
+/* `waypoint kill`: the relay has had the backend stopped (sess_stop_backend, as for a
+ * revocation) before this message is sent; the role is not locked out. */
+static void sess_kill_message(const sess *s, wp_error *e)
 {
     char msg[256];
     sessreg_kill_message(obs_sessions(s->env->obs), s->reg, msg, sizeof(msg));
-    sessreg_set_state(obs_sessions(s->env->obs), s->reg, "ending");
-    up_stop_target t = {.host = s->lc->backend_host,
-                        .port = s->lc->backend_port,
-                        .backend_pid = s->be_pid,
-                        .backend_key = s->be_key,
-                        .backend_key_len = s->be_key_len};
-    wp_status st = up_stop_backend(&s->up, &t, wp_now_ms() + SESS_CANCEL_WAIT_MS);
-    log_kv(st == WP_OK ? WP_LOG_INFO : WP_LOG_WARN, "session_killed", "listener", s->lc->name,
-           "user", sess_login(s), "role", s->role, "backend_stopped", st == WP_OK ? "1" : "0",
-           (char *)NULL);
     wp_error_set(e, ADMIN_KILL_SQLSTATE, "%s", msg[0] ? msg : ADMIN_KILL_MESSAGE);
 }
 
@@ -655,14 +646,12 @@ static wp_status sess_remap_key(sess *s)
     t.backend_pid = pgw_get32(m);
     t.backend_key_len = s->msg.len - 4;
     memcpy(t.backend_key, m + 4, t.backend_key_len);
-    s->be_pid = t.backend_pid;
-    s->be_key_len = t.backend_key_len;
-    memcpy(s->be_key, t.backend_key, t.backend_key_len);
     snprintf(t.host, sizeof(t.host), "%s", s->lc->backend_host);
     t.port = s->lc->backend_port;
     snprintf(t.login, sizeof(t.login), "%s", s->id->login_name);
     snprintf(t.node_id, sizeof(t.node_id), "%s", s->id->stable_id);
     unsigned char key[CANCEL_KEY_LEN];
+    s->bk = t;
     wp_status st = cancel_register(s->env->cancel, &t, &s->wp_pid, key);
     if (st == WP_OK)
         st = pgw_build_backend_key(&s->out, s->wp_pid, key, sizeof(key));
@@ -767,6 +756,82 @@ static int sess_revalidate(void *arg, wp_error *err)
     return revoked;
 }
 
+/* Whether an end by authority also takes the role's own access away (until the
+ * caller's next authorized connect): when access was withdrawn, not when a limit or the
+ * drain ended the session. */
+static int sess_end_locks_out(relay_end why)
+{
+    return why == RELAY_TICK_STOP;
+}
+
+/* Waypoint's end of the backend connection, as the backend sees its client. */
+static void sess_local_addr(const sess *s, char *out, size_t outsz)
+{
+    struct sockaddr_storage ss;
+    socklen_t sl = sizeof(ss);
+    out[0] = '\0';
+    if (getsockname(s->up.fd, (struct sockaddr *)&ss, &sl) != 0 ||
+        sess_format_peer(&ss, sl, out, outsz) != 0)
+        out[0] = '\0';
+}
+
+/* The relay's stop_backend hook, and the one step every end on Waypoint's authority
+ * takes before the client is told (revocation, max_conn_duration, max_bytes_per_conn,
+ * drain): nothing more may run for the caller. The CancelRequest stops the running
+ * statement at once and needs no admin connection; the admin side then terminates the
+ * backend (checking the pid is this role's) and waits until it is gone, so a write
+ * either committed already or never will. At revocation the role is also made NOLOGIN.
+ * Returns 1 when the backend is known gone. */
+static int sess_stop_backend(void *arg, relay_end why)
+{
+    sess *s = arg;
+    int64_t deadline = wp_now_ms() + SESS_STOP_WAIT_MS;
+    if (s->bk.backend_pid)
+        (void)up_send_cancel(s->bk.host, s->bk.port, s->bk.backend_pid, s->bk.backend_key,
+                             s->bk.backend_key_len, wp_now_ms() + SESS_STOP_CANCEL_MS);
+    prov_backend_ref ref = {.pid = s->bk.backend_pid};
+    sess_local_addr(s, ref.local_addr, sizeof(ref.local_addr));
+    wp_error e, le;
+    wp_error_clear(&e);
+    wp_error_clear(&le);
+    wp_status st = prov_stop_backend(s->lsn->prov, s->role, s->database, &ref, deadline, &e);
+    const char *locked = "no";
+    if (sess_end_locks_out(why))
+        locked =
+            prov_lock_out_role(s->lsn->prov, s->role, s->database, &le) == WP_OK ? "yes" : "failed";
+    log_kv(st == WP_OK && strcmp(locked, "failed") != 0 ? WP_LOG_INFO : WP_LOG_WARN,
+           "backend_stopped", "listener", s->lc->name, "user", sess_login(s), "role", s->role,
+           "database", s->database, "reason", relay_end_str(why), "result",
+           st == WP_OK ? "gone" : wp_status_str(st), "error", e.detail[0] ? e.detail : le.detail,
+           "role_locked_out", locked, (char *)NULL);
+    return st == WP_OK;
+}
+
+/* What the client is told when the session ends on Waypoint's authority. */
+static void sess_end_message(const sess *s, wp_error *e)
+{
+    switch (s->rr.end) {
+    case RELAY_STOPPED:
+        wp_error_set(e, WP_SQLSTATE_ADMIN_SHUTDOWN, "%s",
+                     "terminating connection: Waypoint is shutting down");
+        break;
+    case RELAY_MAX_DURATION:
+        wp_error_set(e, "53400", "%s", "terminating connection: max_conn_duration reached");
+        break;
+    case RELAY_MAX_BYTES:
+        wp_error_set(e, "53400", "%s", "terminating connection: max_bytes_per_conn reached");
+        break;
+    case RELAY_TICK_STOP:
+        *e = s->rr.tick_err;
+        break;
+    case RELAY_KILLED:
+        sess_kill_message(s, e);
+        break;
+    default:
+        break;
+    }
+}
+
 static void sess_relay(sess *s)
 {
     relay_opts o;
@@ -781,6 +846,8 @@ static void sess_relay(sess *s)
         o.tick = sess_revalidate;
         o.tick_arg = s;
     }
+    o.stop_backend = sess_stop_backend;
+    o.stop_arg = s;
     sess_obs_accepted(s);
     o.kill_fd = sessreg_kill_fd(s->reg);
     o.live_in = sessreg_bytes_in(s->reg);
@@ -788,28 +855,11 @@ static void sess_relay(sess *s)
     s->deadline_ms = 0; /* the startup budget no longer applies */
     relay_run(&s->cio, &s->up.io, &o, &s->rr);
 
+    /* By authority: the relay had the backend stopped before it came back here. */
     wp_error e;
     wp_error_clear(&e);
-    switch (s->rr.end) {
-    case RELAY_STOPPED:
-        wp_error_set(&e, WP_SQLSTATE_ADMIN_SHUTDOWN, "%s",
-                     "terminating connection: Waypoint is shutting down");
-        break;
-    case RELAY_MAX_DURATION:
-        wp_error_set(&e, "53400", "%s", "terminating connection: max_conn_duration reached");
-        break;
-    case RELAY_MAX_BYTES:
-        wp_error_set(&e, "53400", "%s", "terminating connection: max_bytes_per_conn reached");
-        break;
-    case RELAY_TICK_STOP:
-        e = s->rr.tick_err;
-        break;
-    case RELAY_KILLED:
-        sess_killed(s, &e);
-        break;
-    default:
-        break;
-    }
+    if (relay_end_by_authority(s->rr.end))
+        sess_end_message(s, &e);
     if (e.sqlstate[0] && s->rr.at_boundary && pgw_build_error(&s->out, &e) == WP_OK)
         (void)sess_flush(s);
 }

@@ -77,8 +77,9 @@ assert_contains "$(cat "$T/insert.out")" "ended by a Waypoint administrator" "wi
 assert_eq 0 "$(super_sql -c "SELECT count(*) FROM kill_t")" "the insert in flight did not commit"
 wait "$idle_client" || true
 assert_contains "$(cat "$T/idle.out")" "ended by a Waypoint administrator" "the idle session got it too"
-e2e_wait 5 "session_killed log lines" '[ "$(log_count session_killed)" -ge 2 ]'
-assert_contains "$(log_line session_killed)" "backend_stopped=1" "log says the backend was stopped"
+e2e_wait 5 "backend_stopped log lines" '[ "$(grep -c "event=backend_stopped.*reason=killed" "$T/waypoint.log")" -ge 2 ]'
+assert_contains "$(log_line backend_stopped)" "result=gone" "log says the backend was stopped"
+assert_contains "$(log_line backend_stopped)" "role_locked_out=no" "kill does not lock the role out"
 e2e_wait 5 "conn_end outcome=killed" log_has 'outcome=killed'
 pass "conn_end outcome=killed"
 

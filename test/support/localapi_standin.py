@@ -438,6 +438,10 @@ def cert_domain_error(domain, okay):
 class Server(socketserver.ThreadingUnixStreamServer):
     daemon_threads = True      # a hung handler must not keep the process alive
     block_on_close = False
+    # socketserver's default backlog is 5: a burst of connects (a driver's pool of 20)
+    # then finds the unix socket full and connect() fails at once with EAGAIN. Go's
+    # listener, which tailscaled uses, takes the system maximum.
+    request_queue_size = socket.SOMAXCONN
 
 
 def write_ready(path):

@@ -14,10 +14,12 @@
 
 #include <errno.h>
 #include <fcntl.h>
+#include <poll.h>
 #include <pthread.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/socket.h>
+#include <time.h>
 #include <unistd.h>
 
 #include "io.h"
@@ -95,6 +97,7 @@ typedef struct rig {
     pthread_t thread;
     int ticks;
     int stop_after_ticks;
+    relay_end stopped_for; /* what the stop hook was called for; 0 = not called */
 } rig;
 
 static void *rig_main(void *p)
@@ -284,6 +287,104 @@ static void test_relay_tick_stops(void **state)
     assert_string_equal(r.res.tick_err.sqlstate, "28000");
 }
 
+/* A client that stops reading must not stop the timers: with the relay's write to it
+ * blocked and the backend still sending, the tick still runs and ends the session. */
+static void test_relay_tick_fires_while_client_write_blocked(void **state)
+{
+    (void)state;
+    rig r;
+    rig_init(&r);
+    r.opts.tick_ms = 50;
+    r.opts.tick = tick_fn;
+    r.opts.tick_arg = &r;
+    r.stop_after_ticks = 2;
+    rig_start(&r);
+    assert_int_equal(fcntl(r.backend_app, F_SETFL, O_NONBLOCK), 0);
+    static unsigned char chunk[16384];
+    memset(chunk, 'x', sizeof(chunk));
+    int64_t deadline = wp_now_ms() + 5000;
+    int ended = 0;
+    while (!ended && wp_now_ms() < deadline) {
+        ssize_t w = send(r.backend_app, chunk, sizeof(chunk), MSG_NOSIGNAL); /* never read */
+        if (w < 0) {
+            assert_true(errno == EAGAIN || errno == EPIPE || errno == ECONNRESET);
+            struct pollfd p = {.fd = r.backend_app, .events = POLLOUT};
+            (void)poll(&p, 1, 20);
+        }
+        struct timespec ts;
+        clock_gettime(CLOCK_REALTIME, &ts);
+        ended = pthread_timedjoin_np(r.thread, NULL, &ts) == 0;
+    }
+    if (!ended) { /* unblock the relay so the test can report instead of hanging */
+        close(r.client_app);
+        r.client_app = -1;
+        pthread_join(r.thread, NULL);
+    }
+    assert_true(ended);
+    assert_int_equal(r.res.end, RELAY_TICK_STOP);
+    if (r.client_app >= 0)
+        close(r.client_app);
+    close(r.backend_app);
+    close(r.stop[0]);
+    close(r.stop[1]);
+}
+
+/* The stop hook plays a backend that is terminated: it sends a CommandComplete, then
+ * its own termination FATAL, and closes. */
+static int stop_hook(void *arg, relay_end why)
+{
+    rig *r = arg;
+    r->stopped_for = why;
+    unsigned char m[64];
+    size_t n = put_msg(m, 'C', "INSERT 0 1", 11);
+    n += put_msg(m + n, 'E', "SFATAL", 7);
+    write_all(r->backend_app, m, n);
+    shutdown(r->backend_app, SHUT_WR);
+    return 1;
+}
+
+/* Ending by authority: the backend is stopped first (the hook runs before the relay
+ * returns), its last whole messages reach the client, its own ErrorResponse does not,
+ * and the stream is left on a boundary for the session's FATAL. */
+static void test_relay_authority_end_stops_backend_first(void **state)
+{
+    (void)state;
+    rig r;
+    rig_init(&r);
+    r.opts.stop_backend = stop_hook;
+    r.opts.stop_arg = &r;
+    rig_start(&r);
+    close(r.stop[1]);
+    r.stop[1] = -1;
+    unsigned char want[32], got[32];
+    size_t wn = put_msg(want, 'C', "INSERT 0 1", 11);
+    read_exact(r.client_app, got, wn);
+    assert_memory_equal(want, got, wn);
+    rig_finish(&r);
+    assert_int_equal(r.res.end, RELAY_STOPPED);
+    assert_int_equal(r.stopped_for, RELAY_STOPPED);
+    assert_true(r.res.backend_stopped);
+    assert_true(r.res.at_boundary);
+    assert_int_equal(r.res.bytes_out, wn); /* the backend's FATAL was not passed on */
+}
+
+/* An end the client caused is not an end by authority: no hook. */
+static void test_relay_client_end_no_hook(void **state)
+{
+    (void)state;
+    rig r;
+    rig_init(&r);
+    r.opts.stop_backend = stop_hook;
+    r.opts.stop_arg = &r;
+    r.opts.linger_ms = 50;
+    rig_start(&r);
+    shutdown(r.client_app, SHUT_WR);
+    rig_finish(&r);
+    assert_int_equal(r.res.end, RELAY_CLIENT_CLOSED);
+    assert_int_equal(r.stopped_for, 0);
+    assert_false(r.res.backend_stopped);
+}
+
 static void test_relay_linger_after_client_eof(void **state)
 {
     (void)state;
@@ -369,6 +470,9 @@ int main(void)
         cmocka_unit_test(test_relay_stop_finishes_message),
         cmocka_unit_test(test_relay_max_bytes),
         cmocka_unit_test(test_relay_tick_stops),
+        cmocka_unit_test(test_relay_tick_fires_while_client_write_blocked),
+        cmocka_unit_test(test_relay_authority_end_stops_backend_first),
+        cmocka_unit_test(test_relay_client_end_no_hook),
         cmocka_unit_test(test_relay_linger_after_client_eof),
         cmocka_unit_test(test_relay_bulk_both_directions),
     };
