@@ -1,7 +1,9 @@
 #!/bin/bash
 # Waypoint benchmark: the same workloads against three paths in one run, on one machine:
 #   direct     pgbench/psql -> PostgreSQL (scram-sha-256, default 4096 iterations)
-#   pgbouncer  -> PgBouncer (session pooling, scram-sha-256) -> PostgreSQL
+#   pgbouncer  -> PgBouncer (session pooling, scram-sha-256) -> PostgreSQL; for the
+#                 connect-per-transaction rows a second PgBouncer with trust client auth
+#                 (the cheapest a pooler's connect can be), as issue 12 asks
 #   waypoint   -> Waypoint (LocalAPI stand-in, readwrite grant) -> PostgreSQL
 #   wpmetrics  the same through a second Waypoint with [metrics] on, scraped 10 times a
 #              second during the whole run (connect and select-simple-c8 workloads only;
@@ -11,7 +13,9 @@
 #
 #   bench/run.sh [BUILD_DIR]       (make bench)
 # Knobs: BENCH_ROUNDS (3), BENCH_SECONDS per pgbench run (5), BENCH_BULK_MB (1024),
-#        BENCH_IDLE ("1 100 1000"), BENCH_SCALE (10), BENCH_ONLY (regex of workloads).
+#        BENCH_IDLE ("1 100 1000"), BENCH_SCALE (10), BENCH_ONLY (regex of workloads),
+#        BENCH_PG_AUTH (scram-sha-256; "trust" only for profiling runs under valgrind,
+#        where the admin login's PBKDF2-4096 would outlast the connect timeout).
 set -euo pipefail
 
 SRC=$(cd "$(dirname "$0")/.." && pwd)
@@ -37,6 +41,7 @@ PIDS=()
 cleanup() {
     for p in "${PIDS[@]+"${PIDS[@]}"}"; do kill "$p" 2>/dev/null || true; done
     [ -f "$T/pgb/pgbouncer.pid" ] && kill "$(cat "$T/pgb/pgbouncer.pid")" 2>/dev/null || true
+    [ -f "$T/pgbt/pgbouncer.pid" ] && kill "$(cat "$T/pgbt/pgbouncer.pid")" 2>/dev/null || true
     [ "${BENCH_KEEP:-0}" = 1 ] || "$SRC/test/support/pgcluster.sh" stop "$T/pg" >/dev/null 2>&1 || true
     if [ "${BENCH_KEEP:-0}" = 1 ]; then say "kept $T"; else rm -rf "$T"; fi
 }
@@ -73,7 +78,7 @@ chmod 600 "$T/tls/server.key"
 
 # --- PostgreSQL ----------------------------------------------------------------------
 say "starting PostgreSQL"
-eval "$("$SRC/test/support/pgcluster.sh" start "$T/pg" --auth scram-sha-256 --owner-pid $$ \
+eval "$("$SRC/test/support/pgcluster.sh" start "$T/pg" --auth "${BENCH_PG_AUTH:-scram-sha-256}" --owner-pid $$ \
     --set "max_connections = 1300" --set "shared_buffers = 256MB" --set "ssl = on" \
     --set "ssl_cert_file = '$T/tls/server.crt'" --set "ssl_key_file = '$T/tls/server.key'")"
 PG_PORT=$PORT
@@ -107,10 +112,17 @@ client_tls_key_file = $T/tls/server.key
 logfile = $T/pgb/pgbouncer.log
 pidfile = $T/pgb/pgbouncer.pid
 INI
-chown -R postgres:postgres "$T/pgb"
-say "starting PgBouncer on $PGB_PORT"
+PGBT_PORT=$(free_port)
+mkdir -p "$T/pgbt"
+sed -e "s/^listen_port = .*/listen_port = $PGBT_PORT/" -e "s/^auth_type = .*/auth_type = trust/" \
+    -e "s|$T/pgb/pgbouncer|$T/pgbt/pgbouncer|" -e "s|^unix_socket_dir = .*|unix_socket_dir = $T/pgbt|" \
+    "$T/pgb/pgbouncer.ini" >"$T/pgbt/pgbouncer.ini"
+chown -R postgres:postgres "$T/pgb" "$T/pgbt"
+say "starting PgBouncer on $PGB_PORT (scram) and $PGBT_PORT (trust)"
 runuser -u postgres -- pgbouncer -d "$T/pgb/pgbouncer.ini"
+runuser -u postgres -- pgbouncer -d "$T/pgbt/pgbouncer.ini"
 wait_for 20 pg_isready -q -h 127.0.0.1 -p "$PGB_PORT" || die "PgBouncer did not start"
+wait_for 20 pg_isready -q -h 127.0.0.1 -p "$PGBT_PORT" || die "PgBouncer (trust) did not start"
 
 # --- Waypoint + LocalAPI stand-in -----------------------------------------------------
 WP_PORT=$(free_port)
@@ -179,7 +191,7 @@ use_path() { # sets libpq environment for a path
     export PGHOST=127.0.0.1 PGDATABASE=appdb PGSSLMODE=${SSLMODE:-disable}
     case $1 in
     direct) export PGPORT=$PG_PORT PGUSER=bench PGPASSWORD=benchpw ;;
-    pgbouncer) export PGPORT=$PGB_PORT PGUSER=bench PGPASSWORD=benchpw ;;
+    pgbouncer) export PGPORT=${PGB_USE_PORT:-$PGB_PORT} PGUSER=bench PGPASSWORD=benchpw ;;
     waypoint) export PGPORT=$WP_PORT PGUSER=anyone PGPASSWORD=ignored ;;
     wpmetrics) export PGPORT=$WPM_PORT PGUSER=anyone PGPASSWORD=ignored ;;
     esac
@@ -232,23 +244,25 @@ steady() {
     done
 }
 
-connects() {
-    local clients
-    for clients in 1 4; do
-        local w="connect-c$clients"
-        [[ $w =~ $ONLY ]] || continue
-        for p in $PATHS; do
-            local wp0=0 si0=0
-            if [ "$p" = waypoint ]; then
-                wp0=$(cpu_ticks "$WP_PID")
-                si0=$(cpu_ticks "$STANDIN_PID")
-            fi
-            run_pgbench "$w" "$p" -C -S -c "$clients" -j "$((clients < 2 ? 1 : 2))"
-            if [ "$p" = waypoint ]; then # CPU ms per connect: Waypoint, and the stand-in
-                local n
-                n=$(tail -1 "$R/$w.tx.$p")
-                echo "$(cpu_ms "$(($(cpu_ticks "$WP_PID") - wp0))" "$n") $(cpu_ms "$(($(cpu_ticks "$STANDIN_PID") - si0))" "$n")" >>"$R/$w.cpu"
-            fi
+connects() { # sslmode prefer (libpq's default: TLS wherever offered) and disable
+    local clients sslm
+    for sslm in prefer disable; do
+        for clients in 1 4; do
+            local w="connect-$sslm-c$clients"
+            [[ $w =~ $ONLY ]] || continue
+            for p in $PATHS; do
+                local wp0=0 si0=0
+                if [ "$p" = waypoint ]; then
+                    wp0=$(cpu_ticks "$WP_PID")
+                    si0=$(cpu_ticks "$STANDIN_PID")
+                fi
+                PGB_USE_PORT=$PGBT_PORT SSLMODE=$sslm run_pgbench "$w" "$p" -C -S -c "$clients" -j "$((clients < 2 ? 1 : 2))"
+                if [ "$p" = waypoint ]; then # CPU ms per connect: Waypoint, and the stand-in
+                    local n
+                    n=$(tail -1 "$R/$w.tx.$p")
+                    echo "$(cpu_ms "$(($(cpu_ticks "$WP_PID") - wp0))" "$n") $(cpu_ms "$(($(cpu_ticks "$STANDIN_PID") - si0))" "$n")" >>"$R/$w.cpu"
+                fi
+            done
         done
     done
 }
@@ -299,6 +313,18 @@ memory() {
     done
 }
 
+# A parked backend session's memory: Waypoint's own share is logged by the pool
+# (event=pool_park bytes=, at log_level debug); the PostgreSQL backend it keeps is
+# measured here (Pss and Private_Dirty of one parked backend, from smaps_rollup).
+parked_memory() {
+    [[ connect =~ $ONLY ]] || [[ $ONLY == . ]] || [[ $ONLY =~ connect ]] || return 0
+    local pid
+    pid=$("$SRC/test/support/pgcluster.sh" psql "$T/pg" -d appdb -qAt \
+        -c "SELECT pid FROM pg_stat_activity WHERE query = 'DISCARD ALL' AND state = 'idle' LIMIT 1" 2>/dev/null || true)
+    [ -n "$pid" ] && [ -r "/proc/$pid/smaps_rollup" ] || return 0
+    awk '/^Pss:/{p=$2} /^Private_Dirty:/{d=$2} END{print p, d}' "/proc/$pid/smaps_rollup" >"$R/parked"
+}
+
 # --- run ------------------------------------------------------------------------------
 for round in $(seq 1 "$ROUNDS"); do
     say "round $round/$ROUNDS"
@@ -307,6 +333,7 @@ for round in $(seq 1 "$ROUNDS"); do
     tls_steady
     bulk
 done
+parked_memory
 memory
 
 # --- report ---------------------------------------------------------------------------
@@ -332,22 +359,29 @@ for mode in simple prepared; do
     for c in 1 8 32; do row "select-only $mode, $c clients: TPS" "select-$mode-c$c"; done
 done
 row "select-only simple, 8 clients, sslmode=require: TPS" select-tls-c8
-for c in 1 4; do row "connect per transaction (-C -S), $c clients: connects/s" "connect-c$c"; done
+for sslm in prefer disable; do
+    for c in 1 4; do row "connect per transaction (-C -S), $c clients, sslmode=$sslm: connects/s (PgBouncer: trust client auth)" "connect-$sslm-c$c"; done
+done
 row "COPY TO STDOUT, plain: MB/s" copy-out-disable
 row "COPY TO STDOUT, sslmode=require: MB/s" copy-out-require
 for mode in simple prepared; do
     for c in 1 8 32; do row "select-only $mode, $c clients: mean latency ms (lower is better)" "select-$mode-c$c.lat"; done
 done
 row "select-only simple, 8 clients, TLS: mean latency ms (lower is better)" select-tls-c8.lat
-for c in 1 4; do row "connect per transaction, $c clients: mean latency ms (lower is better)" "connect-c$c.lat"; done
+for sslm in prefer disable; do
+    for c in 1 4; do row "connect per transaction, $c clients, sslmode=$sslm: mean latency ms (lower is better)" "connect-$sslm-c$c.lat"; done
+done
 if [ -s "$R/cpu-per-10k.waypoint" ]; then
     g=$(med "$R/cpu-per-10k.pgbouncer")
     w=$(med "$R/cpu-per-10k.waypoint")
     echo "| proxy CPU s per 10k transactions (select-only simple, 8 clients; lower is better) | - | $(fmt_num "$g") | $(fmt_num "$w") | - | $(fmt_ratio "$w" "$g") |"
 fi
-for c in 1 4; do
-    [ -s "$R/connect-c$c.cpu" ] || continue
-    echo "| CPU ms per connect, $c clients: Waypoint (LocalAPI stand-in) | - | - | $(awk '{print $1}' "$R/connect-c$c.cpu" | median) ($(awk '{print $2}' "$R/connect-c$c.cpu" | median)) | - | - |"
+for sslm in prefer disable; do
+    for c in 1 4; do
+        f="$R/connect-$sslm-c$c.cpu"
+        [ -s "$f" ] || continue
+        echo "| CPU ms per connect, $c clients, sslmode=$sslm: Waypoint (LocalAPI stand-in) | - | - | $(awk '{print $1}' "$f" | median) ($(awk '{print $2}' "$f" | median)) | - | - |"
+    done
 done
 mrow() { # mrow LABEL FILEBASE: Waypoint with metrics off / on
     local off on
@@ -365,6 +399,11 @@ if [ -s "$R/connect-c1.wpmetrics" ] || [ -s "$R/select-simple-c8.wpmetrics" ]; t
     for c in 1 4; do mrow "connect per transaction (-C -S), $c clients: connects/s" "connect-c$c"; done
     mrow "select-only simple, 8 clients: TPS" select-simple-c8
     for c in 1 4; do mrow "connect per transaction, $c clients: mean latency ms (lower is better)" "connect-c$c.lat"; done
+fi
+if [ -s "$R/parked" ]; then
+    read -r pss dirty <"$R/parked"
+    echo
+    echo "Parked backend session (after the connect rows): the PostgreSQL backend it keeps has Pss $pss KiB, Private_Dirty $dirty KiB."
 fi
 if [ -f "$R/idle" ]; then
     echo

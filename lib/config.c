@@ -55,6 +55,7 @@ typedef enum {
     SEC_REVALIDATION,
     SEC_LIMITS,
     SEC_SERVER,
+    SEC_POOL,
     SEC_LISTENER,
     SEC_LISTENER_PG,
     SEC_METRICS,
@@ -73,6 +74,7 @@ static const struct {
     {"revalidation", SEC_REVALIDATION},
     {"defaults.limits", SEC_LIMITS},
     {"server", SEC_SERVER},
+    {"pool", SEC_POOL},
     {"listeners", SEC_LISTENER},
     {"listeners.postgres", SEC_LISTENER_PG},
     {"metrics", SEC_METRICS},
@@ -135,6 +137,10 @@ static const key_spec keys[] = {
     {SEC_METRICS, "allow_remote", V_BOOL, G(metrics_allow_remote), 0},
     {SEC_ADMIN, "socket", V_STR, G(admin_socket), 0},
     {SEC_AUDIT, "file", V_STR, G(audit_file), 0},
+    {SEC_POOL, "enabled", V_BOOL, G(pool_enabled), 0},
+    {SEC_POOL, "idle_timeout", V_DUR, G(pool_idle_timeout_ms), 1},
+    {SEC_POOL, "max_per_role", V_INT, G(pool_max_per_role), 1},
+    {SEC_POOL, "max_total", V_INT, G(pool_max_total), 1},
     {SEC_LISTENER, "name", V_STR, L(name), 0},
     {SEC_LISTENER, "listen", V_LISTEN, 0, 0},
     {SEC_LISTENER, "mode", V_MODE, L(mode), 0},
@@ -1290,6 +1296,10 @@ static wp_config *config_new(const char *path)
     c->revalidation_interval_ms = 1 * MS_PER_M;
     c->startup_timeout_ms = 10 * MS_PER_S;
     c->drain_timeout_ms = 30 * MS_PER_S;
+    c->pool_enabled = true;
+    c->pool_idle_timeout_ms = 60 * MS_PER_S;
+    c->pool_max_per_role = 4;
+    c->pool_max_total = 100;
     c->log_level = strdup("info");
     if (!c->path || !c->ts_socket || !c->ts_capability || !c->log_level) {
         cfg_unref(c);
@@ -1599,6 +1609,10 @@ void cfg_print(const wp_config *cfg, FILE *out)
         fputs("\n[audit]\n", out);
         print_str(out, "file", cfg->audit_file);
     }
+    fprintf(out, "\n[pool]\nenabled = %s\n", cfg->pool_enabled ? "true" : "false");
+    print_duration(out, "idle_timeout", cfg->pool_idle_timeout_ms);
+    fprintf(out, "max_per_role = %" PRId64 "\nmax_total = %" PRId64 "\n", cfg->pool_max_per_role,
+            cfg->pool_max_total);
     for (size_t i = 0; i < cfg->nlisteners; i++)
         print_listener(cfg, &cfg->listeners[i], out);
 }

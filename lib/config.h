@@ -89,6 +89,11 @@ typedef struct wp_config {
 
     /* [audit] */
     char *audit_file; /* JSON-lines audit trail; NULL = none */
+    /* [pool] parked backend sessions (Waypoint-C specific, lib/pool.c) */
+    bool pool_enabled;            /* default true */
+    int64_t pool_idle_timeout_ms; /* default 60s */
+    int64_t pool_max_per_role;    /* default 4 */
+    int64_t pool_max_total;       /* default 100 */
 
     cfg_listener *listeners;
     size_t nlisteners;

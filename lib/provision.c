@@ -1663,3 +1663,71 @@ wp_status prov_with_role_lock(prov_ctx *p, const char *role, const char *databas
     prov_keylock_unlock(&p->locks, kl);
     return rc;
 }
+
+/* ---- reused backend sessions (lib/pool.c) ---------------------------------------------- */
+
+/* Whether the role's groups are still what g needs; false when a schema's relation set
+ * changed (the same marks a connect reads), a group is not known fresh, or the
+ * memberships differ. want holds g->npairs names. */
+static bool reuse_groups_current(prov_ctx *p, const char *db, const grant_effective *g,
+                                 const role_state *st, const char **want,
+                                 char (*names)[ID_ROLE_MAX + 1])
+{
+    size_t nwant = 0;
+    for (size_t i = 0; i < g->npairs; i++) {
+        grant_pair pr = g->pairs[i];
+        if (g->downgrade != GRANT_PRESET_NONE && pr.preset > g->downgrade)
+            pr.preset = g->downgrade;
+        json_t *row = json_array_get(st->schemas, i), *nsp = json_array_get(row, 1);
+        want[i] = NULL;
+        if (!json_is_integer(nsp))
+            continue; /* a missing schema: a connect skips it too */
+        if (prov_group_name(p->s.user_prefix, db, pr.schema, pr.preset, names[i]) != 0 ||
+            json_is_true(json_array_get(row, 2)) ||
+            !cache_fresh(p, names[i], json_integer_value(nsp)))
+            return false;
+        want[i] = names[i];
+        nwant++;
+    }
+    size_t idx, have = 0;
+    json_t *m;
+    json_array_foreach(st->members, idx, m)
+    {
+        const char *gn = json_string_value(json_array_get(m, 0));
+        if (!gn || !prov_record_is_group(json_string_value(json_array_get(m, 1))))
+            continue;
+        if (!name_in(want, g->npairs, gn))
+            return false;
+        have++;
+    }
+    return have == nwant;
+}
+
+prov_reuse prov_check_reuse(prov_ctx *p, const char *role, const char *database, const char *record,
+                            const grant_effective *g)
+{
+    if (g->nsql > 0)
+        return PROV_REUSE_REFRESH; /* raw SQL grants run on every connect */
+    char *schemas = schemas_param(p, database, g);
+    const char **want = calloc(g->npairs + 1, sizeof *want);
+    char(*names)[ID_ROLE_MAX + 1] = calloc(g->npairs + 1, sizeof *names);
+    PGconn *c = NULL;
+    wp_error err;
+    wp_error_clear(&err);
+    role_state st;
+    memset(&st, 0, sizeof st);
+    prov_reuse r = PROV_REUSE_GONE;
+    if (schemas && want && names && prov_pool_get(&p->pools, database, &c, NULL, &err) == WP_OK &&
+        read_state(p, c, role, schemas, &st, &err) == WP_OK) {
+        if (st.exists && !st.elevated && st.record && strcmp(st.record, record) == 0)
+            r = reuse_groups_current(p, database, g, &st, want, names) ? PROV_REUSE_OK
+                                                                       : PROV_REUSE_REFRESH;
+    }
+    if (c)
+        prov_pool_put(&p->pools, database, c, PQstatus(c) == CONNECTION_BAD);
+    role_state_clear(&st);
+    free(schemas);
+    free(want);
+    free(names);
+    return r;
+}

@@ -66,6 +66,16 @@ void prov_lease_release(prov_lease *l);
  * Best effort, logs failures. */
 void prov_touch_role(prov_ctx *p, const char *role, const char *database, int64_t session_ms);
 
+/* Before a parked backend session of role is handed to a new connection (lib/pool.c):
+ * one read of the role's state, no lock, no write. OK: the role is this identity's and
+ * its groups are current for g; REFRESH: run prov_ensure_role first (a granted schema
+ * gained relations, memberships drifted, or g has raw SQL); GONE: the role is missing,
+ * not this identity's, modified outside Waypoint, or the read failed, so the parked
+ * session must be closed. */
+typedef enum { PROV_REUSE_OK = 0, PROV_REUSE_REFRESH, PROV_REUSE_GONE } prov_reuse;
+prov_reuse prov_check_reuse(prov_ctx *p, const char *role, const char *database, const char *record,
+                            const grant_effective *g);
+
 /* One cleanup pass (spec 5.5). *dropped gets the number of roles dropped. */
 wp_status prov_cleanup(prov_ctx *p, int *dropped, wp_error *err);
 

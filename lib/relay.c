@@ -42,8 +42,9 @@
 #include <string.h>
 #include <sys/socket.h>
 
-#define RELAY_TELL_WAIT_MS 1000    /* bringing the client to a boundary when stopping */
-#define RELAY_LAST_WORDS_MAX 65536 /* a stopped backend's last messages passed on, bytes */
+#define RELAY_TELL_WAIT_MS 1000     /* bringing the client to a boundary when stopping */
+#define RELAY_LAST_WORDS_MAX 65536  /* a stopped backend's last messages passed on, bytes */
+#define RELAY_BOUNDARY_WAIT_MS 2000 /* held Terminate: time to flush what is pending (pool) */
 
 void relay_framer_init(relay_framer *f)
 {
@@ -54,6 +55,8 @@ void relay_framer_feed(relay_framer *f, const unsigned char *p, size_t n)
 {
     while (n > 0 && !f->broken) {
         if (f->remaining > 0) {
+            if (f->last_type == 'Z' && f->remaining == 1)
+                f->last_status = (char)*p;
             size_t take = n < f->remaining ? n : (size_t)f->remaining;
             f->remaining -= take;
             p += take;
@@ -67,11 +70,14 @@ void relay_framer_feed(relay_framer *f, const unsigned char *p, size_t n)
         uint32_t len = pgw_get32(f->hdr + 1);
         f->hdr_len = 0;
         f->last_type = (char)f->hdr[0];
+        f->msgs++;
         if (len < 4) {
             f->broken = 1;
             return;
         }
         f->remaining = len - 4;
+        if (f->last_type == 'Z')
+            f->last_status = 0; /* known once its body byte arrives */
     }
 }
 
@@ -114,6 +120,8 @@ const char *relay_end_str(relay_end e)
         return "out_of_memory";
     case RELAY_KILLED:
         return "killed";
+    case RELAY_CLIENT_TERMINATE:
+        return "client_terminate";
     }
     return "unknown";
 }
@@ -138,11 +146,21 @@ typedef struct relay_dir {
     relay_framer framer;
     uint64_t *count;
     _Atomic uint64_t *live; /* optional mirror of *count for other threads */
+    int hold_terminate;     /* client side only: see relay_opts.hold_terminate */
     relay_end read_fail;    /* outcome when reading `from` fails */
     relay_end write_fail;   /* outcome when writing `to` fails */
 } relay_dir;
 
-typedef enum { MOVE_OK, MOVE_AGAIN, MOVE_EOF, MOVE_FAIL } move_status;
+typedef enum { MOVE_OK, MOVE_AGAIN, MOVE_EOF, MOVE_FAIL, MOVE_HELD } move_status;
+
+/* The chunk just read ends with a complete Terminate message (X, length 4) on a message
+ * boundary; a Terminate split across reads has partly gone out already, so it is not. */
+static int relay_ends_with_terminate(const relay_framer *f, const unsigned char *p, size_t n)
+{
+    static const unsigned char x[5] = {'X', 0, 0, 0, 4};
+    return f->last_type == 'X' && relay_framer_at_boundary(f) && n >= 5 &&
+           memcmp(p + n - 5, x, 5) == 0;
+}
 
 static int dir_pending(const relay_dir *d)
 {
@@ -186,13 +204,17 @@ static move_status relay_move(relay_dir *d, size_t cap, relay_end *fail_end)
     *d->count += (uint64_t)r;
     if (d->live)
         atomic_fetch_add_explicit(d->live, (uint64_t)r, memory_order_relaxed);
-    d->len = (size_t)r;
+    size_t n = (size_t)r;
+    int held = d->hold_terminate && relay_ends_with_terminate(&d->framer, d->buf, n);
+    if (held)
+        n -= 5;
+    d->len = n;
     d->off = 0;
     if (relay_flush(d) == MOVE_FAIL) {
         *fail_end = d->write_fail;
         return MOVE_FAIL;
     }
-    return MOVE_OK;
+    return held ? MOVE_HELD : MOVE_OK;
 }
 
 /* Writes all that is pending, waiting for the peer up to deadline. */
@@ -284,6 +306,7 @@ typedef struct relay_loop {
     const relay_opts *o;
     relay_dir c2b, b2c;
     int client_eof;
+    uint64_t client_msgs_at_ready; /* c2b.framer.msgs when the last 'Z' was read */
     int64_t next_tick;
     int64_t linger_end;
     relay_result *res;
@@ -319,12 +342,20 @@ static void relay_client_eof(relay_loop *L)
 static relay_end relay_serve(relay_loop *L, relay_dir *d)
 {
     relay_end fail = 0;
-    switch (relay_move(d, RELAY_BUF_SIZE, &fail)) {
+    uint64_t before = d->framer.msgs;
+    move_status m = relay_move(d, RELAY_BUF_SIZE, &fail);
+    if (d == &L->b2c && d->framer.msgs != before && d->framer.last_type == 'Z')
+        L->client_msgs_at_ready = L->c2b.framer.msgs;
+    switch (m) {
     case MOVE_OK:
     case MOVE_AGAIN:
         return 0;
     case MOVE_FAIL:
         return fail;
+    case MOVE_HELD: /* what came before the Terminate must still reach the backend */
+        if (dir_pending(d) && !relay_flush_wait(d, wp_now_ms() + RELAY_BOUNDARY_WAIT_MS))
+            return d->write_fail;
+        return RELAY_CLIENT_TERMINATE;
     case MOVE_EOF:
         break;
     }
@@ -409,6 +440,7 @@ void relay_run(wp_io *client, wp_io *backend, const relay_opts *o, relay_result 
                         .buf = bufs,
                         .count = &res->bytes_in,
                         .live = o->live_in,
+                        .hold_terminate = o->hold_terminate,
                         .read_fail = RELAY_CLIENT_ERROR,
                         .write_fail = RELAY_BACKEND_ERROR};
     L.b2c = (relay_dir){.from = backend,
@@ -418,6 +450,10 @@ void relay_run(wp_io *client, wp_io *backend, const relay_opts *o, relay_result 
                         .live = o->live_out,
                         .read_fail = RELAY_BACKEND_ERROR,
                         .write_fail = RELAY_CLIENT_ERROR};
+    if (o->backend_ready) { /* startup ended with this ReadyForQuery */
+        L.b2c.framer.last_type = PGW_MSG_READY;
+        L.b2c.framer.last_status = o->backend_ready;
+    }
     if (o->tick && o->tick_ms > 0)
         L.next_tick = wp_now_ms() + o->tick_ms;
 
@@ -429,6 +465,10 @@ void relay_run(wp_io *client, wp_io *backend, const relay_opts *o, relay_result 
     }
     res->end = e;
     res->client_terminated = L.c2b.framer.last_type == 'X';
+    res->backend_status = L.b2c.framer.last_status;
+    res->backend_boundary = relay_framer_at_boundary(&L.b2c.framer);
+    res->backend_last = L.b2c.framer.last_type;
+    res->client_after_ready = L.c2b.framer.msgs - L.client_msgs_at_ready;
     if (relay_end_by_authority(e)) {
         /* Nothing more may run for the caller before the client is told. */
         res->backend_stopped = o->stop_backend ? o->stop_backend(o->stop_arg, e) : 0;

@@ -28,7 +28,9 @@ typedef struct relay_framer {
     unsigned hdr_len;   /* header bytes seen of the current message (0..4) */
     uint64_t remaining; /* body bytes still to come of the current message */
     char last_type;     /* type byte of the last message whose header completed */
+    char last_status;   /* body byte of the last ReadyForQuery ('I', 'T', 'E'); 0 = none */
     int broken;         /* a length < 4 was seen: framing is lost for good */
+    uint64_t msgs;      /* messages whose header completed */
 } relay_framer;
 
 void relay_framer_init(relay_framer *f);
@@ -48,7 +50,9 @@ typedef enum {
     RELAY_MAX_BYTES,         /* max_bytes exceeded */
     RELAY_TICK_STOP,         /* the tick callback asked to end the session */
     RELAY_NOMEM,
-    RELAY_KILLED, /* kill_fd became readable (`waypoint kill`) */
+    RELAY_KILLED,           /* kill_fd became readable (`waypoint kill`) */
+    RELAY_CLIENT_TERMINATE, /* opts.hold_terminate: the client sent Terminate, which was
+                               kept back; the backend session is intact */
 } relay_end;
 
 /* Called every tick_ms during the relay (revalidation). Return 0 to go on; non-zero to
@@ -79,17 +83,25 @@ typedef struct relay_opts {
      * live_in/live_out, when set, follow bytes_in/bytes_out while the relay runs. */
     int kill_fd;
     _Atomic uint64_t *live_in, *live_out;
+    int hold_terminate; /* a Terminate that ends the client's stream on a boundary is not
+                           forwarded: the relay ends with RELAY_CLIENT_TERMINATE (pooling) */
+    char backend_ready; /* status of the ReadyForQuery that ended startup (0 = unknown) */
 } relay_opts;
 
 typedef struct relay_result {
     relay_end end;
-    uint64_t bytes_in;     /* client -> backend */
-    uint64_t bytes_out;    /* backend -> client */
-    int client_terminated; /* the client's last message was Terminate ('X') */
-    int at_boundary;       /* backend->client stream ends on a message boundary, so an
-                              ErrorResponse may be appended */
-    int backend_stopped;   /* ended by authority and stop_backend reported it gone */
-    wp_error tick_err;     /* RELAY_TICK_STOP: what the tick callback reported */
+    uint64_t bytes_in;           /* client -> backend */
+    uint64_t bytes_out;          /* backend -> client */
+    int client_terminated;       /* the client's last message was Terminate ('X') */
+    char backend_status;         /* status byte of the backend's last ReadyForQuery; 0 = none */
+    int backend_boundary;        /* backend->client stream ended on a message boundary */
+    char backend_last;           /* type of the backend's last message */
+    uint64_t client_after_ready; /* client messages read after the backend's last
+                                    ReadyForQuery was read (Terminate included) */
+    int at_boundary;             /* backend->client stream ends on a message boundary, so an
+                                    ErrorResponse may be appended */
+    int backend_stopped;         /* ended by authority and stop_backend reported it gone */
+    wp_error tick_err;           /* RELAY_TICK_STOP: what the tick callback reported */
 } relay_result;
 
 void relay_opts_init(relay_opts *o);

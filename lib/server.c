@@ -46,6 +46,7 @@
 #include "listener.h"
 #include "log.h"
 #include "obs.h"
+#include "pool.h"
 #include "provision.h"
 #include "session.h"
 #include "tailscale.h"
@@ -79,6 +80,7 @@ typedef struct srv {
     sess_users *users;
     obs *obs;            /* metrics registry, session registry, audit file */
     admin_server *admin; /* [admin] socket; NULL when not configured */
+    pool *pool;          /* parked backend sessions, shared by all environments */
     int stop_pipe[2];    /* closing [1] makes [0] readable for every relay */
 
     pthread_t cleaner;
@@ -222,6 +224,7 @@ static srv_env *srv_env_build(srv *s, wp_config *cfg, srv_env *old)
     e->env.cancel = s->cancel;
     e->env.users = s->users;
     e->env.obs = s->obs;
+    e->env.pool = s->pool;
     e->env.stop_fd = s->stop_pipe[0];
     e->env.ts = ts_client_new(cfg->ts_socket, cfg->ts_capability, cfg->whois_timeout_ms);
     e->env.listeners = calloc(cfg->nlisteners, sizeof(*e->env.listeners));
@@ -541,6 +544,7 @@ static void srv_shutdown(srv *s, const sigset_t *set)
 {
     for (size_t i = 0; i < s->nlsns; i++)
         lsn_stop(s->lsns[i]);
+    pool_shutdown(s->pool); /* parked sessions end now; nothing parks from here on */
     int64_t drain_ms = s->cur->env.cfg->drain_timeout_ms;
     char ms[24];
     snprintf(ms, sizeof(ms), "%lld", (long long)drain_ms);
@@ -569,6 +573,7 @@ static void srv_shutdown(srv *s, const sigset_t *set)
         sess_users_free(s->users);
         obs_set_admin_source(s->obs, NULL, NULL);
         obs_free(s->obs);
+        pool_free(s->pool);
     }
     log_kv(WP_LOG_INFO, "stopped", (char *)NULL);
 }
@@ -584,7 +589,8 @@ static int srv_init(srv *s, const char *path, wp_config *cfg)
     s->cancel = cancel_map_new();
     s->users = sess_users_new();
     s->obs = obs_new();
-    if (!s->cancel || !s->users || !s->obs || pipe2(s->stop_pipe, O_CLOEXEC) != 0) {
+    s->pool = pool_new();
+    if (!s->cancel || !s->users || !s->obs || !s->pool || pipe2(s->stop_pipe, O_CLOEXEC) != 0) {
         cfg_unref(cfg);
         return 0;
     }
@@ -625,6 +631,8 @@ int srv_run(const char *config_path, wp_config *cfg)
             log_kv(WP_LOG_INFO, "reload", "signal", "HUP", (char *)NULL);
             obs_audit_reopen(s.obs); /* logrotate: before the reload, whatever its outcome */
             srv_reload(&s);
+            /* grants, limits or the backend may have changed: parked sessions go */
+            pool_drop(s.pool, POOL_DROP_ALL, NULL, NULL, "reload");
             continue;
         }
         log_kv(WP_LOG_INFO, "shutdown", "signal", sig == SIGTERM ? "TERM" : "INT", (char *)NULL);

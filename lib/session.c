@@ -52,6 +52,7 @@
 #define SESS_STOP_CANCEL_MS 1000 /* of which at most this for the CancelRequest */
 #define SESS_STARTUP_ROUNDS 4    /* SSLRequest, GSSENCRequest, ... before StartupMessage */
 #define SESS_FLUSH_AT (64 * 1024)
+#define SESS_RESET_WAIT_MS 2000 /* time for DISCARD ALL before parking a backend session */
 
 typedef struct sess {
     const sess_env *env;
@@ -76,6 +77,9 @@ typedef struct sess {
     int up_open;
     uint32_t wp_pid;  /* cancel key given to the client; 0 = none */
     cancel_target bk; /* the backend's own key (pid 0: none yet) */
+    pool_session ps;  /* the backend session's reuse state (pool.c) */
+    pool_key pk;      /* its pool key; pk.owner NULL when reuse is off */
+    int reused;
 
     pgw_buf out; /* bytes for the client, flushed in batches */
     pgw_buf msg;
@@ -495,6 +499,8 @@ static int sess_identify(sess *s)
 
 /* -------------------------------------------------- 3. what they may do ---- */
 
+static void sess_pool_forget(sess *s);
+
 /* PostgreSQL matches setting names case-insensitively and accepts any dotted name as a
  * custom setting, so "WAYPOINT_PRESETS" or "waypoint.presets" sent as startup parameters
  * would reach the backend silently and the downgrade would be lost. Every spelling is
@@ -544,6 +550,7 @@ static int sess_authorize(sess *s)
     if (grant_resolve(s->id->cap_rules, s->lc->name, s->database, &s->env->cfg->default_limits,
                       s->downgrade, &s->grant, &e) != WP_OK) {
         s->grant = NULL;
+        sess_pool_forget(s); /* a revoked grant takes its parked sessions with it */
         return sess_refuse_private(s, &e);
     }
     int64_t max = s->grant->limits.max_conns_per_user;
@@ -610,6 +617,7 @@ static int sess_provision_and_login(sess *s)
         return sess_refuse_private(s, &e);
     obs_roles(s->env->obs, s->lc->name, prov_lease_created(lease) ? "created" : "refreshed", 1);
     snprintf(s->role, sizeof(s->role), "%s", prov_lease_role(lease));
+    s->ps.expiry_set_ms = wp_now_ms(); /* the password write set VALID UNTIL now + ttl */
     s->stage = "backend_login";
     t0 = obs_now_us();
 
@@ -635,17 +643,27 @@ static int sess_provision_and_login(sess *s)
 
 /* ----------------------------------- 6. AuthenticationOk .. ReadyForQuery ---- */
 
+static wp_status sess_give_key(sess *s);
+
 /* BackendKeyData: remember the backend's key, give the client one of ours. */
 static wp_status sess_remap_key(sess *s)
 {
     if (s->msg.len < 8 || s->msg.len - 4 > PGW_CANCEL_KEY_MAX || s->wp_pid != 0)
         return WP_ERR_PROTOCOL;
+    s->ps.backend_pid = pgw_get32(s->msg.data);
+    s->ps.backend_key_len = s->msg.len - 4;
+    memcpy(s->ps.backend_key, s->msg.data + 4, s->ps.backend_key_len);
+    return sess_give_key(s);
+}
+
+/* A fresh Waypoint cancel key for the backend key in s->ps, to the client. */
+static wp_status sess_give_key(sess *s)
+{
     cancel_target t;
     memset(&t, 0, sizeof(t));
-    const unsigned char *m = s->msg.data;
-    t.backend_pid = pgw_get32(m);
-    t.backend_key_len = s->msg.len - 4;
-    memcpy(t.backend_key, m + 4, t.backend_key_len);
+    t.backend_pid = s->ps.backend_pid;
+    t.backend_key_len = s->ps.backend_key_len;
+    memcpy(t.backend_key, s->ps.backend_key, t.backend_key_len);
     snprintf(t.host, sizeof(t.host), "%s", s->lc->backend_host);
     t.port = s->lc->backend_port;
     snprintf(t.login, sizeof(t.login), "%s", s->id->login_name);
@@ -675,6 +693,8 @@ static int sess_finish_startup(sess *s)
             st = sess_remap_key(s);
         else
             st = pgw_build_raw(&s->out, type, s->msg.data, s->msg.len);
+        if (st == WP_OK && type == PGW_MSG_PARAMETER_STATUS && s->pk.owner)
+            st = pool_status_set(&s->ps, s->msg.data, s->msg.len); /* replayed on reuse */
         if (st != WP_OK)
             return sess_refuse_msg(s, WP_SQLSTATE_PROTOCOL, wp_status_str(st),
                                    "unexpected message from the backend during startup");
@@ -692,6 +712,137 @@ static int sess_finish_startup(sess *s)
         if (type == PGW_MSG_READY)
             return 1;
     }
+}
+
+/* ------------------------------------------ 4'. reuse a parked backend session ---- */
+
+/* The pool key of this connection (after sess_authorize); 0 when reuse is off or the
+ * key cannot be made, so the connection is served without the pool. */
+static int sess_pool_key(sess *s)
+{
+    if (!s->env->pool || !s->env->cfg->pool_enabled)
+        return 0;
+    if (!s->pk.owner) {
+        size_t n = 0;
+        pgw_param *params = sess_forward_params(s, &n);
+        const char *scope =
+            s->downgrade == GRANT_PRESET_NONE ? NULL : grant_preset_str(s->downgrade);
+        s->pk.listener = s->lc->name;
+        s->pk.owner = id_role_record(s->id, s->database, scope);
+        s->pk.grant = s->grant ? pool_grant_fingerprint(s->grant) : NULL;
+        s->pk.params = params ? pool_params_fingerprint(params, n) : NULL;
+        free(params);
+    }
+    return s->pk.owner && s->pk.grant && s->pk.params;
+}
+
+static void sess_pool_key_free(sess *s)
+{
+    free((char *)s->pk.owner);
+    free((char *)s->pk.grant);
+    free((char *)s->pk.params);
+    memset(&s->pk, 0, sizeof(s->pk));
+}
+
+/* The caller's grant for this database is gone: so are its parked sessions. */
+static void sess_pool_forget(sess *s)
+{
+    const char *scope = s->downgrade == GRANT_PRESET_NONE ? NULL : grant_preset_str(s->downgrade);
+    char *owner = s->env->pool ? id_role_record(s->id, s->database, scope) : NULL;
+    if (owner)
+        pool_drop(s->env->pool, POOL_DROP_OWNER, s->lc->name, owner, "grant_revoked");
+    free(owner);
+}
+
+/* The role's expiry moves with use, as a connect would move it; at most once per
+ * user_ttl/100 (the margin prov_touch_role already allows), counted from the last time
+ * it moved: a reused connect does not move it, a provisioning connect does. */
+static void sess_touch_if_due(sess *s, int64_t now)
+{
+    if (now - s->ps.expiry_set_ms < s->lc->user_ttl_ms / 100)
+        return;
+    prov_touch_role(s->lsn->prov, s->role, s->database, -1);
+    s->ps.expiry_set_ms = now;
+}
+
+/* Makes the role current for a reused session; 0 when the session cannot be used. */
+static int sess_reuse_check(sess *s)
+{
+    switch (prov_check_reuse(s->lsn->prov, s->ps.role, s->database, s->pk.owner, s->grant)) {
+    case PROV_REUSE_OK:
+        return 1;
+    case PROV_REUSE_REFRESH:
+        break;
+    case PROV_REUSE_GONE:
+        return 0;
+    }
+    wp_error e;
+    wp_error_clear(&e);
+    prov_lease *lease = NULL;
+    if (prov_ensure_role(s->lsn->prov, s->id, s->database, s->grant, &lease, &e) != WP_OK)
+        return 0;
+    int same = strcmp(prov_lease_role(lease), s->ps.role) == 0;
+    prov_lease_release(lease);
+    s->ps.expiry_set_ms = wp_now_ms(); /* the refresh set the expiry */
+    return same;
+}
+
+/* A parked session of exactly this caller, grant and parameters, when there is one:
+ * announced to the client as a login would be (AuthenticationOk, the backend's current
+ * ParameterStatus values, a new cancel key, ReadyForQuery idle). Returns 1 when reused,
+ * 0 when the connection is over (already told), -1 to provision and log in as usual. */
+static int sess_reuse(sess *s)
+{
+    if (!sess_pool_key(s) || !pool_take(s->env->pool, &s->pk, &s->ps))
+        return -1;
+    if (!sess_reuse_check(s)) {
+        pool_session_close(&s->ps);
+        memset(&s->ps, 0, sizeof(s->ps));
+        return -1;
+    }
+    snprintf(s->role, sizeof(s->role), "%s", s->ps.role);
+    sess_touch_if_due(s, wp_now_ms());
+    s->up = s->ps.up; /* the worker owns the connection from here on */
+    s->ps.open = 0;
+    s->up_open = 1;
+    s->reused = 1;
+    if (pgw_build_auth_ok(&s->out) != WP_OK || pool_status_build(&s->ps, &s->out) != WP_OK ||
+        sess_give_key(s) != WP_OK || pgw_build_raw(&s->out, PGW_MSG_READY, "I", 1) != WP_OK)
+        return sess_refuse(s, NULL, "out of memory");
+    if (sess_flush(s) != WP_OK)
+        return sess_refuse(s, NULL, "client went away during startup");
+    return 1;
+}
+
+/* After the relay: a backend session whose client ended with Terminate, sent as its
+ * only message after an idle ReadyForQuery and with both streams on message boundaries,
+ * is reset and parked. Anything else (an error or transaction state, COPY, a client
+ * that just vanished, a message in flight) is closed. */
+static void sess_park(sess *s)
+{
+    const relay_result *r = &s->rr;
+    if (!s->up_open || r->end != RELAY_CLIENT_TERMINATE)
+        return;
+    s->ps.up = s->up;
+    s->ps.open = 1;
+    s->up_open = 0;
+    snprintf(s->ps.role, sizeof(s->ps.role), "%s", s->role);
+    int clean = s->pk.owner && r->backend_status == 'I' && r->backend_boundary &&
+                r->backend_last == PGW_MSG_READY && r->client_after_ready == 1;
+    int64_t life = s->env->cfg->pool_idle_timeout_ms, reval = s->env->cfg->revalidation_interval_ms;
+    if (reval > 0 && reval < life)
+        life = reval; /* a parked session is never older than a live one's last check */
+    if (s->lc->user_ttl_ms / 2 < life)
+        life = s->lc->user_ttl_ms / 2; /* the role cannot expire while parked */
+    pool_limits lim = {.lifetime_ms = life,
+                       .max_per_role = s->env->cfg->pool_max_per_role,
+                       .max_total = s->env->cfg->pool_max_total};
+    if (clean) {
+        if (pool_reset(&s->ps, wp_now_ms() + SESS_RESET_WAIT_MS) == WP_OK &&
+            pool_park(s->env->pool, &s->pk, &s->ps, &lim))
+            return;
+    }
+    pool_session_close(&s->ps); /* forwards the Terminate the relay held back */
 }
 
 /* ---------------------------------------------------------- 7. relay ---- */
@@ -841,6 +992,8 @@ static void sess_relay(sess *s)
         o.end_ms = s->start_ms + lim->max_conn_duration_ms;
     o.max_bytes = lim->max_bytes_per_conn > 0 ? (uint64_t)lim->max_bytes_per_conn : 0;
     o.stop_fd = s->env->stop_fd;
+    o.hold_terminate = s->pk.owner != NULL; /* the backend session may be parked */
+    o.backend_ready = 'I';                  /* every startup ends idle */
     if (s->env->cfg->revalidation_interval_ms > 0) {
         o.tick_ms = s->env->cfg->revalidation_interval_ms;
         o.tick = sess_revalidate;
@@ -871,7 +1024,8 @@ static const char *sess_outcome(const sess *s)
     /* After Terminate the backend closes too; whichever EOF the relay saw first, the
      * client ended the session politely. */
     if (s->rr.client_terminated &&
-        (s->rr.end == RELAY_CLIENT_CLOSED || s->rr.end == RELAY_BACKEND_CLOSED))
+        (s->rr.end == RELAY_CLIENT_CLOSED || s->rr.end == RELAY_BACKEND_CLOSED ||
+         s->rr.end == RELAY_CLIENT_TERMINATE))
         return "ok";
     return relay_end_str(s->rr.end);
 }
@@ -887,16 +1041,17 @@ static void sess_log_end(sess *s)
     log_kv(WP_LOG_INFO, "conn_end", "listener", s->lc->name, "peer", s->peer, "user", sess_login(s),
            "node", sess_node(s), "role", s->role, "database", s->database, "presets", presets,
            "downgrade", s->downgrade == GRANT_PRESET_NONE ? "none" : grant_preset_str(s->downgrade),
-           "tls", s->tls ? "1" : "0", "bytes_in", in, "bytes_out", out, "duration_ms", dur,
-           "outcome", sess_outcome(s), (char *)NULL);
+           "tls", s->tls ? "1" : "0", "reused", s->reused ? "1" : "0", "bytes_in", in, "bytes_out",
+           out, "duration_ms", dur, "outcome", sess_outcome(s), (char *)NULL);
     sess_obs_ended(s, sess_outcome(s));
 }
 
 static void sess_end(sess *s, int relayed)
 {
     if (relayed) {
+        sess_touch_if_due(s, wp_now_ms()); /* before parking: the entry carries the time */
+        sess_park(s);
         sess_log_end(s);
-        prov_touch_role(s->lsn->prov, s->role, s->database, wp_now_ms() - s->start_ms);
     }
     sessreg_remove(obs_sessions(s->env->obs), s->reg);
     if (s->wp_pid)
@@ -910,6 +1065,8 @@ static void sess_end(sess *s, int relayed)
         tls_io_free(&s->cio);
     }
     close(s->fd);
+    pool_session_clear(&s->ps);
+    sess_pool_key_free(s);
     grant_free(s->grant);
     id_free(s->id);
     free(s->options);
@@ -943,8 +1100,13 @@ void sess_run(const sess_env *env, const sess_listener *l, int fd, int over_cap)
 {
     sess s;
     sess_init(&s, env, l, fd, over_cap);
-    int ok = sess_read_startup(&s) && sess_check_startup(&s) && sess_identify(&s) &&
-             sess_authorize(&s) && sess_provision_and_login(&s) && sess_finish_startup(&s);
+    int ok =
+        sess_read_startup(&s) && sess_check_startup(&s) && sess_identify(&s) && sess_authorize(&s);
+    int reused = ok ? sess_reuse(&s) : 0;
+    if (reused < 0)
+        ok = sess_provision_and_login(&s) && sess_finish_startup(&s);
+    else
+        ok = reused;
     if (ok)
         sess_relay(&s);
     sess_end(&s, ok);

@@ -15,6 +15,7 @@
 #include "cancel.h"
 #include "config.h"
 #include "obs.h"
+#include "pool.h"
 #include "provision.h"
 #include "tailscale.h"
 #include "tls.h"
@@ -33,6 +34,7 @@ typedef struct sess_env {
     sess_listener *listeners; /* cfg->nlisteners entries, in cfg order */
     cancel_map *cancel;       /* process-wide */
     sess_users *users;        /* process-wide live-connection counts per caller */
+    pool *pool;               /* process-wide parked backend sessions; NULL = none */
     int stop_fd;              /* readable once open sessions must end; -1 = never */
     obs *obs;                 /* process-wide metrics, session registry, audit; may be NULL */
 } sess_env;

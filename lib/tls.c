@@ -75,6 +75,13 @@ typedef struct tls_conn {
 } tls_conn;
 
 static const char *tls_alpn_list[] = {"postgresql", NULL};
+/* Key exchange groups in the server's order of preference (mbedTLS picks the first of
+ * these the client offers). mbedTLS's default order starts with secp521r1, which libpq
+ * also offers, and that ECDHE dominated a TLS connect (about 200M instructions of
+ * 330M in callgrind); X25519 first, P-256 for clients without it. */
+static const mbedtls_ecp_group_id tls_curves[] = {
+    MBEDTLS_ECP_DP_CURVE25519, MBEDTLS_ECP_DP_SECP256R1, MBEDTLS_ECP_DP_SECP384R1,
+    MBEDTLS_ECP_DP_SECP521R1,  MBEDTLS_ECP_DP_NONE};
 
 /* --- BIO and polling -------------------------------------------------------------- */
 
@@ -233,6 +240,7 @@ static wp_status server_conf(tls_server_ctx *s, wp_error *err)
     }
     mbedtls_ssl_conf_min_version(c, MBEDTLS_SSL_MAJOR_VERSION_3, MBEDTLS_SSL_MINOR_VERSION_3);
     mbedtls_ssl_conf_renegotiation(c, MBEDTLS_SSL_RENEGOTIATION_DISABLED);
+    mbedtls_ssl_conf_curves(c, tls_curves);
     mbedtls_ssl_conf_rng(c, mbedtls_ctr_drbg_random, &s->drbg);
     mbedtls_ssl_conf_sni(c, sni_callback, s);
     const certs_pair *file = certs_file_pair(s->certs);

@@ -7,6 +7,9 @@
  * or "ERROR <sqlstate> <message>" and exit 1 for an ErrorResponse.
  *
  *   wp_rawclient HOST PORT "SQL" key=value [key=value ...]
+ *
+ * WP_RAWCLIENT_SRC=127.0.0.2 binds the client socket to that source address first, so a
+ * test can be a second caller on the loopback (the stand-in matches identities by IP).
  */
 #include <netdb.h>
 #include <stdio.h>
@@ -24,6 +27,15 @@ static int dial(const char *host, const char *port)
     if (getaddrinfo(host, port, &hints, &res) != 0)
         return -1;
     int fd = socket(res->ai_family, res->ai_socktype, 0);
+    const char *src = getenv("WP_RAWCLIENT_SRC");
+    struct addrinfo *sa = NULL;
+    if (fd >= 0 && src &&
+        (getaddrinfo(src, NULL, &hints, &sa) != 0 || bind(fd, sa->ai_addr, sa->ai_addrlen) != 0)) {
+        close(fd);
+        fd = -1;
+    }
+    if (sa)
+        freeaddrinfo(sa);
     if (fd >= 0 && connect(fd, res->ai_addr, res->ai_addrlen) != 0) {
         close(fd);
         fd = -1;
