@@ -4,9 +4,18 @@
  * Rules (spec section 8), applied to the client's SNI name:
  *   1. the file certificate when the name matches it (DNS SAN, one-label wildcard, CN),
  *      or when there is no SNI and a file certificate exists;
- *   2. else, when the Tailscale source is enabled and the name ends in ".ts.net", the
- *      Tailscale certificate for that name;
+ *   2. else, when the Tailscale source is enabled, the Tailscale certificate for the
+ *      name: a name among the node's CertDomains, a bare label expanded to the cert
+ *      domain it begins (`waypoint-db` -> `waypoint-db.tail1234.ts.net`, as tailscale's
+ *      ExpandSNIName does), or, while CertDomains are unknown, a name ending in
+ *      ".ts.net"; with no SNI at all (a client connecting by IP), the certificate of
+ *      the node's first cert domain;
  *   3. else the file certificate if any; else nothing (the handshake fails).
+ *
+ * CertDomains come from tailscaled's status through a callback, re-read when unknown or
+ * empty (spaced by retry_ms) and every CERTS_DOMAINS_TTL_MS otherwise, under their own
+ * mutex (the read is a local call bounded by the LocalAPI timeout). Once known, only
+ * those names are ever fetched, so random SNI names cost nothing.
  *
  * Tailscale certificates live in a small cache keyed by name. An entry is refreshed
  * once it is within a third of its lifetime, or seven days, of expiry (whichever comes
@@ -38,7 +47,6 @@
 #include "log.h"
 
 #define CERTS_MAX_ENTRIES 64
-#define CERTS_NAME_MAX 253
 #define CERTS_DEFAULT_RETRY_MS 60000
 #define CERTS_REFRESH_FLOOR_S (7 * 24 * 3600)
 
@@ -67,6 +75,15 @@ struct certs_store {
     pthread_cond_t cv;
     ts_entry *entries;
     size_t nentries;
+
+    certs_domains_fn domains_fn; /* NULL: CertDomains unknown */
+    void *domains_arg;
+    pthread_mutex_t dmu; /* guards the fields below */
+    char **domains;
+    size_t ndomains;
+    int domains_known;     /* a read succeeded at least once */
+    int64_t domains_at_ms; /* monotonic time of the last read attempt */
+    int domains_tried;
 };
 
 /* "<what>: <problem> (<mbedTLS reason>)" */
@@ -216,12 +233,20 @@ wp_status certs_new(const certs_opts *o, certs_store **out, wp_error *err)
     s->use_tailscale = o->use_tailscale && o->fetch != NULL;
     s->fetch = o->fetch;
     s->fetch_arg = o->fetch_arg;
+    s->domains_fn = s->use_tailscale ? o->domains : NULL;
+    s->domains_arg = o->domains_arg;
     s->retry_ms = CERTS_DEFAULT_RETRY_MS;
     if (pthread_mutex_init(&s->mu, NULL) != 0) {
         free(s);
         return WP_ERR_INTERNAL;
     }
+    if (pthread_mutex_init(&s->dmu, NULL) != 0) {
+        pthread_mutex_destroy(&s->mu);
+        free(s);
+        return WP_ERR_INTERNAL;
+    }
     if (pthread_cond_init(&s->cv, NULL) != 0) {
+        pthread_mutex_destroy(&s->dmu);
         pthread_mutex_destroy(&s->mu);
         free(s);
         return WP_ERR_INTERNAL;
@@ -258,7 +283,11 @@ void certs_free(certs_store *s)
         e = next;
     }
     certs_pair_free(s->file);
+    for (size_t i = 0; i < s->ndomains; i++)
+        free(s->domains[i]);
+    free(s->domains);
     pthread_cond_destroy(&s->cv);
+    pthread_mutex_destroy(&s->dmu);
     pthread_mutex_destroy(&s->mu);
     free(s);
 }
@@ -474,6 +503,100 @@ void certs_release(certs_store *s, const certs_pair *p)
     pthread_mutex_unlock(&s->mu);
 }
 
+/* --- CertDomains ------------------------------------------------------------------ */
+
+/* Re-reads CertDomains when due. Called and returns with s->dmu held. */
+static void domains_refresh_locked(certs_store *s)
+{
+    if (!s->domains_fn)
+        return;
+    int64_t now = wp_now_ms(), age = now - s->domains_at_ms;
+    int due = !s->domains_tried || (s->ndomains == 0 && age >= s->retry_ms) ||
+              age >= CERTS_DOMAINS_TTL_MS;
+    if (!due)
+        return;
+    s->domains_tried = 1;
+    s->domains_at_ms = now;
+    char **d = NULL;
+    size_t n = 0;
+    wp_error err;
+    wp_error_clear(&err);
+    wp_status st = s->domains_fn(s->domains_arg, &d, &n, &err);
+    if (st != WP_OK) {
+        log_kv(WP_LOG_WARN, "tls_status_failed", "status", wp_status_str(st), "reason", err.message,
+               "detail", err.detail, (char *)NULL);
+        return; /* keep what we had */
+    }
+    for (size_t i = 0; i < s->ndomains; i++)
+        free(s->domains[i]);
+    free(s->domains);
+    s->domains = d;
+    s->ndomains = n;
+    s->domains_known = 1;
+}
+
+void certs_ts_name(certs_store *s, const char *sni, char *out)
+{
+    out[0] = '\0';
+    if (!sni || !valid_hostname(sni))
+        return;
+    char lower[CERTS_NAME_MAX + 1];
+    size_t len = 0;
+    for (; sni[len] && len < CERTS_NAME_MAX; len++)
+        lower[len] = (char)tolower((unsigned char)sni[len]);
+    lower[len] = '\0';
+    pthread_mutex_lock(&s->dmu);
+    domains_refresh_locked(s);
+    for (size_t i = 0; i < s->ndomains && !out[0]; i++)
+        if (strcmp(s->domains[i], lower) == 0)
+            snprintf(out, CERTS_NAME_MAX + 1, "%s", lower);
+    for (size_t i = 0; i < s->ndomains && !out[0] && !strchr(lower, '.'); i++)
+        if (strncmp(s->domains[i], lower, len) == 0 && s->domains[i][len] == '.' &&
+            s->domains[i][len + 1] != '\0')
+            snprintf(out, CERTS_NAME_MAX + 1, "%s", s->domains[i]);
+    if (!out[0] && !s->domains_known && is_ts_name(lower))
+        snprintf(out, CERTS_NAME_MAX + 1, "%s", lower);
+    pthread_mutex_unlock(&s->dmu);
+}
+
+const certs_pair *certs_default(certs_store *s)
+{
+    if (s->file)
+        return s->file;
+    if (!s->use_tailscale)
+        return NULL;
+    char name[CERTS_NAME_MAX + 1] = "";
+    pthread_mutex_lock(&s->dmu);
+    domains_refresh_locked(s);
+    if (s->ndomains > 0)
+        snprintf(name, sizeof(name), "%s", s->domains[0]);
+    pthread_mutex_unlock(&s->dmu);
+    return name[0] ? ts_get(s, name) : NULL;
+}
+
+int certs_has_source(certs_store *s, const char **why)
+{
+    *why = "";
+    if (s->file)
+        return 1;
+    if (!s->use_tailscale) {
+        *why = "no cert_file and use_tailscale_tls = false";
+        return 0;
+    }
+    if (!s->domains_fn)
+        return 1;
+    pthread_mutex_lock(&s->dmu);
+    domains_refresh_locked(s);
+    int known = s->domains_known, n = s->ndomains > 0;
+    pthread_mutex_unlock(&s->dmu);
+    if (!known)
+        *why = "no cert_file, and tailscaled's status (CertDomains) could not be read";
+    else if (!n)
+        *why = "no cert_file, and tailscaled reports no CertDomains (HTTPS certificates are "
+               "not enabled for this tailnet)";
+    return known && n;
+}
+
 wp_status certs_select(certs_store *s, const char *sni, const certs_pair **out, certs_source *src)
 {
     *out = NULL;
@@ -484,13 +607,15 @@ wp_status certs_select(certs_store *s, const char *sni, const certs_pair **out, 
         *src = CERTS_SRC_FILE;
         return WP_OK;
     }
-    if (has_sni && s->use_tailscale && is_ts_name(sni) && valid_hostname(sni)) {
-        char lower[CERTS_NAME_MAX + 1];
-        size_t i = 0;
-        for (; sni[i] && i < CERTS_NAME_MAX; i++)
-            lower[i] = (char)tolower((unsigned char)sni[i]);
-        lower[i] = '\0';
-        const certs_pair *p = ts_get(s, lower);
+    if (s->use_tailscale) {
+        char name[CERTS_NAME_MAX + 1] = "";
+        const certs_pair *p = NULL;
+        if (has_sni) {
+            certs_ts_name(s, sni, name);
+            p = name[0] ? ts_get(s, name) : NULL;
+        } else if (!s->file) {
+            p = certs_default(s);
+        }
         if (p) {
             *out = p;
             *src = CERTS_SRC_TAILSCALE;

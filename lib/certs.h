@@ -27,7 +27,14 @@
 typedef wp_status (*certs_fetch_fn)(void *arg, const char *domain, char **pem, size_t *pem_len,
                                     wp_error *err);
 
+/* Reads the node's CertDomains (tailscaled's status): *out is a malloc'd array of *n
+ * malloc'd lowercase names, freed by the store. Must be safe to call from any thread. */
+typedef wp_status (*certs_domains_fn)(void *arg, char ***out, size_t *n, wp_error *err);
+
 typedef struct certs_store certs_store;
+
+#define CERTS_NAME_MAX 253
+#define CERTS_DOMAINS_TTL_MS (5 * 60 * 1000)
 
 /* One usable certificate: chain plus matching private key. Read-only once published. */
 typedef struct certs_pair {
@@ -49,6 +56,10 @@ typedef struct certs_opts {
     int use_tailscale;    /* 0: fetch is never called */
     certs_fetch_fn fetch; /* may be NULL (same as use_tailscale = 0) */
     void *fetch_arg;
+    /* The node's CertDomains (NULL: unknown, so no-SNI and short names get nothing
+     * from the Tailscale source and certs_has_source trusts use_tailscale). */
+    certs_domains_fn domains;
+    void *domains_arg;
 } certs_opts;
 
 /* Loads the file certificate (when configured) and checks that the key matches it.
@@ -65,6 +76,22 @@ void certs_set_retry_interval(certs_store *s, int64_t ms);
  * no source applies (the handshake must fail). */
 wp_status certs_select(certs_store *s, const char *sni, const certs_pair **out, certs_source *src);
 void certs_release(certs_store *s, const certs_pair *p);
+
+/* The certificate for a client that sent no SNI (connected by IP): the file one, else
+ * the Tailscale certificate of the node's first cert domain; NULL if none. Referenced
+ * like certs_select's (certs_release). */
+const certs_pair *certs_default(certs_store *s);
+
+/* 1 when some certificate can be served: a file certificate, or the Tailscale source
+ * with at least one cert domain. CertDomains are re-read when unknown or empty (at most
+ * every retry interval) and every CERTS_DOMAINS_TTL_MS otherwise; *why (static text)
+ * says what is missing when 0. */
+int certs_has_source(certs_store *s, const char **why);
+
+/* The Tailscale certificate name for an SNI name: itself when it is a cert domain or
+ * ends in ".ts.net"; a bare label expanded to the cert domain it begins (as tailscale's
+ * ExpandSNIName); else "" (out has CERTS_NAME_MAX + 1 bytes). Exposed for tests. */
+void certs_ts_name(certs_store *s, const char *sni, char *out);
 
 /* The file certificate, or NULL. Owned by the store (lives as long as it). */
 const certs_pair *certs_file_pair(const certs_store *s);

@@ -152,6 +152,7 @@ static const key_spec keys[] = {
     {SEC_LISTENER, "backend_tls", V_BTLS, L(backend_tls), 0},
     {SEC_LISTENER, "backend_ca_file", V_STR, L(backend_ca_file), 0},
     {SEC_LISTENER, "max_connections", V_INT, L(max_connections), 1},
+    {SEC_LISTENER, "max_unstarted_per_peer", V_INT, L(max_unstarted_per_peer), 0},
     {SEC_LISTENER_PG, "admin_user", V_STR, L(admin_user), 0},
     {SEC_LISTENER_PG, "admin_password", V_STR, L(admin_password), 0},
     {SEC_LISTENER_PG, "admin_database", V_STR, L(admin_database), 0},
@@ -515,6 +516,7 @@ static void listener_defaults(cfg_listener *l, int line)
     l->use_tailscale_tls = true;
     l->backend_tls = CFG_BTLS_PREFER;
     l->max_connections = 1000;
+    l->max_unstarted_per_peer = 64;
     l->admin_database = strdup("postgres");
     l->user_prefix = strdup("wp_");
     l->user_ttl_ms = 24 * MS_PER_H;
@@ -1563,6 +1565,7 @@ static void print_listener(const wp_config *cfg, const cfg_listener *l, FILE *ou
     print_str(out, "backend_tls", cfg_backend_tls_str(l->backend_tls));
     print_opt_str(out, "backend_ca_file", l->backend_ca_file);
     fprintf(out, "max_connections = %" PRId64 "\n", l->max_connections);
+    fprintf(out, "max_unstarted_per_peer = %" PRId64 "\n", l->max_unstarted_per_peer);
     fputs("\n[listeners.postgres]\n", out);
     print_str(out, "admin_user", l->admin_user);
     print_str(out, "admin_password", "********");

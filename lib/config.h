@@ -43,6 +43,7 @@ typedef struct cfg_listener {
     cfg_backend_tls backend_tls; /* default prefer */
     char *backend_ca_file;       /* NULL when unset */
     int64_t max_connections;     /* concurrent client connections; default 1000 */
+    int64_t max_unstarted_per_peer; /* per node (or address) before startup; 0 = off */
 
     /* [listeners.postgres] */
     char *admin_user;

@@ -81,6 +81,7 @@ typedef struct srv {
     obs *obs;            /* metrics registry, session registry, audit file */
     admin_server *admin; /* [admin] socket; NULL when not configured */
     pool *pool;          /* parked backend sessions, shared by all environments */
+    adm_table *admit;    /* per-peer unstarted connections, process-wide */
     int stop_pipe[2];    /* closing [1] makes [0] readable for every relay */
 
     pthread_t cleaner;
@@ -225,6 +226,7 @@ static srv_env *srv_env_build(srv *s, wp_config *cfg, srv_env *old)
     e->env.users = s->users;
     e->env.obs = s->obs;
     e->env.pool = s->pool;
+    e->env.admit = s->admit;
     e->env.stop_fd = s->stop_pipe[0];
     e->env.ts = ts_client_new(cfg->ts_socket, cfg->ts_capability, cfg->whois_timeout_ms);
     e->env.listeners = calloc(cfg->nlisteners, sizeof(*e->env.listeners));
@@ -574,6 +576,7 @@ static void srv_shutdown(srv *s, const sigset_t *set)
         obs_set_admin_source(s->obs, NULL, NULL);
         obs_free(s->obs);
         pool_free(s->pool);
+        adm_free(s->admit);
     }
     log_kv(WP_LOG_INFO, "stopped", (char *)NULL);
 }
@@ -590,7 +593,9 @@ static int srv_init(srv *s, const char *path, wp_config *cfg)
     s->users = sess_users_new();
     s->obs = obs_new();
     s->pool = pool_new();
-    if (!s->cancel || !s->users || !s->obs || !s->pool || pipe2(s->stop_pipe, O_CLOEXEC) != 0) {
+    s->admit = adm_new();
+    if (!s->cancel || !s->users || !s->obs || !s->pool || !s->admit ||
+        pipe2(s->stop_pipe, O_CLOEXEC) != 0) {
         cfg_unref(cfg);
         return 0;
     }

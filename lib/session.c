@@ -63,6 +63,12 @@ typedef struct sess {
     int tls;
     int over_cap;
     char peer[80];
+    adm_verdict adm; /* what this connection holds in env->admit */
+    char adm_key[96];
+    int early; /* the WhoIs at accept ran: its result is below */
+    wp_status early_st;
+    id_identity *early_id; /* handed to the step that uses it */
+    wp_error early_err;
     int64_t start_ms, deadline_ms;
 
     pgw_startup su;
@@ -343,6 +349,60 @@ static void sess_users_release(sess_users *u, const char *key)
     pthread_mutex_unlock(&u->mu);
 }
 
+/* ------------------------------------------------ admission (admit.h) ---- */
+
+/* WhoIs at accept: it needs only the peer ip:port, and it tells which node this is, so
+ * the unstarted-connection bound is per node even when every caller arrives from
+ * 127.0.0.1 (userspace-networking tailscaled). The result is kept for the step that
+ * identifies the caller (or the cancel), so a connection still costs one WhoIs. */
+static int sess_admit(sess *s)
+{
+    if (s->over_cap)
+        return 1;
+    wp_error_clear(&s->early_err);
+    s->early_st = ts_whois(s->env->ts, s->peer, &s->early_id, &s->early_err);
+    if (s->early_st != WP_OK)
+        s->early_id = NULL;
+    s->early = 1;
+    if (s->early_id) {
+        snprintf(s->adm_key, sizeof(s->adm_key), "node:%s", s->early_id->stable_id);
+    } else { /* the address without the port */
+        const char *ip = s->peer[0] == '[' ? s->peer + 1 : s->peer;
+        size_t n = strcspn(ip, s->peer[0] == '[' ? "]" : ":");
+        snprintf(s->adm_key, sizeof(s->adm_key), "addr:%.*s", (int)n, ip);
+    }
+    s->adm = adm_acquire(s->env->admit, s->lc->name, s->adm_key, s->lc->max_unstarted_per_peer);
+    if (s->adm != ADM_DROP)
+        return 1;
+    s->adm = ADM_NONE;
+    log_kv(WP_LOG_WARN, "conn_dropped", "listener", s->lc->name, "peer", s->peer, "user",
+           s->early_id ? s->early_id->login_name : "", "peer_key", s->adm_key, "reason",
+           "max_unstarted_per_peer reached and enough refusals pending", (char *)NULL);
+    return 0;
+}
+
+/* The StartupMessage is in: the phase the bound covers is over. */
+static int sess_started(sess *s)
+{
+    if (s->adm == ADM_PENDING) {
+        adm_release(s->env->admit, s->lc->name, s->adm_key, s->adm);
+        s->adm = ADM_NONE;
+    }
+    return 1;
+}
+
+/* The WhoIs result for this connection: the one made at accept, else a fresh one. */
+static wp_status sess_whois(sess *s, id_identity **id, wp_error *e)
+{
+    if (!s->early)
+        return ts_whois(s->env->ts, s->peer, id, e);
+    s->early = 0;
+    *id = s->early_id;
+    s->early_id = NULL;
+    *e = s->early_err;
+    return s->early_st;
+}
+
 /* -------------------------------------------------------------- cancel ---- */
 
 /* A CancelRequest: honoured only for the same Tailscale identity; never answered. */
@@ -353,7 +413,7 @@ static int sess_cancel(sess *s)
     wp_error e;
     wp_error_clear(&e);
     cancel_target t;
-    if (ts_whois(s->env->ts, s->peer, &id, &e) == WP_OK &&
+    if (sess_whois(s, &id, &e) == WP_OK &&
         cancel_lookup(s->env->cancel, s->su.cancel_pid, s->su.cancel_key, s->su.cancel_key_len,
                       id->login_name, id->stable_id, &t) == WP_OK) {
         wp_status st = up_send_cancel(t.host, t.port, t.backend_pid, t.backend_key,
@@ -372,7 +432,10 @@ static int sess_cancel(sess *s)
 
 static int sess_tls_enabled(const sess *s)
 {
-    return !s->over_cap && s->lsn->tls && s->lc->tls_mode != CFG_TLS_OFF;
+    /* No certificate source at all: 'N', so libpq's sslmode=prefer goes on in plaintext
+     * on this connection instead of failing a handshake and connecting again. */
+    return !s->over_cap && s->adm != ADM_REFUSE && s->lsn->tls && s->lc->tls_mode != CFG_TLS_OFF &&
+           tls_server_can_serve(s->lsn->tls);
 }
 
 static int sess_answer(sess *s, char c)
@@ -415,9 +478,10 @@ static int sess_read_startup(sess *s)
             if (s->tls)
                 return sess_refuse_msg(s, WP_SQLSTATE_PROTOCOL, NULL,
                                        "SSLRequest received inside TLS");
-            if (!sess_answer(s, sess_tls_enabled(s) ? 'S' : 'N'))
+            int on = sess_tls_enabled(s);
+            if (!sess_answer(s, on ? 'S' : 'N'))
                 return sess_refuse(s, NULL, "client went away during negotiation");
-            if (sess_tls_enabled(s) && !sess_start_tls(s, 0))
+            if (on && !sess_start_tls(s, 0))
                 return 0;
             break;
         case PGW_START_DIRECT_TLS:
@@ -451,6 +515,14 @@ static int sess_check_startup(sess *s)
         snprintf(msg, sizeof(msg), "sorry, too many connections for listener %s", s->lc->name);
         return sess_refuse_msg(s, WP_SQLSTATE_TOO_MANY_CONN, "max_connections reached", msg);
     }
+    if (s->adm == ADM_REFUSE) {
+        snprintf(msg, sizeof(msg),
+                 "sorry, too many connections from this %s are still starting up on listener "
+                 "%s (max_unstarted_per_peer = %lld)",
+                 strncmp(s->adm_key, "node:", 5) == 0 ? "node" : "address", s->lc->name,
+                 (long long)s->lc->max_unstarted_per_peer);
+        return sess_refuse_msg(s, WP_SQLSTATE_TOO_MANY_CONN, "max_unstarted_per_peer reached", msg);
+    }
     if (s->lc->tls_mode == CFG_TLS_REQUIRE && !s->tls)
         return sess_refuse_msg(s, WP_SQLSTATE_INVALID_AUTH, NULL,
                                "SSL required: connect with sslmode=require");
@@ -473,7 +545,7 @@ static int sess_identify(sess *s)
     wp_error e;
     wp_error_clear(&e);
     int64_t t0 = obs_now_us();
-    wp_status st = ts_whois(s->env->ts, s->peer, &s->id, &e);
+    wp_status st = sess_whois(s, &s->id, &e);
     s->stage = st == WP_OK ? "identify" : st == WP_ERR_NOT_FOUND ? "not_on_tailnet" : "tailscale";
     obs_observe(s->env->obs, OBS_H_WHOIS, s->lc->name,
                 st == WP_OK              ? "ok"
@@ -1054,6 +1126,8 @@ static void sess_end(sess *s, int relayed)
         sess_log_end(s);
     }
     sessreg_remove(obs_sessions(s->env->obs), s->reg);
+    adm_release(s->env->admit, s->lc->name, s->adm_key, s->adm);
+    id_free(s->early_id);
     if (s->wp_pid)
         cancel_unregister(s->env->cancel, s->wp_pid);
     if (s->user_counted)
@@ -1100,8 +1174,8 @@ void sess_run(const sess_env *env, const sess_listener *l, int fd, int over_cap)
 {
     sess s;
     sess_init(&s, env, l, fd, over_cap);
-    int ok =
-        sess_read_startup(&s) && sess_check_startup(&s) && sess_identify(&s) && sess_authorize(&s);
+    int ok = sess_admit(&s) && sess_read_startup(&s) && sess_started(&s) &&
+             sess_check_startup(&s) && sess_identify(&s) && sess_authorize(&s);
     int reused = ok ? sess_reuse(&s) : 0;
     if (reused < 0)
         ok = sess_provision_and_login(&s) && sess_finish_startup(&s);

@@ -12,6 +12,7 @@
 
 #include <stddef.h>
 
+#include "admit.h"
 #include "cancel.h"
 #include "config.h"
 #include "obs.h"
@@ -35,6 +36,7 @@ typedef struct sess_env {
     cancel_map *cancel;       /* process-wide */
     sess_users *users;        /* process-wide live-connection counts per caller */
     pool *pool;               /* process-wide parked backend sessions; NULL = none */
+    adm_table *admit;         /* process-wide unstarted connections per peer */
     int stop_fd;              /* readable once open sessions must end; -1 = never */
     obs *obs;                 /* process-wide metrics, session registry, audit; may be NULL */
 } sess_env;

@@ -16,6 +16,8 @@
  *   client-facing message says what kind of failure it was and nothing more; the
  *   operator-facing reason (curl error, HTTP status, body excerpt) goes to err->detail,
  *   which callers log and never send.
+ * - Every WhoIs (connect, revalidation, cancel) asks with proto=tcp: a peer is only
+ *   ever a TCP connection, and only the TCP half of tailscaled's proxymap may answer.
  * - Inputs are validated before they reach a URL: addresses may only hold the characters
  *   of "ip:port"/"[ipv6]:port" (and are URL-escaped anyway), domains only [a-z0-9.-].
  *   Response bodies are capped at TS_BODY_MAX; a larger answer is an error, not a
@@ -24,8 +26,10 @@
  */
 #include "tailscale.h"
 
+#include <ctype.h>
 #include <curl/curl.h>
 #include <errno.h>
+#include <jansson.h>
 #include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -302,7 +306,10 @@ wp_status ts_whois(const ts_client *c, const char *addr, id_identity **out, wp_e
     }
     ts_body body = {0};
     long status = 0;
-    wp_status st = ts_get(c, "whois?addr=", addr, &status, &body, TS_WHO, err);
+    /* proto=tcp: callers are always TCP connections, and a userspace-networking
+     * tailscaled that is not told so falls back to its UDP flow table, where any local
+     * process could have connected from the port of a tailnet peer's UDP flow. */
+    wp_status st = ts_get(c, "whois?proto=tcp&addr=", addr, &status, &body, TS_WHO, err);
     if (st == WP_OK)
         st = ts_whois_answer(c, addr, status, &body, out, err);
     free(body.data);
@@ -359,4 +366,83 @@ wp_status ts_cert_pair(const ts_client *c, const char *domain, char **pem, size_
     *pem = body.data;
     *pem_len = body.len;
     return WP_OK;
+}
+
+/* ---- status: CertDomains ------------------------------------------------------------ */
+
+#define TS_STATUS "could not read tailscaled's status"
+#define TS_DOMAINS_MAX 64
+
+void ts_free_domains(char **domains, size_t n)
+{
+    for (size_t i = 0; domains && i < n; i++)
+        free(domains[i]);
+    free(domains);
+}
+
+/* Copies the valid names of CertDomains (an array of strings, or null) into *out. */
+static wp_status ts_domains_from(json_t *arr, char ***out, size_t *n)
+{
+    size_t cnt = json_is_array(arr) ? json_array_size(arr) : 0;
+    if (cnt > TS_DOMAINS_MAX)
+        cnt = TS_DOMAINS_MAX;
+    char **d = calloc(cnt + 1, sizeof(*d));
+    if (!d)
+        return WP_ERR_NOMEM;
+    size_t k = 0;
+    for (size_t i = 0; i < cnt; i++) {
+        const char *v = json_string_value(json_array_get(arr, i));
+        char low[TS_DOMAIN_MAX + 1];
+        size_t len = v ? strlen(v) : 0;
+        if (len == 0 || len > TS_DOMAIN_MAX)
+            continue;
+        for (size_t j = 0; j <= len; j++)
+            low[j] = (char)tolower((unsigned char)v[j]);
+        if (!ts_domain_ok(low))
+            continue;
+        if (!(d[k] = strdup(low))) {
+            ts_free_domains(d, k);
+            return WP_ERR_NOMEM;
+        }
+        k++;
+    }
+    *out = d;
+    *n = k;
+    return WP_OK;
+}
+
+wp_status ts_cert_domains(const ts_client *c, char ***out, size_t *n, wp_error *err)
+{
+    *out = NULL;
+    *n = 0;
+    if (!c) {
+        wp_error_set(err, WP_SQLSTATE_INTERNAL, TS_STATUS ": internal error");
+        return WP_ERR_INTERNAL;
+    }
+    ts_body body = {0};
+    long status = 0;
+    wp_status st = ts_get(c, "status?peers=false", NULL, &status, &body, TS_STATUS, err);
+    json_t *root = NULL;
+    if (st == WP_OK && status != 200) {
+        char excerpt[256];
+        ts_excerpt(&body, excerpt, sizeof(excerpt));
+        wp_error_set(err, WP_SQLSTATE_INTERNAL, TS_STATUS ": tailscaled answered HTTP %ld", status);
+        wp_error_detail(err, "status: HTTP %ld: %s", status, excerpt);
+        st = WP_ERR_TAILSCALE;
+    }
+    if (st == WP_OK) {
+        json_error_t jerr;
+        root = json_loadb(body.data ? body.data : "", body.len, 0, &jerr);
+        json_t *cd = json_is_object(root) ? json_object_get(root, "CertDomains") : NULL;
+        if (!json_is_object(root) || (cd && !json_is_array(cd) && !json_is_null(cd))) {
+            wp_error_set(err, WP_SQLSTATE_INTERNAL, TS_STATUS ": answer not understood");
+            wp_error_detail(err, "status: %s", root ? "CertDomains is not an array" : jerr.text);
+            st = WP_ERR_TAILSCALE;
+        } else {
+            st = ts_domains_from(cd, out, n);
+        }
+    }
+    json_decref(root);
+    free(body.data);
+    return st;
 }

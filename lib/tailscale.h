@@ -37,6 +37,14 @@ void ts_client_free(ts_client *c);
  * err->sqlstate is 28000 on every failure; err->detail holds the log-only reason. */
 wp_status ts_whois(const ts_client *c, const char *addr, id_identity **out, wp_error *err);
 
+/* GET /localapi/v0/status?peers=false: the node's CertDomains (ipnstate.Status), the
+ * names tailscaled can get certificates for, as tailscale's own client library reads
+ * them. *out is a malloc'd array of *n malloc'd lowercase names (free with
+ * ts_free_domains); none (null or []) is WP_OK with *n = 0. Names outside [a-z0-9.-]
+ * are skipped. Errors as for ts_whois (WP_ERR_TAILSCALE for a non-200 or bad JSON). */
+wp_status ts_cert_domains(const ts_client *c, char ***out, size_t *n, wp_error *err);
+void ts_free_domains(char **domains, size_t n);
+
 /* GET /localapi/v0/cert/<domain>?type=pair: *pem gets key PEM followed by cert chain
  * (malloc'd, NUL-terminated, caller frees). domain must be [a-z0-9.-] (WP_ERR_INVALID
  * otherwise); other statuses as for ts_whois (any non-200 is WP_ERR_TAILSCALE). */

@@ -60,6 +60,8 @@ struct tls_server_ctx {
     mbedtls_entropy_context entropy;
     mbedtls_ctr_drbg_context drbg;
     certs_store *certs;
+    char listener[128];
+    atomic_int can_serve; /* last certs_has_source answer, for log-once-per-change */
 };
 
 typedef struct tls_conn {
@@ -69,9 +71,11 @@ typedef struct tls_conn {
     const certs_pair *cert; /* server side: the chosen certificate (referenced) */
     char sni[TLS_SNI_MAX + 1];
     int has_sni;
-    mbedtls_ssl_config cconf; /* client side only */
+    mbedtls_ssl_config cconf; /* client side; server side when own_conf */
     mbedtls_x509_crt ca;
     int client;
+    int own_conf;               /* server side: cconf carries the no-SNI default cert */
+    const certs_pair *def_cert; /* that certificate (referenced) */
 } tls_conn;
 
 static const char *tls_alpn_list[] = {"postgresql", NULL};
@@ -229,9 +233,11 @@ static wp_status rng_seed(mbedtls_entropy_context *e, mbedtls_ctr_drbg_context *
     return WP_OK;
 }
 
-static wp_status server_conf(tls_server_ctx *s, wp_error *err)
+/* A server config on c: the listener's shared one (own = the file certificate), or a
+ * connection's own, whose certificate is the one served when the client sends no SNI. */
+static wp_status conf_setup(mbedtls_ssl_config *c, tls_server_ctx *s, const certs_pair *own,
+                            wp_error *err)
 {
-    mbedtls_ssl_config *c = &s->conf;
     if (mbedtls_ssl_config_defaults(c, MBEDTLS_SSL_IS_SERVER, MBEDTLS_SSL_TRANSPORT_STREAM,
                                     MBEDTLS_SSL_PRESET_DEFAULT) != 0 ||
         mbedtls_ssl_conf_alpn_protocols(c, tls_alpn_list) != 0) {
@@ -243,24 +249,44 @@ static wp_status server_conf(tls_server_ctx *s, wp_error *err)
     mbedtls_ssl_conf_curves(c, tls_curves);
     mbedtls_ssl_conf_rng(c, mbedtls_ctr_drbg_random, &s->drbg);
     mbedtls_ssl_conf_sni(c, sni_callback, s);
-    const certs_pair *file = certs_file_pair(s->certs);
-    /* Without SNI mbedTLS uses the config's own certificate: the file one (rule 1/3). */
-    if (file && mbedtls_ssl_conf_own_cert(c, (mbedtls_x509_crt *)&file->chain,
-                                          (mbedtls_pk_context *)&file->key) != 0) {
-        wp_error_set(err, WP_SQLSTATE_INTERNAL, "TLS: cannot use cert_file");
+    /* Without SNI mbedTLS uses the config's own certificate (an SNI callback's choice
+     * takes precedence over it). */
+    if (own && mbedtls_ssl_conf_own_cert(c, (mbedtls_x509_crt *)&own->chain,
+                                         (mbedtls_pk_context *)&own->key) != 0) {
+        wp_error_set(err, WP_SQLSTATE_INTERNAL, "TLS: cannot use the certificate");
         return WP_ERR_INTERNAL;
     }
     return WP_OK;
 }
 
+int tls_server_can_serve(tls_server_ctx *s)
+{
+    const char *why = "";
+    int can = certs_has_source(s->certs, &why);
+    int prev = atomic_exchange(&s->can_serve, can);
+    if (prev != can && !(prev == -1 && can)) /* once per change; "available" is the norm */
+        log_kv(can ? WP_LOG_INFO : WP_LOG_WARN, can ? "tls_available" : "tls_unavailable",
+               "listener", s->listener, "reason", can ? "a certificate source is available" : why,
+               "sslrequest", can ? "S" : "N", (char *)NULL);
+    return can;
+}
+
 wp_status tls_server_new_src(const cfg_listener *l, certs_fetch_fn fetch, void *fetch_arg,
                              tls_server_ctx **out, wp_error *err)
+{
+    return tls_server_new_srcs(l, fetch, NULL, fetch_arg, out, err);
+}
+
+wp_status tls_server_new_srcs(const cfg_listener *l, certs_fetch_fn fetch, certs_domains_fn domains,
+                              void *arg, tls_server_ctx **out, wp_error *err)
 {
     *out = NULL;
     tls_server_ctx *s = calloc(1, sizeof(*s));
     if (!s)
         return WP_ERR_NOMEM;
     atomic_init(&s->refs, 1);
+    atomic_init(&s->can_serve, -1);
+    snprintf(s->listener, sizeof(s->listener), "%s", l->name ? l->name : "");
     mbedtls_ssl_config_init(&s->conf);
     mbedtls_entropy_init(&s->entropy);
     mbedtls_ctr_drbg_init(&s->drbg);
@@ -268,16 +294,20 @@ wp_status tls_server_new_src(const cfg_listener *l, certs_fetch_fn fetch, void *
                     .key_file = l->key_file,
                     .use_tailscale = l->use_tailscale_tls && fetch != NULL,
                     .fetch = fetch,
-                    .fetch_arg = fetch_arg};
+                    .fetch_arg = arg,
+                    .domains = domains,
+                    .domains_arg = arg};
     wp_status st = certs_new(&o, &s->certs, err);
     if (st == WP_OK)
         st = rng_seed(&s->entropy, &s->drbg, "waypoint-tls-server", err);
     if (st == WP_OK)
-        st = server_conf(s, err);
+        st = conf_setup(&s->conf, s, certs_file_pair(s->certs), err);
     if (st != WP_OK) {
         server_unref(s);
         return st;
     }
+    if (l->tls_mode != CFG_TLS_OFF)
+        (void)tls_server_can_serve(s); /* logs now when there is nothing to serve */
     *out = s;
     return WP_OK;
 }
@@ -287,10 +317,16 @@ static wp_status ts_fetch(void *arg, const char *domain, char **pem, size_t *pem
     return ts_cert_pair((const ts_client *)arg, domain, pem, pem_len, err);
 }
 
+static wp_status ts_domains(void *arg, char ***out, size_t *n, wp_error *err)
+{
+    return ts_cert_domains((const ts_client *)arg, out, n, err);
+}
+
 wp_status tls_server_new(const cfg_listener *l, const ts_client *ts, tls_server_ctx **out,
                          wp_error *err)
 {
-    return tls_server_new_src(l, ts ? ts_fetch : NULL, (void *)ts, out, err);
+    return tls_server_new_srcs(l, ts ? ts_fetch : NULL, ts ? ts_domains : NULL, (void *)ts, out,
+                               err);
 }
 
 /* --- handshake ----------------------------------------------------------------------- */
@@ -302,9 +338,10 @@ static void conn_free(tls_conn *c)
     mbedtls_ssl_free(&c->ssl);
     if (c->srv) {
         certs_release(c->srv->certs, c->cert);
+        certs_release(c->srv->certs, c->def_cert);
         server_unref(c->srv);
     }
-    if (c->client) {
+    if (c->client || c->own_conf) {
         mbedtls_ssl_config_free(&c->cconf);
         mbedtls_x509_crt_free(&c->ca);
     }
@@ -388,7 +425,20 @@ wp_status tls_server_accept(tls_server_ctx *s, int fd, int require_alpn, int64_t
     mbedtls_ssl_init(&c->ssl);
     atomic_fetch_add(&s->refs, 1);
     c->srv = s;
-    int rc = mbedtls_ssl_setup(&c->ssl, &s->conf);
+    mbedtls_ssl_config *conf = &s->conf;
+    /* No file certificate: a client that sends no SNI (connected by IP) gets the node's
+     * Tailscale certificate, through a config of this connection's own. */
+    if (!certs_file_pair(s->certs) && (c->def_cert = certs_default(s->certs)) != NULL) {
+        mbedtls_ssl_config_init(&c->cconf);
+        c->own_conf = 1;
+        wp_status st = conf_setup(&c->cconf, s, c->def_cert, err);
+        if (st != WP_OK) {
+            conn_free(c);
+            return st;
+        }
+        conf = &c->cconf;
+    }
+    int rc = mbedtls_ssl_setup(&c->ssl, conf);
     if (rc != 0) {
         conn_free(c);
         return mbed_fail(err, WP_SQLSTATE_INTERNAL, "TLS setup", rc);

@@ -29,6 +29,14 @@ wp_status tls_server_new(const cfg_listener *l, const ts_client *ts, tls_server_
 /* Same, with the Tailscale source as a fetch callback (NULL: none). Used by tests. */
 wp_status tls_server_new_src(const cfg_listener *l, certs_fetch_fn fetch, void *fetch_arg,
                              tls_server_ctx **out, wp_error *err);
+/* Same, with CertDomains too (the node's names: short-name expansion, no-SNI default,
+ * and whether there is any certificate source at all). Used by tests. */
+wp_status tls_server_new_srcs(const cfg_listener *l, certs_fetch_fn fetch, certs_domains_fn domains,
+                              void *arg, tls_server_ctx **out, wp_error *err);
+/* 1 when the listener has a certificate to serve (certs_has_source); 0 means SSLRequest
+ * is answered 'N'. Logs tls_unavailable (with why) / tls_available once per change, and
+ * once when the context is built (start, reload). */
+int tls_server_can_serve(tls_server_ctx *s);
 /* Drops the creator's reference. Connections accepted with s hold their own, so a reload
  * may free the old context while its sessions go on; ts must outlive all of them. */
 void tls_server_free(tls_server_ctx *s);

@@ -371,6 +371,34 @@ static char *slurp(const char *path, size_t *len)
     return buf;
 }
 
+/* CertDomains from /localapi/v0/status?peers=false: the names, none (null), and a
+ * tailscaled error (fail, do not invent names). */
+static void test_cert_domains(void **state)
+{
+    (void)state;
+    ts_client *c = client(2000);
+    char **d = NULL;
+    size_t n = 99;
+    wp_error err;
+    wp_error_clear(&err);
+    assert_int_equal(standin_write_state(&S, "{\"identities\": [], \"cert_domains\": "
+                                             "[\"Waypoint-DB.tail1234.ts.net\", \"bad name\"]}"),
+                     0);
+    assert_int_equal(ts_cert_domains(c, &d, &n, &err), WP_OK);
+    assert_int_equal(n, 1); /* lowercased; the invalid name skipped */
+    assert_string_equal(d[0], "waypoint-db.tail1234.ts.net");
+    ts_free_domains(d, n);
+    assert_int_equal(standin_write_state(&S, "{\"identities\": []}"), 0);
+    assert_int_equal(ts_cert_domains(c, &d, &n, &err), WP_OK);
+    assert_int_equal(n, 0);
+    ts_free_domains(d, n);
+    assert_int_equal(standin_write_state(&S, "{\"identities\": [], \"fault\": \"500\"}"), 0);
+    assert_int_equal(ts_cert_domains(c, &d, &n, &err), WP_ERR_TAILSCALE);
+    assert_null(d);
+    assert_int_equal(n, 0);
+    ts_client_free(c);
+}
+
 static void test_cert_pair(void **state)
 {
     (void)state;
@@ -478,6 +506,7 @@ int main(void)
         cmocka_unit_test(test_bad_addr),
         cmocka_unit_test(test_body_cap),
         cmocka_unit_test(test_concurrent),
+        cmocka_unit_test(test_cert_domains),
         cmocka_unit_test(test_cert_pair),
         cmocka_unit_test(test_standin_refuses_browsers),
     };

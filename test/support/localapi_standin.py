@@ -17,14 +17,26 @@ Behaviour copied from tailscaled (ipn/localapi/localapi.go, cert.go):
     values, but only when the LocalAPI requires a password (macOS GUI) or in its own
     tests; neither applies to the Linux unix socket, so the stand-in refuses them.
   * HTTP/1.1 without Host: 400 (Go's net/http rejects it before any handler runs).
-  * GET /localapi/v0/whois?addr=IP:PORT ("[v6]:port"); a bare IP is also accepted
-    (looked up with port 0), as is "nodekey:<hex>" (matched against Node.Key).
-    Missing addr: 400 "missing 'addr' parameter"; unparsable: 400 "invalid 'addr'
-    parameter"; no identity: 404 "no match for IP:port"; else 200 with the tab-indented
-    JSON {"Node": ..., "UserProfile": ..., "CapMap": ...} (CapMap null when empty, as
-    Go encodes a nil map).
+  * GET /localapi/v0/whois?addr=IP:PORT[&proto=tcp|udp] ("[v6]:port"); a bare IP is
+    also accepted (looked up with port 0), as is "nodekey:<hex>" (matched against
+    Node.Key). Missing addr: 400 "missing 'addr' parameter"; unparsable: 400 "invalid
+    'addr' parameter"; no identity: 404 "no match for IP:port"; else 200 with the
+    tab-indented JSON {"Node": ..., "UserProfile": ..., "CapMap": ...} (CapMap null when
+    empty, as Go encodes a nil map).
+  * The lookup is LocalBackend.WhoIs (ipn/ipnlocal/local.go): first the node that owns
+    the IP (the port does not matter, nor does proto); otherwise, for a non-zero port,
+    the proxymap (net/proxymap) that a userspace-networking tailscaled keeps for the
+    local ip:port of every TCP connection and UDP flow it relays to a local service.
+    Those are separate tables: with proto the lookup uses only that one ("tcp" or
+    "udp"; tailscaled does not validate proto, so any other value matches nothing and
+    the answer is the same 404), without proto TCP first, then UDP. tailscaled retries
+    a proxymap miss for ~180 ms (a registration race); the stand-in answers at once.
   * GET /localapi/v0/cert/<domain>?type=cert|crt|key|pair: key/cert PEM as text/plain;
     an unknown domain is a 500 with tailscaled's wording; a bad type is a 400.
+  * GET /localapi/v0/status[?peers=false]: ipnstate.Status (Version, BackendState,
+    TailscaleIPs, Self, MagicDNSSuffix, CurrentTailnet, CertDomains, Peer, User, ...);
+    CertDomains are the state's "cert_domains", else the names under "certs" (null when
+    none, as Go encodes a nil slice); "self" may set Self's DNSName / TailscaleIPs.
   * Unknown paths: 404 "404 page not found".
   * Errors are text/plain; charset=utf-8 with a trailing newline (Go's http.Error).
 Stand-in additions: methods other than GET/HEAD/POST get 405 (tailscaled's whois and
@@ -35,9 +47,15 @@ empty file means "no identities"):
   {"identities": [{"match": "100.64.0.1:12345" | "100.64.0.1" | "[fd7a::1]:5" | "*",
                    "whois": {"Node": {...}, "UserProfile": {...}, "CapMap": {...}},
                    "fault": null}],
+   "proxymap": {"tcp": {"127.0.0.1:41000": "100.64.0.1"},
+                "udp": {"127.0.0.1:41001": "100.64.0.2"}},
    "certs": {"db.tail1234.ts.net": {"key": "/path/key.pem", "cert": "/path/cert.pem"}},
    "fault": null}
-Matching: exact ip:port first, then ip, then "*". A fault ("hang", "500", "403", "404",
+Matching (the node-by-address step): exact ip:port first, then ip. Then the proxymap,
+whose values are Tailscale IPs resolved by match key or by an identity's
+Node.Addresses (a mapped IP no identity owns is a 404, as in tailscaled). "*" matches last: it
+stands for a tailscaled that knows every address, so tests about the proxymap must not
+use it. A fault ("hang", "500", "403", "404",
 "malformed", "close") either applies to every request (top level) or to requests that
 match that identity:
   hang       send nothing until the client gives up (closes the connection)
@@ -148,6 +166,19 @@ def validate_state(data):
             raise StateError("identities[%d]: unknown fault %r" % (i, ident.get("fault")))
         if ident.get("fault") is None and not isinstance(ident.get("whois"), dict):
             raise StateError("identities[%d] needs a 'whois' object" % i)
+    pm = data.get("proxymap", {})
+    if not isinstance(pm, dict):
+        raise StateError("proxymap is not an object")
+    for proto, m in pm.items():
+        if proto not in ("tcp", "udp") or not isinstance(m, dict):
+            raise StateError("proxymap[%r]: want \"tcp\" or \"udp\" with an object" % proto)
+        for k, v in m.items():
+            if parse_addr_port(k) is None or not isinstance(v, str) or parse_ip(v) is None:
+                raise StateError("proxymap[%r][%r]: want \"ip:port\": \"tailscale ip\"" %
+                                 (proto, k))
+    cds = data.get("cert_domains", [])
+    if not isinstance(cds, list) or not all(isinstance(d, str) for d in cds):
+        raise StateError("cert_domains is not an array of strings")
     certs = data.get("certs", {})
     if not isinstance(certs, dict):
         raise StateError("certs is not an object")
@@ -191,8 +222,48 @@ def parse_match(m):
     return parse_addr_port(m)
 
 
-def find_identity(state, ip, port, nodekey):
-    """Exact ip:port, then ip, then "*". Returns the identity entry or None."""
+def node_addresses(ident):
+    """The IPs of an identity's Node.Addresses ("100.64.0.1/32" -> 100.64.0.1)."""
+    node = (ident.get("whois") or {}).get("Node") or {}
+    out = []
+    for a in node.get("Addresses") or []:
+        ip = parse_ip(a.split("/", 1)[0]) if isinstance(a, str) else None
+        if ip is not None:
+            out.append(ip)
+    return out
+
+
+def node_by_addr(idents, ip, port, by_addresses=False):
+    """tailscaled's NodeByAddr through the stand-in's match keys: exact ip:port, then ip
+    (a test may pin a port to model one connection); with by_addresses, then a node
+    owning ip in Node.Addresses (how a proxymap's Tailscale IP is resolved)."""
+    by_ip = by_addr = None
+    for ident in idents:
+        if ident["match"] == "*":
+            continue
+        mip, mport = parse_match(ident["match"])
+        if mip == ip and mport is not None and mport == port:
+            return ident
+        if mip == ip and mport is None and by_ip is None:
+            by_ip = ident
+        if by_addresses and by_addr is None and ip in node_addresses(ident):
+            by_addr = ident
+    return by_ip or by_addr
+
+
+def proxymap_lookup(state, proto, ip, port):
+    """proxymap.Mapper.WhoIsIPPort: the Tailscale IP registered for a local ip:port
+    under exactly this proto ("tcp" or "udp"; any other proto matches nothing)."""
+    for key, tsip in ((state.get("proxymap") or {}).get(proto) or {}).items():
+        if parse_addr_port(key) == (ip, port):
+            return parse_ip(tsip)
+    return None
+
+
+def find_identity(state, ip, port, nodekey, proto=""):
+    """LocalBackend.WhoIs: the node owning ip; else (port != 0) the proxymap entry for
+    ip:port under proto, or without proto TCP first, then UDP; then "*". Returns the
+    identity entry or None."""
     idents = state.get("identities", [])
     if nodekey is not None:
         for ident in idents:
@@ -200,19 +271,19 @@ def find_identity(state, ip, port, nodekey):
             if node.get("Key") == nodekey:
                 return ident
         return None
-    by_ip = star = None
+    ident = node_by_addr(idents, ip, port)
+    if ident is not None:
+        return ident
+    if port:
+        for tryproto in ([proto] if proto else ["tcp", "udp"]):
+            tsip = proxymap_lookup(state, tryproto, ip, port)
+            if tsip is not None:
+                # A mapped IP no node owns is a miss, as in tailscaled.
+                return node_by_addr(idents, tsip, 0, by_addresses=True)
     for ident in idents:
         if ident["match"] == "*":
-            star = star or ident
-            continue
-        mip, mport = parse_match(ident["match"])
-        if mip != ip:
-            continue
-        if mport is not None and mport == port:
             return ident
-        if mport is None and by_ip is None:
-            by_ip = ident
-    return by_ip or star
+    return None
 
 
 def log(msg):
@@ -300,6 +371,8 @@ class Handler(BaseHTTPRequestHandler):
         query = self.form(url.query)
         if path == "/localapi/v0/whois":
             self.serve_whois(state, query)
+        elif path == "/localapi/v0/status":
+            self.serve_status(state, query)
         elif path.startswith("/localapi/v0/cert/"):
             self.serve_cert(state, path[len("/localapi/v0/cert/"):], query)
         else:
@@ -381,7 +454,7 @@ class Handler(BaseHTTPRequestHandler):
                     self.http_error(400, "invalid 'addr' parameter")
                     return
                 ip, port = ap
-        ident = find_identity(state, ip, port, nodekey)
+        ident = find_identity(state, ip, port, nodekey, q.get("proto", ""))
         if ident is None:
             self.http_error(404, "no match for IP:port")
             return
@@ -393,6 +466,16 @@ class Handler(BaseHTTPRequestHandler):
         for k, val in w.items():  # anything else the test put there, verbatim
             res.setdefault(k, val)
         body = json.dumps(res, indent="\t", ensure_ascii=False).encode()
+        self.reply(200, body, "application/json", self.localapi_headers())
+
+    def serve_status(self, state, q):
+        """serveStatus: ipnstate.Status, tab-indented by json.Encoder (trailing newline).
+        peers=false (StatusWithoutPeers, what tailscale's client library asks for
+        CertDomains) leaves Peer null."""
+        if self.apply_fault(state.get("fault"), "status access denied"):
+            return
+        body = (json.dumps(status_json(state, defbool(q.get("peers", ""), True)),
+                           indent="\t") + "\n").encode()
         self.reply(200, body, "application/json", self.localapi_headers())
 
     def serve_cert(self, state, domain, q):
@@ -421,6 +504,52 @@ class Handler(BaseHTTPRequestHandler):
             self.http_error(400, 'invalid type; want "cert" (default), "key", or "pair"')
             return
         self.reply(200, body, "text/plain", self.localapi_headers())
+
+
+def defbool(v, default):
+    """localapi's defBool: strconv.ParseBool, else the default."""
+    v = v.strip() if isinstance(v, str) else ""
+    if v in ("1", "t", "T", "TRUE", "true", "True"):
+        return True
+    if v in ("0", "f", "F", "FALSE", "false", "False"):
+        return False
+    return default
+
+
+def cert_domains(state):
+    """The node's CertDomains: state "cert_domains" if given, else the "certs" names
+    (the cert endpoint permits exactly those, as tailscaled permits its CertDomains)."""
+    if "cert_domains" in state:
+        return state.get("cert_domains") or None
+    return sorted(state.get("certs", {})) or None  # Go encodes a nil slice as null
+
+
+def status_json(state, peers):
+    """ipnstate.Status as tailscaled encodes it (field names and order of the Go struct)."""
+    cds = cert_domains(state)
+    me = state.get("self") or {}
+    ips = me.get("TailscaleIPs") or ["100.64.0.100", "fd7a:115c:a1e0::100"]
+    dns = me.get("DNSName") or ((cds[0] + ".") if cds else "waypoint-db.tail1234.ts.net.")
+    suffix = dns.rstrip(".").split(".", 1)[1] if "." in dns.rstrip(".") else ""
+    self_status = {
+        "ID": me.get("ID", "nSELF"), "PublicKey": "nodekey:" + "0" * 64,
+        "HostName": dns.split(".", 1)[0], "DNSName": dns, "OS": "linux", "UserID": 1,
+        "TailscaleIPs": ips, "AllowedIPs": [ip + ("/32" if "." in ip else "/128") for ip in ips],
+        "Tags": me.get("Tags"), "Addrs": None, "CurAddr": "", "Relay": "", "RxBytes": 0,
+        "TxBytes": 0, "Created": "0001-01-01T00:00:00Z", "LastWrite": "0001-01-01T00:00:00Z",
+        "LastSeen": "0001-01-01T00:00:00Z", "LastHandshake": "0001-01-01T00:00:00Z",
+        "Online": True, "ExitNode": False, "ExitNodeOption": False, "Active": False,
+        "PeerAPIURL": None, "InNetworkMap": True, "InMagicSock": False, "InEngine": False}
+    return {
+        "Version": TAILSCALE_VERSION, "TUN": False, "BackendState": "Running",
+        "HaveNodeKey": True, "AuthURL": "", "TailscaleIPs": ips, "Self": self_status,
+        "Health": None, "MagicDNSSuffix": suffix,
+        "CurrentTailnet": {"Name": "example.com", "MagicDNSSuffix": suffix,
+                           "MagicDNSEnabled": True},
+        "CertDomains": cds, "Peer": {} if peers else None,
+        "User": {"1": {"ID": 1, "LoginName": "admin@example.com", "DisplayName": "Admin",
+                       "ProfilePicURL": ""}},
+        "ClientVersion": None}
 
 
 def cert_domain_error(domain, okay):

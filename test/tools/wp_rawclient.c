@@ -10,8 +10,12 @@
  *
  * WP_RAWCLIENT_SRC=127.0.0.2 binds the client socket to that source address first, so a
  * test can be a second caller on the loopback (the stand-in matches identities by IP).
+ * WP_RAWCLIENT_LOCAL_PORT=N binds the client's own end to port N (with SRC, or on the
+ * wildcard address of HOST's family), so a test can choose the ip:port Waypoint's WhoIs
+ * asks about, as tailscaled's proxymap would see it.
  */
 #include <netdb.h>
+#include <netinet/in.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -21,21 +25,37 @@
 #include "io.h"
 #include "pgwire.h"
 
+/* Binds fd to the local port in WP_RAWCLIENT_LOCAL_PORT, if set. 0 on success. */
+static int bind_local(int fd, int family)
+{
+    const char *src = getenv("WP_RAWCLIENT_SRC"), *lp = getenv("WP_RAWCLIENT_LOCAL_PORT");
+    int has_src = src && *src, has_port = lp && *lp;
+    if (!has_src && !has_port)
+        return 0;
+    int one = 1;
+    (void)setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof(one));
+    struct addrinfo hints = {.ai_family = family,
+                             .ai_socktype = SOCK_STREAM,
+                             .ai_flags = AI_PASSIVE | AI_NUMERICHOST | AI_NUMERICSERV},
+                    *sa;
+    if (getaddrinfo(has_src ? src : NULL, has_port ? lp : "0", &hints, &sa) != 0)
+        return -1;
+    int rc = bind(fd, sa->ai_addr, sa->ai_addrlen);
+    freeaddrinfo(sa);
+    return rc;
+}
+
 static int dial(const char *host, const char *port)
 {
     struct addrinfo hints = {.ai_socktype = SOCK_STREAM}, *res;
     if (getaddrinfo(host, port, &hints, &res) != 0)
         return -1;
     int fd = socket(res->ai_family, res->ai_socktype, 0);
-    const char *src = getenv("WP_RAWCLIENT_SRC");
-    struct addrinfo *sa = NULL;
-    if (fd >= 0 && src &&
-        (getaddrinfo(src, NULL, &hints, &sa) != 0 || bind(fd, sa->ai_addr, sa->ai_addrlen) != 0)) {
+    if (fd >= 0 && bind_local(fd, res->ai_family) != 0) {
+        perror("wp_rawclient: bind");
         close(fd);
         fd = -1;
     }
-    if (sa)
-        freeaddrinfo(sa);
     if (fd >= 0 && connect(fd, res->ai_addr, res->ai_addrlen) != 0) {
         close(fd);
         fd = -1;

@@ -368,6 +368,87 @@ static void test_concurrent_single_fetch(void **state)
     }
 }
 
+/* CertDomains as tailscaled's status gives them; domains_fail makes the read fail. */
+static const char *fake_domains_list[] = {"node.tail1234.ts.net", NULL};
+static int domains_fail, domains_calls;
+
+static wp_status fake_domains(void *arg, char ***out, size_t *n, wp_error *err)
+{
+    (void)arg;
+    domains_calls++;
+    if (domains_fail) {
+        wp_error_set(err, "28000", "fake: status unavailable");
+        return WP_ERR_TAILSCALE;
+    }
+    size_t k = 0;
+    while (fake_domains_list[k])
+        k++;
+    char **d = calloc(k + 1, sizeof(*d));
+    for (size_t i = 0; d && i < k; i++)
+        d[i] = strdup(fake_domains_list[i]);
+    *out = d;
+    *n = d ? k : 0;
+    return d ? WP_OK : WP_ERR_NOMEM;
+}
+
+static certs_store *mk_store_domains(fixture *fx)
+{
+    certs_opts o = {
+        .use_tailscale = 1, .fetch = fake_fetch, .fetch_arg = &fx->fake, .domains = fake_domains};
+    wp_error err;
+    wp_error_clear(&err);
+    assert_int_equal(certs_new(&o, &fx->s, &err), WP_OK);
+    certs_set_retry_interval(fx->s, 0);
+    return fx->s;
+}
+
+/* Short names expand to the cert domain they begin; no SNI gets the first domain; a
+ * *.ts.net name that is not a cert domain is never fetched once CertDomains are known. */
+static void test_cert_domains(void **state)
+{
+    fixture *fx = *state;
+    domains_fail = 0;
+    certs_store *s = mk_store_domains(fx);
+    char name[CERTS_NAME_MAX + 1];
+    certs_ts_name(s, "node", name);
+    assert_string_equal(name, "node.tail1234.ts.net");
+    certs_ts_name(s, "NODE", name);
+    assert_string_equal(name, "node.tail1234.ts.net");
+    certs_ts_name(s, "nod", name);
+    assert_string_equal(name, "");
+    certs_ts_name(s, "node.tail1234", name); /* only a bare label is expanded */
+    assert_string_equal(name, "");
+    certs_ts_name(s, "other.tail1234.ts.net", name);
+    assert_string_equal(name, "");
+    const char *why = NULL;
+    assert_true(certs_has_source(s, &why));
+    const certs_pair *p = NULL;
+    assert_int_equal(pick(s, NULL, &p), CERTS_SRC_TAILSCALE);
+    assert_string_equal(fx->fake.last, "node.tail1234.ts.net");
+    assert_int_equal(pick(s, "node", NULL), CERTS_SRC_TAILSCALE);
+    int calls = fx->fake.calls;
+    assert_int_equal(pick(s, "other.tail1234.ts.net", NULL), CERTS_SRC_NONE);
+    assert_int_equal(fx->fake.calls, calls);
+}
+
+/* No CertDomains readable and no file: no source, and it says why. */
+static void test_no_cert_domains(void **state)
+{
+    fixture *fx = *state;
+    domains_fail = 1;
+    certs_store *s = mk_store_domains(fx);
+    const char *why = NULL;
+    assert_false(certs_has_source(s, &why));
+    assert_non_null(strstr(why, "could not be read"));
+    assert_null(certs_default(s));
+    /* Unknown CertDomains: a *.ts.net SNI is still tried, as before. */
+    char name[CERTS_NAME_MAX + 1];
+    certs_ts_name(s, "x.tail1234.ts.net", name);
+    assert_string_equal(name, "x.tail1234.ts.net");
+    domains_fail = 0;
+    assert_true(certs_has_source(s, &why)); /* re-read once the retry interval passed */
+}
+
 #define T(f) cmocka_unit_test_setup_teardown(f, fx_setup, fx_teardown)
 
 int main(void)
@@ -387,6 +468,8 @@ int main(void)
         cmocka_unit_test(test_bad_file_pair),
         cmocka_unit_test(test_pem_pair_parsing),
         T(test_concurrent_single_fetch),
+        T(test_cert_domains),
+        T(test_no_cert_domains),
     };
     return cmocka_run_group_tests(tests, group_setup, group_teardown);
 }

@@ -268,6 +268,7 @@ static void test_defaults(void **state)
     assert_true(l->use_tailscale_tls);
     assert_int_equal(l->backend_tls, CFG_BTLS_PREFER);
     assert_int_equal(l->max_connections, 1000);
+    assert_int_equal(l->max_unstarted_per_peer, 64);
     assert_string_equal(l->admin_database, "postgres");
     assert_string_equal(l->user_prefix, "wp_");
     assert_int_equal(l->user_ttl_ms, 86400000);
@@ -415,6 +416,7 @@ static void test_value_types(void **state)
     expect_global_err("[revalidation]\ninterval = \"-1m\"\n", "interval", "must be a duration");
     expect_lkey_err("max_connections = 0\n", "max_connections", "must be greater than 0");
     expect_lkey_err("max_connections = 99999999999\n", "max_connections", "too large");
+    expect_lkey_err("max_unstarted_per_peer = -1\n", "max_unstarted_per_peer", "");
     expect_pgkey_err("user_ttl = \"0\"\n", "user_ttl", "must be greater than 0");
     expect_pgkey_err("allow_raw_sql = 1\n", "allow_raw_sql", "must be true or false");
     expect_global_err("[tailscale]\nsocket = \"\"\n", "socket", "must not be empty");
