@@ -353,7 +353,7 @@ static relay_end relay_serve(relay_loop *L, relay_dir *d)
     case MOVE_FAIL:
         return fail;
     case MOVE_HELD: /* what came before the Terminate must still reach the backend */
-        if (dir_pending(d) && !relay_flush_wait(d, wp_now_ms() + RELAY_TELL_WAIT_MS))
+        if (dir_pending(d) && !relay_flush_wait(d, wp_now_ms() + RELAY_BOUNDARY_WAIT_MS))
             return d->write_fail;
         return RELAY_CLIENT_TERMINATE;
     case MOVE_EOF:
