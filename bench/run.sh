@@ -5,6 +5,9 @@
 #                 connect-per-transaction rows a second PgBouncer with trust client auth
 #                 (the cheapest a pooler's connect can be), as issue 12 asks
 #   waypoint   -> Waypoint (LocalAPI stand-in, readwrite grant) -> PostgreSQL
+#   wpmetrics  the same through a second Waypoint with [metrics] on, scraped 10 times a
+#              second during the whole run (connect and select-simple-c8 workloads only;
+#              reported as its own metrics on/off table)
 # Paths alternate inside each round; each figure is the median of BENCH_ROUNDS rounds.
 # Prints one Markdown table (absolute figures and ratios) on stdout; progress on stderr.
 #
@@ -26,7 +29,7 @@ IDLE_COUNTS=${BENCH_IDLE:-"1 100 1000"}
 SCALE=${BENCH_SCALE:-10}
 ONLY=${BENCH_ONLY:-.}
 BENCH_WRAP=${BENCH_WRAP:-}
-PATHS=${BENCH_PATHS:-"direct pgbouncer waypoint"}
+PATHS=${BENCH_PATHS:-"direct pgbouncer waypoint wpmetrics"}
 
 say() { echo "bench: $*" >&2; }
 die() { echo "bench: FATAL: $*" >&2; exit 1; }
@@ -169,6 +172,20 @@ WP_PID=$!
 PIDS+=("$WP_PID")
 wait_for 180 pg_isready -q -h 127.0.0.1 -p "$WP_PORT" || die "Waypoint did not start: $(tail -5 "$T/wp/waypoint.log")"
 
+# The same Waypoint with the metrics endpoint on (own role prefix, so the two instances
+# never provision the same roles), and a scraper hitting it every 100 ms for the whole run.
+WPM_PORT=$(free_port)
+WPM_METRICS=$(free_port)
+sed -e "s/127.0.0.1:$WP_PORT/127.0.0.1:$WPM_PORT/" -e 's/^\[server\]$/[metrics]\nlisten = "127.0.0.1:'"$WPM_METRICS"'"\n[server]/' \
+    -e 's/^admin_database = "postgres"$/admin_database = "postgres"\nuser_prefix = "wpm_"/' \
+    "$T/wp/waypoint.toml" >"$T/wp/waypoint-metrics.toml"
+"$WAYPOINT" -config "$T/wp/waypoint-metrics.toml" 2>"$T/wp/waypoint-metrics.log" &
+WPM_PID=$!
+PIDS+=("$WPM_PID")
+wait_for 180 pg_isready -q -h 127.0.0.1 -p "$WPM_PORT" || die "Waypoint (metrics on) did not start: $(tail -5 "$T/wp/waypoint-metrics.log")"
+( while :; do curl -s -o /dev/null "http://127.0.0.1:$WPM_METRICS/metrics" && echo x; sleep 0.1; done ) >"$T/wp/scrapes" &
+PIDS+=($!)
+
 # --- helpers --------------------------------------------------------------------------
 use_path() { # sets libpq environment for a path
     export PGHOST=127.0.0.1 PGDATABASE=appdb PGSSLMODE=${SSLMODE:-disable}
@@ -176,6 +193,7 @@ use_path() { # sets libpq environment for a path
     direct) export PGPORT=$PG_PORT PGUSER=bench PGPASSWORD=benchpw ;;
     pgbouncer) export PGPORT=${PGB_USE_PORT:-$PGB_PORT} PGUSER=bench PGPASSWORD=benchpw ;;
     waypoint) export PGPORT=$WP_PORT PGUSER=anyone PGPASSWORD=ignored ;;
+    wpmetrics) export PGPORT=$WPM_PORT PGUSER=anyone PGPASSWORD=ignored ;;
     esac
 }
 
@@ -210,6 +228,7 @@ steady() {
             local w="select-$mode-c$clients"
             [[ $w =~ $ONLY ]] || continue
             for p in $PATHS; do
+                [ "$p" = wpmetrics ] && [ "$w" != select-simple-c8 ] && continue
                 local before=0 pid=""
                 [ "$p" = waypoint ] && pid=$WP_PID
                 [ "$p" = pgbouncer ] && pid=$(cat "$T/pgb/pgbouncer.pid")
@@ -252,6 +271,7 @@ tls_steady() {
     local w="select-tls-c8"
     [[ $w =~ $ONLY ]] || return 0
     for p in $PATHS; do
+        [ "$p" = wpmetrics ] && continue
         SSLMODE=require run_pgbench "$w" "$p" -S -c 8 -j 2
     done
 }
@@ -262,6 +282,7 @@ bulk() {
         local w="copy-out-$mode"
         [[ $w =~ $ONLY ]] || continue
         for p in $PATHS; do
+            [ "$p" = wpmetrics ] && continue
             SSLMODE=$mode use_path "$p"
             local t0 t1 bytes
             t0=$(date +%s%N)
@@ -362,6 +383,23 @@ for sslm in prefer disable; do
         echo "| CPU ms per connect, $c clients, sslmode=$sslm: Waypoint (LocalAPI stand-in) | - | - | $(awk '{print $1}' "$f" | median) ($(awk '{print $2}' "$f" | median)) | - | - |"
     done
 done
+mrow() { # mrow LABEL FILEBASE: Waypoint with metrics off / on
+    local off on
+    off=$(med "$R/$2.waypoint")
+    on=$(med "$R/$2.wpmetrics")
+    [ "$on" = nan ] && return 0
+    echo "| $1 | $(fmt_num "$off") | $(fmt_num "$on") | $(fmt_ratio "$on" "$off") |"
+}
+if [ -s "$R/connect-c1.wpmetrics" ] || [ -s "$R/select-simple-c8.wpmetrics" ]; then
+    echo
+    echo "Metrics endpoint: the same workloads through a second Waypoint with [metrics] on, scraped every 100 ms during the run ($(wc -l <"$T/wp/scrapes") scrapes)."
+    echo
+    echo "| workload | metrics off | metrics on | on/off |"
+    echo "|---|---|---|---|"
+    for c in 1 4; do mrow "connect per transaction (-C -S), $c clients: connects/s" "connect-c$c"; done
+    mrow "select-only simple, 8 clients: TPS" select-simple-c8
+    for c in 1 4; do mrow "connect per transaction, $c clients: mean latency ms (lower is better)" "connect-c$c.lat"; done
+fi
 if [ -s "$R/parked" ]; then
     read -r pss dirty <"$R/parked"
     echo

@@ -58,6 +58,9 @@ typedef enum {
     SEC_POOL,
     SEC_LISTENER,
     SEC_LISTENER_PG,
+    SEC_METRICS,
+    SEC_ADMIN,
+    SEC_AUDIT,
     SEC_IGNORED, /* a tsnet-edition section: every key warns */
     SEC_COUNT
 } sec_kind;
@@ -74,9 +77,14 @@ static const struct {
     {"pool", SEC_POOL},
     {"listeners", SEC_LISTENER},
     {"listeners.postgres", SEC_LISTENER_PG},
+    {"metrics", SEC_METRICS},
+    {"admin", SEC_ADMIN},
+    {"audit", SEC_AUDIT},
 };
 
-/* Sections of the tsnet edition (and their subsections) that mean nothing here. */
+/* Sections of the tsnet edition (and their subsections) that mean nothing here. [metrics]
+ * itself is a real section of this edition (known_sections is searched first); only its
+ * tsnet subsections such as [metrics.prometheus] are ignored. */
 static const char *const ignored_sections[] = {"redis", "metrics", "telemetry", "otel"};
 
 typedef enum {
@@ -92,7 +100,8 @@ typedef enum {
     V_TLSMODE,
     V_BTLS,
     V_LOGLEVEL,
-    V_IGNORED, /* tsnet-edition key: warn, keep nothing */
+    V_METRICS_LISTEN, /* metrics_listen_host + metrics_listen_port */
+    V_IGNORED,        /* tsnet-edition key: warn, keep nothing */
 } vtype;
 
 typedef struct key_spec {
@@ -124,6 +133,10 @@ static const key_spec keys[] = {
     {SEC_SERVER, "startup_timeout", V_DUR, G(startup_timeout_ms), 1},
     {SEC_SERVER, "drain_timeout", V_DUR, G(drain_timeout_ms), 0},
     {SEC_SERVER, "log_level", V_LOGLEVEL, G(log_level), 0},
+    {SEC_METRICS, "listen", V_METRICS_LISTEN, 0, 0},
+    {SEC_METRICS, "allow_remote", V_BOOL, G(metrics_allow_remote), 0},
+    {SEC_ADMIN, "socket", V_STR, G(admin_socket), 0},
+    {SEC_AUDIT, "file", V_STR, G(audit_file), 0},
     {SEC_POOL, "enabled", V_BOOL, G(pool_enabled), 0},
     {SEC_POOL, "idle_timeout", V_DUR, G(pool_idle_timeout_ms), 1},
     {SEC_POOL, "max_per_role", V_INT, G(pool_max_per_role), 1},
@@ -937,6 +950,21 @@ static int store_hostport(loader *ld, const val_rec *v, const key_spec *k, const
     return 0;
 }
 
+static int store_metrics_listen(loader *ld, const val_rec *v, const key_spec *k, const char *s,
+                                wp_config *c)
+{
+    char *host = NULL;
+    int port = 0;
+    const char *why = parse_hostport(s, false, &host, &port);
+    if (why) {
+        err(ld, v->line, k->name, "%s (got '%s')", why, s);
+        return -1;
+    }
+    set_string(&c->metrics_listen_host, host);
+    c->metrics_listen_port = port;
+    return 0;
+}
+
 /* Converts the expanded value s (owned; consumed) for key k into its field. */
 static void store(loader *ld, const val_rec *v, const key_spec *k, char *s, void *base)
 {
@@ -965,6 +993,9 @@ static void store(loader *ld, const val_rec *v, const key_spec *k, char *s, void
     case V_LISTEN:
     case V_BACKEND:
         store_hostport(ld, v, k, s, base);
+        break;
+    case V_METRICS_LISTEN:
+        store_metrics_listen(ld, v, k, s, base);
         break;
     case V_MODE:
         if (strcmp(s, mode_names[0]) == 0) {
@@ -1188,9 +1219,43 @@ static void check_shared_backend(loader *ld, size_t li)
     }
 }
 
+int cfg_host_is_loopback(const char *host)
+{
+    struct in_addr a4;
+    struct in6_addr a6;
+    if (!host || !*host)
+        return 0; /* ":port" listens on every address */
+    if (strcmp(host, "localhost") == 0)
+        return 1;
+    if (inet_pton(AF_INET, host, &a4) == 1)
+        return (ntohl(a4.s_addr) >> 24) == 127;
+    return inet_pton(AF_INET6, host, &a6) == 1 && IN6_IS_ADDR_LOOPBACK(&a6);
+}
+
+/* The metrics endpoint tells anyone who can reach it how busy each listener is and why
+ * callers are refused: loopback unless the operator says otherwise. */
+static void check_metrics(loader *ld)
+{
+    wp_config *c = ld->cfg;
+    if (c->metrics_listen_port && !c->metrics_allow_remote &&
+        !cfg_host_is_loopback(c->metrics_listen_host))
+        err(ld, ld->glines[key_index(SEC_METRICS, "listen")], "listen",
+            "not a loopback address (got '%s:%d'); set allow_remote = true in [metrics] to "
+            "serve metrics beyond this machine",
+            c->metrics_listen_host, c->metrics_listen_port);
+    if (c->admin_socket && !*c->admin_socket)
+        err(ld, ld->glines[key_index(SEC_ADMIN, "socket")], "socket", "must not be empty");
+    if (c->admin_socket && strlen(c->admin_socket) >= 108)
+        err(ld, ld->glines[key_index(SEC_ADMIN, "socket")], "socket",
+            "path too long for a unix socket (at most 107 bytes)");
+    if (c->audit_file && !*c->audit_file)
+        err(ld, ld->glines[key_index(SEC_AUDIT, "file")], "file", "must not be empty");
+}
+
 static void check_globals(loader *ld)
 {
     wp_config *c = ld->cfg;
+    check_metrics(ld);
     if (c->ts_socket && !*c->ts_socket)
         err(ld, ld->glines[key_index(SEC_TAILSCALE, "socket")], "socket", "must not be empty");
     if (c->ts_capability && !*c->ts_capability)
@@ -1274,6 +1339,9 @@ static void config_free(wp_config *c)
     free(c->ts_socket);
     free(c->ts_capability);
     free(c->log_level);
+    free(c->metrics_listen_host);
+    free(c->admin_socket);
+    free(c->audit_file);
     free(c);
 }
 
@@ -1529,6 +1597,21 @@ void cfg_print(const wp_config *cfg, FILE *out)
     print_duration(out, "startup_timeout", cfg->startup_timeout_ms);
     print_duration(out, "drain_timeout", cfg->drain_timeout_ms);
     print_str(out, "log_level", cfg->log_level);
+    if (cfg->metrics_listen_port) {
+        fputs("\n[metrics]\n", out);
+        fprintf(out, "listen = \"%s%s%s:%d\"\n", strchr(cfg->metrics_listen_host, ':') ? "[" : "",
+                cfg->metrics_listen_host, strchr(cfg->metrics_listen_host, ':') ? "]" : "",
+                cfg->metrics_listen_port);
+        fprintf(out, "allow_remote = %s\n", cfg->metrics_allow_remote ? "true" : "false");
+    }
+    if (cfg->admin_socket) {
+        fputs("\n[admin]\n", out);
+        print_str(out, "socket", cfg->admin_socket);
+    }
+    if (cfg->audit_file) {
+        fputs("\n[audit]\n", out);
+        print_str(out, "file", cfg->audit_file);
+    }
     fprintf(out, "\n[pool]\nenabled = %s\n", cfg->pool_enabled ? "true" : "false");
     print_duration(out, "idle_timeout", cfg->pool_idle_timeout_ms);
     fprintf(out, "max_per_role = %" PRId64 "\nmax_total = %" PRId64 "\n", cfg->pool_max_per_role,

@@ -80,6 +80,16 @@ typedef struct wp_config {
     int64_t drain_timeout_ms;   /* default 30s */
     char *log_level;            /* default "info" */
 
+    /* [metrics]: Prometheus endpoint, off unless listen is set */
+    char *metrics_listen_host; /* "" = every address (needs allow_remote) */
+    int metrics_listen_port;   /* 0 = off */
+    bool metrics_allow_remote; /* default false: only loopback addresses */
+
+    /* [admin] */
+    char *admin_socket; /* unix socket for `waypoint sessions` / `kill`; NULL = none */
+
+    /* [audit] */
+    char *audit_file; /* JSON-lines audit trail; NULL = none */
     /* [pool] parked backend sessions (Waypoint-C specific, lib/pool.c) */
     bool pool_enabled;            /* default true */
     int64_t pool_idle_timeout_ms; /* default 60s */
@@ -121,6 +131,9 @@ void cfg_print(const wp_config *cfg, FILE *out);
 /* Value parsers, exposed for tests and for other modules. Return 0 on success. */
 int cfg_parse_duration(const char *s, int64_t *ms_out);
 int cfg_parse_size(const char *s, int64_t *bytes_out);
+
+/* True for 127.0.0.0/8, ::1 and "localhost". */
+int cfg_host_is_loopback(const char *host);
 
 const char *cfg_tls_mode_str(cfg_tls_mode m);
 const char *cfg_backend_tls_str(cfg_backend_tls m);

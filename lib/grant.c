@@ -405,6 +405,21 @@ static wp_status apply_entry(resolve_ctx *c, json_t *entry)
     return entry_sql(c, entry);
 }
 
+/* Records "rule:database-key" for the audit trail; a list that would overflow ends in
+ * "..." rather than being cut mid-entry. */
+static void note_match(grant_effective *g, size_t rule, const char *dbkey)
+{
+    size_t len = strlen(g->matched);
+    char one[96];
+    int n = snprintf(one, sizeof(one), "%s%zu:%.64s", len ? "," : "", rule, dbkey);
+    if (n < 0)
+        return;
+    if (len + (size_t)n < sizeof(g->matched) - 4)
+        memcpy(g->matched + len, one, (size_t)n + 1);
+    else if (!strstr(g->matched, "..."))
+        memcpy(g->matched + len, ",...", 5);
+}
+
 /* Applies one rule; *used is set when it granted something for this database. */
 static wp_status apply_rule(resolve_ctx *c, json_t *rule, const char *listener,
                             const char *database, cfg_limits *lim, int *used)
@@ -429,6 +444,7 @@ static wp_status apply_rule(resolve_ctx *c, json_t *rule, const char *listener,
         if ((st = apply_entry(c, entry)) != WP_OK)
             return st;
         *used = 1;
+        note_match(c->g, c->rule, keys[k]);
     }
     return WP_OK;
 }

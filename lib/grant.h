@@ -42,6 +42,7 @@ typedef struct grant_effective {
     size_t nsql;
     cfg_limits limits;      /* merged, defaults applied */
     grant_preset downgrade; /* GRANT_PRESET_NONE when no downgrade was asked */
+    char matched[192];      /* rules and entries used, "1:appdb,2:*" (1-based; audit) */
 } grant_effective;
 
 const char *grant_preset_str(grant_preset p);

@@ -111,6 +111,7 @@ typedef struct prov_keylocks {
 
 int prov_pools_init(prov_pools *ps, const prov_settings *s);
 void prov_pools_destroy(prov_pools *ps);
+void prov_pools_each(prov_pools *ps, void (*fn)(void *arg, const char *db, int open), void *arg);
 /* Checks out a live admin connection to database (opening one if the pool has room,
  * waiting up to wait_ms otherwise). A connect failure fills err; *sqlstate (6 bytes,
  * may be NULL) gets the server's SQLSTATE when it sent one (3D000: no such database). */

@@ -326,3 +326,12 @@ void prov_keylock_unlock(prov_keylocks *kl, prov_keylock *e)
     free(e->key);
     free(e);
 }
+
+/* For the admin-connections gauge: every database's open admin connections. */
+void prov_pools_each(prov_pools *ps, void (*fn)(void *arg, const char *db, int open), void *arg)
+{
+    pthread_mutex_lock(&ps->mu);
+    for (prov_pool *p = ps->head; p; p = p->next)
+        fn(arg, p->db, p->nopen);
+    pthread_mutex_unlock(&ps->mu);
+}

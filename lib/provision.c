@@ -92,6 +92,7 @@ struct prov_lease {
     char role[ID_ROLE_MAX + 1];
     char password[44];
     char verifier[SCRAM_VERIFIER_MAX]; /* SCRAM: made before the lock; MD5: in write_role */
+    bool created;                      /* for the roles-created metric */
 };
 
 /* The role-state row, as read under the role's lock. */
@@ -1354,6 +1355,7 @@ static wp_status ensure_locked(prov_ctx *p, prov_lease *l, const id_identity *id
     free(record);
     if (rc != WP_OK)
         goto out;
+    l->created = created;
     if (created)
         log_kv(WP_LOG_INFO, "prov_role_created", "role", l->role, "db", l->db, "login",
                id->login_name, "scope", scope ? scope : "full", (char *)NULL);
@@ -1428,6 +1430,17 @@ wp_status prov_ensure_role(prov_ctx *p, const id_identity *id, const char *datab
 const char *prov_lease_role(const prov_lease *l)
 {
     return l ? l->role : NULL;
+}
+
+bool prov_lease_created(const prov_lease *l)
+{
+    return l && l->created;
+}
+
+void prov_admin_conns(prov_ctx *p, void (*fn)(void *arg, const char *db, int open), void *arg)
+{
+    if (p)
+        prov_pools_each(&p->pools, fn, arg);
 }
 
 const char *prov_lease_password(const prov_lease *l)

@@ -53,6 +53,10 @@ wp_status prov_ensure_role(prov_ctx *p, const id_identity *id, const char *datab
                            const grant_effective *g, prov_lease **out, wp_error *err);
 const char *prov_lease_role(const prov_lease *l);
 const char *prov_lease_password(const prov_lease *l);
+/* True when this lease's prov_ensure_role created the role (else it refreshed it). */
+bool prov_lease_created(const prov_lease *l);
+/* Open admin connections per database (metrics); fn runs under the pool lock. */
+void prov_admin_conns(prov_ctx *p, void (*fn)(void *arg, const char *db, int open), void *arg);
 /* Releases the per-role lock (after upstream authentication finished, either way). */
 void prov_lease_release(prov_lease *l);
 

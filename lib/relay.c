@@ -42,9 +42,9 @@
 #include <string.h>
 #include <sys/socket.h>
 
-#define RELAY_TELL_WAIT_MS 1000    /* bringing the client to a boundary when stopping */
-#define RELAY_BOUNDARY_WAIT_MS 2000 /* time to finish a message before a held Terminate */
-#define RELAY_LAST_WORDS_MAX 65536 /* a stopped backend's last messages passed on, bytes */
+#define RELAY_TELL_WAIT_MS 1000     /* bringing the client to a boundary when stopping */
+#define RELAY_LAST_WORDS_MAX 65536  /* a stopped backend's last messages passed on, bytes */
+#define RELAY_BOUNDARY_WAIT_MS 2000 /* held Terminate: time to flush what is pending (pool) */
 
 void relay_framer_init(relay_framer *f)
 {
@@ -118,6 +118,8 @@ const char *relay_end_str(relay_end e)
         return "revoked";
     case RELAY_NOMEM:
         return "out_of_memory";
+    case RELAY_KILLED:
+        return "killed";
     case RELAY_CLIENT_TERMINATE:
         return "client_terminate";
     }
@@ -128,6 +130,7 @@ void relay_opts_init(relay_opts *o)
 {
     memset(o, 0, sizeof(*o));
     o->stop_fd = -1;
+    o->kill_fd = -1;
     o->linger_ms = 10000;
 }
 
@@ -142,9 +145,10 @@ typedef struct relay_dir {
     size_t len, off;
     relay_framer framer;
     uint64_t *count;
-    int hold_terminate;   /* client side only: see relay_opts.hold_terminate */
-    relay_end read_fail;  /* outcome when reading `from` fails */
-    relay_end write_fail; /* outcome when writing `to` fails */
+    _Atomic uint64_t *live; /* optional mirror of *count for other threads */
+    int hold_terminate;     /* client side only: see relay_opts.hold_terminate */
+    relay_end read_fail;    /* outcome when reading `from` fails */
+    relay_end write_fail;   /* outcome when writing `to` fails */
 } relay_dir;
 
 typedef enum { MOVE_OK, MOVE_AGAIN, MOVE_EOF, MOVE_FAIL, MOVE_HELD } move_status;
@@ -198,6 +202,8 @@ static move_status relay_move(relay_dir *d, size_t cap, relay_end *fail_end)
     }
     relay_framer_feed(&d->framer, d->buf, (size_t)r);
     *d->count += (uint64_t)r;
+    if (d->live)
+        atomic_fetch_add_explicit(d->live, (uint64_t)r, memory_order_relaxed);
     size_t n = (size_t)r;
     int held = d->hold_terminate && relay_ends_with_terminate(&d->framer, d->buf, n);
     if (held)
@@ -383,20 +389,23 @@ static relay_end relay_step(relay_loop *L)
 
     short cev = (short)((c_read ? POLLIN : 0) | (dir_pending(&L->b2c) ? POLLOUT : 0));
     short bev = (short)((b_read ? POLLIN : 0) | (dir_pending(&L->c2b) ? POLLOUT : 0));
-    struct pollfd p[3] = {
+    struct pollfd p[4] = {
         {.fd = cev ? L->c2b.from->fd : -1, .events = cev},
         {.fd = bev ? L->b2c.from->fd : -1, .events = bev},
         {.fd = L->o->stop_fd, .events = POLLIN},
+        {.fd = L->o->kill_fd, .events = POLLIN},
     };
     int64_t now = wp_now_ms();
     int64_t due = earliest(earliest(L->o->end_ms, L->linger_end), L->next_tick);
-    int r = poll(p, 3, poll_timeout(due, now));
+    int r = poll(p, 4, poll_timeout(due, now));
     if (r < 0)
         return errno == EINTR ? 0 : RELAY_CLIENT_ERROR;
     if (r == 0)
         return 0;
     if (p[2].revents)
         return RELAY_STOPPED;
+    if (p[3].revents)
+        return RELAY_KILLED;
     /* Sockets are blocking: read only what poll() said is readable. */
     const short rd = POLLIN | POLLHUP | POLLERR, wr = POLLOUT | POLLHUP | POLLERR;
     relay_end e = 0;
@@ -414,7 +423,7 @@ static relay_end relay_step(relay_loop *L)
 int relay_end_by_authority(relay_end e)
 {
     return e == RELAY_STOPPED || e == RELAY_MAX_DURATION || e == RELAY_MAX_BYTES ||
-           e == RELAY_TICK_STOP;
+           e == RELAY_TICK_STOP || e == RELAY_KILLED;
 }
 
 void relay_run(wp_io *client, wp_io *backend, const relay_opts *o, relay_result *res)
@@ -430,6 +439,7 @@ void relay_run(wp_io *client, wp_io *backend, const relay_opts *o, relay_result 
                         .to = backend,
                         .buf = bufs,
                         .count = &res->bytes_in,
+                        .live = o->live_in,
                         .hold_terminate = o->hold_terminate,
                         .read_fail = RELAY_CLIENT_ERROR,
                         .write_fail = RELAY_BACKEND_ERROR};
@@ -437,6 +447,7 @@ void relay_run(wp_io *client, wp_io *backend, const relay_opts *o, relay_result 
                         .to = client,
                         .buf = bufs + RELAY_BUF_SIZE,
                         .count = &res->bytes_out,
+                        .live = o->live_out,
                         .read_fail = RELAY_BACKEND_ERROR,
                         .write_fail = RELAY_CLIENT_ERROR};
     if (o->backend_ready) { /* startup ended with this ReadyForQuery */

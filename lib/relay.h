@@ -13,6 +13,7 @@
 #ifndef WP_RELAY_H
 #define WP_RELAY_H
 
+#include <stdatomic.h>
 #include <stddef.h>
 #include <stdint.h>
 
@@ -49,6 +50,7 @@ typedef enum {
     RELAY_MAX_BYTES,         /* max_bytes exceeded */
     RELAY_TICK_STOP,         /* the tick callback asked to end the session */
     RELAY_NOMEM,
+    RELAY_KILLED,           /* kill_fd became readable (`waypoint kill`) */
     RELAY_CLIENT_TERMINATE, /* opts.hold_terminate: the client sent Terminate, which was
                                kept back; the backend session is intact */
 } relay_end;
@@ -77,6 +79,10 @@ typedef struct relay_opts {
     int64_t linger_ms;          /* after the client's EOF, wait this long for the backend */
     relay_stop_fn stop_backend; /* NULL: the backend is not stopped (tests) */
     void *stop_arg;
+    /* Admin hooks (sessreg): kill_fd readable => end with RELAY_KILLED (-1 = none);
+     * live_in/live_out, when set, follow bytes_in/bytes_out while the relay runs. */
+    int kill_fd;
+    _Atomic uint64_t *live_in, *live_out;
     int hold_terminate; /* a Terminate that ends the client's stream on a boundary is not
                            forwarded: the relay ends with RELAY_CLIENT_TERMINATE (pooling) */
     char backend_ready; /* status of the ReadyForQuery that ended startup (0 = unknown) */

@@ -40,10 +40,12 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "admin.h"
 #include "cancel.h"
 #include "io.h"
 #include "listener.h"
 #include "log.h"
+#include "obs.h"
 #include "pool.h"
 #include "provision.h"
 #include "session.h"
@@ -76,9 +78,11 @@ typedef struct srv {
 
     cancel_map *cancel;
     sess_users *users;
-    pool *pool;       /* parked backend sessions, shared by all environments */
-    adm_table *admit; /* per-peer unstarted connections, process-wide */
-    int stop_pipe[2]; /* closing [1] makes [0] readable for every relay */
+    obs *obs;            /* metrics registry, session registry, audit file */
+    admin_server *admin; /* [admin] socket; NULL when not configured */
+    pool *pool;          /* parked backend sessions, shared by all environments */
+    adm_table *admit;    /* per-peer unstarted connections, process-wide */
+    int stop_pipe[2];    /* closing [1] makes [0] readable for every relay */
 
     pthread_t cleaner;
     int cleaner_started;
@@ -221,6 +225,7 @@ static srv_env *srv_env_build(srv *s, wp_config *cfg, srv_env *old)
     e->env.cfg = cfg;
     e->env.cancel = s->cancel;
     e->env.users = s->users;
+    e->env.obs = s->obs;
     e->env.pool = s->pool;
     e->env.admit = s->admit;
     e->env.stop_fd = s->stop_pipe[0];
@@ -273,6 +278,8 @@ static void srv_cleanup_pass(srv *s)
         else if (dropped > 0)
             log_kv(WP_LOG_INFO, "cleanup", "listener", e->env.cfg->listeners[i].name, "dropped", n,
                    (char *)NULL);
+        if (st == WP_OK && dropped > 0)
+            obs_roles(s->obs, e->env.cfg->listeners[i].name, "dropped", (uint64_t)dropped);
     }
     srv_env_unref(e);
 }
@@ -362,16 +369,93 @@ static int srv_reload_compatible(srv *s, const wp_config *cfg)
     return 1;
 }
 
+/* ------------------------------------------------------- observability ---- */
+
+static int srv_same_str(const char *a, const char *b)
+{
+    return (!a && !b) || (a && b && strcmp(a, b) == 0);
+}
+
+/* The metrics endpoint and the admin socket are bound once, like listeners. */
+static int srv_obs_reload_compatible(srv *s, const wp_config *cfg)
+{
+    const wp_config *cur = s->cur->env.cfg;
+    if (cur->metrics_listen_port != cfg->metrics_listen_port ||
+        !srv_same_str(cur->metrics_listen_host, cfg->metrics_listen_host))
+        log_kv(WP_LOG_WARN, "reload_restart_needed", "what", "[metrics] listen", (char *)NULL);
+    if (!srv_same_str(cur->admin_socket, cfg->admin_socket))
+        log_kv(WP_LOG_WARN, "reload_restart_needed", "what", "[admin] socket", (char *)NULL);
+    return 1;
+}
+
+/* Admin-connections gauge: asked at scrape time, from the current environment. */
+typedef struct srv_admin_walk {
+    obs *o;
+    obs_emit_fn emit;
+    const char *listener;
+} srv_admin_walk;
+
+static void srv_admin_one(void *arg, const char *db, int open)
+{
+    srv_admin_walk *w = arg;
+    w->emit(w->o, w->listener, db, open);
+}
+
+static void srv_admin_source(void *arg, obs *o, obs_emit_fn emit)
+{
+    srv *s = arg;
+    srv_env *e = srv_acquire(s);
+    for (size_t i = 0; i < e->env.cfg->nlisteners; i++) {
+        srv_admin_walk w = {o, emit, e->env.cfg->listeners[i].name};
+        prov_admin_conns(e->env.listeners[i].prov, srv_admin_one, &w);
+    }
+    srv_env_unref(e);
+}
+
+/* Metrics endpoint, admin socket, audit file: after the listeners are bound. */
+static int srv_start_obs(srv *s)
+{
+    const wp_config *cfg = s->cur->env.cfg;
+    wp_error err;
+    wp_error_clear(&err);
+    obs_set_admin_source(s->obs, srv_admin_source, s);
+    for (size_t i = 0; i < cfg->nlisteners; i++) /* series exist (at 0) from the start */
+        obs_listener_init(s->obs, cfg->listeners[i].name);
+    if (cfg->audit_file && obs_audit_set_path(s->obs, cfg->audit_file) != 0)
+        return 0;
+    if (cfg->metrics_listen_port) {
+        if (obs_http_start(s->obs, cfg->metrics_listen_host, cfg->metrics_listen_port, &err) !=
+            WP_OK) {
+            log_kv(WP_LOG_ERROR, "metrics_listen_failed", "error", err.message, (char *)NULL);
+            return 0;
+        }
+        char port[16];
+        snprintf(port, sizeof(port), "%d", cfg->metrics_listen_port);
+        log_kv(WP_LOG_INFO, "metrics_listening", "address", cfg->metrics_listen_host, "port", port,
+               "path", "/metrics", (char *)NULL);
+    }
+    if (cfg->admin_socket) {
+        if (admin_start(cfg->admin_socket, s->obs, &s->admin, &err) != WP_OK) {
+            log_kv(WP_LOG_ERROR, "admin_socket_failed", "error", err.message, (char *)NULL);
+            return 0;
+        }
+        log_kv(WP_LOG_INFO, "admin_listening", "socket", cfg->admin_socket, (char *)NULL);
+    }
+    return 1;
+}
+
 static void srv_reload(srv *s)
 {
     wp_config *cfg = cfg_load_logged(s->path);
     if (!cfg) {
         log_kv(WP_LOG_ERROR, "reload_rejected", "reason",
                "invalid configuration; keeping the old one", (char *)NULL);
+        obs_reloaded(s->obs, 0);
         return;
     }
-    if (!srv_reload_compatible(s, cfg)) {
+    if (!srv_reload_compatible(s, cfg) || !srv_obs_reload_compatible(s, cfg)) {
         cfg_unref(cfg);
+        obs_reloaded(s->obs, 0);
         return;
     }
     srv_env *old = srv_acquire(s);
@@ -380,6 +464,7 @@ static void srv_reload(srv *s)
     if (!e) {
         log_kv(WP_LOG_ERROR, "reload_rejected", "reason",
                "could not set up the new configuration; keeping the old one", (char *)NULL);
+        obs_reloaded(s->obs, 0);
         return;
     }
     for (size_t i = 0; i < s->nlsns; i++)
@@ -390,7 +475,10 @@ static void srv_reload(srv *s)
     old = s->cur;
     s->cur = e;
     pthread_mutex_unlock(&s->mu);
+    if (!srv_same_str(old->env.cfg->audit_file, e->env.cfg->audit_file))
+        (void)obs_audit_set_path(s->obs, e->env.cfg->audit_file);
     srv_env_unref(old);
+    obs_reloaded(s->obs, 1);
     log_kv(WP_LOG_INFO, "reloaded", "config", s->path, (char *)NULL);
 }
 
@@ -477,12 +565,17 @@ static void srv_shutdown(srv *s, const sigset_t *set)
             live += lsn_wait_idle(s->lsns[i], deadline);
     }
     srv_stop_cleaner(s);
+    admin_stop(s->admin);
+    s->admin = NULL;
+    obs_http_stop(s->obs);
     if (live == 0) { /* nothing uses the shared objects any more: free them */
         for (size_t i = 0; i < s->nlsns; i++)
             lsn_free(s->lsns[i]);
         srv_env_unref(s->cur);
         cancel_map_free(s->cancel);
         sess_users_free(s->users);
+        obs_set_admin_source(s->obs, NULL, NULL);
+        obs_free(s->obs);
         pool_free(s->pool);
         adm_free(s->admit);
     }
@@ -499,9 +592,11 @@ static int srv_init(srv *s, const char *path, wp_config *cfg)
     pthread_cond_init(&s->ccv, NULL);
     s->cancel = cancel_map_new();
     s->users = sess_users_new();
+    s->obs = obs_new();
     s->pool = pool_new();
     s->admit = adm_new();
-    if (!s->cancel || !s->users || !s->pool || !s->admit || pipe2(s->stop_pipe, O_CLOEXEC) != 0) {
+    if (!s->cancel || !s->users || !s->obs || !s->pool || !s->admit ||
+        pipe2(s->stop_pipe, O_CLOEXEC) != 0) {
         cfg_unref(cfg);
         return 0;
     }
@@ -527,7 +622,8 @@ int srv_run(const char *config_path, wp_config *cfg)
         cfg_unref(cfg);
         return 1;
     }
-    if (!srv_init(&s, config_path, cfg) || !srv_open_listeners(&s) || !srv_start_threads(&s)) {
+    if (!srv_init(&s, config_path, cfg) || !srv_open_listeners(&s) || !srv_start_obs(&s) ||
+        !srv_start_threads(&s)) {
         log_kv(WP_LOG_ERROR, "startup_failed", "reason", "see the errors above", (char *)NULL);
         return 1; /* the process exits: threads and sockets go with it */
     }
@@ -539,6 +635,7 @@ int srv_run(const char *config_path, wp_config *cfg)
             continue;
         if (sig == SIGHUP) {
             log_kv(WP_LOG_INFO, "reload", "signal", "HUP", (char *)NULL);
+            obs_audit_reopen(s.obs); /* logrotate: before the reload, whatever its outcome */
             srv_reload(&s);
             /* grants, limits or the backend may have changed: parked sessions go */
             pool_drop(s.pool, POOL_DROP_ALL, NULL, NULL, "reload");

@@ -33,11 +33,14 @@
 #include <string.h>
 #include <strings.h>
 #include <sys/socket.h>
+#include <time.h>
 #include <unistd.h>
 
+#include "admin.h"
 #include "grant.h"
 #include "identity.h"
 #include "log.h"
+#include "obs.h"
 #include "pgwire.h"
 #include "prov_kill.h"
 #include "relay.h"
@@ -87,6 +90,11 @@ typedef struct sess {
     pgw_buf out; /* bytes for the client, flushed in batches */
     pgw_buf msg;
     relay_result rr;
+
+    /* observability (obs.c, sessreg.c): see the "observability" section below */
+    const char *stage;  /* step that refused, as a bounded reason word */
+    int64_t start_wall; /* epoch ms of the accept, for the audit trail and listing */
+    sessreg_entry *reg; /* live-session entry while relayed (kill, `sessions`) */
 } sess;
 
 /* ---------------------------------------------------------------- helpers ---- */
@@ -101,11 +109,81 @@ static const char *sess_node(const sess *s)
     return s->id ? s->id->node_name : "";
 }
 
-static const char *sess_preset(const sess *s)
+/* ------------------------------------------------------- observability ---- */
+
+static void sess_obs_fill(const sess *s, obs_conn *c, char *presets, size_t psz)
 {
-    if (!s->grant)
-        return "";
-    return s->downgrade == GRANT_PRESET_NONE ? "full" : grant_preset_str(s->downgrade);
+    obs_presets_str(s->grant, presets, psz);
+    *c = (obs_conn){.listener = s->lc->name,
+                    .peer = s->peer,
+                    .login = s->id ? s->id->login_name : NULL,
+                    .node = s->id ? s->id->node_name : NULL,
+                    .tags = s->id ? s->id->tags : NULL,
+                    .ntags = s->id ? s->id->ntags : 0,
+                    .database = s->database,
+                    .role = s->role[0] ? s->role : NULL,
+                    .presets = s->grant ? presets : NULL,
+                    .rules = s->grant ? s->grant->matched : NULL,
+                    .tls = s->tls,
+                    .session_id = sessreg_id(s->reg),
+                    .duration_ms = wp_now_ms() - s->start_ms};
+}
+
+static void sess_obs_refused(const sess *s, const wp_error *e)
+{
+    char presets[256];
+    obs_conn c;
+    sess_obs_fill(s, &c, presets, sizeof(presets));
+    c.event = "conn_refused";
+    c.outcome = "refused";
+    c.sqlstate = e ? e->sqlstate : "";
+    c.message = e ? e->message : "";
+    c.reason = obs_refusal_reason(s->stage, c.sqlstate);
+    obs_conn_refused(s->env->obs, &c);
+}
+
+/* Startup is done: the session is listed (and can be killed) until sess_end. */
+static void sess_obs_accepted(sess *s)
+{
+    char presets[256];
+    obs_conn c;
+    obs_observe(s->env->obs, OBS_H_CONNECT, s->lc->name, NULL, (wp_now_ms() - s->start_ms) * 1000);
+    obs_presets_str(s->grant, presets, sizeof(presets));
+    sessreg_info info = {.listener = s->lc->name,
+                         .peer = s->peer,
+                         .login = sess_login(s),
+                         .node = sess_node(s),
+                         .role = s->role,
+                         .database = s->database,
+                         .presets = presets,
+                         .tls = s->tls,
+                         .since_ms = s->start_wall};
+    s->reg = sessreg_add(obs_sessions(s->env->obs), &info);
+    sess_obs_fill(s, &c, presets, sizeof(presets));
+    c.event = "conn_accepted";
+    c.outcome = "accepted";
+    obs_conn_accepted(s->env->obs, &c);
+}
+
+static void sess_obs_ended(const sess *s, const char *outcome)
+{
+    char presets[256];
+    obs_conn c;
+    sess_obs_fill(s, &c, presets, sizeof(presets));
+    c.event = "conn_end";
+    c.outcome = outcome;
+    c.bytes_in = s->rr.bytes_in;
+    c.bytes_out = s->rr.bytes_out;
+    obs_conn_ended(s->env->obs, &c);
+}
+
+/* `waypoint kill`: the relay has had the backend stopped (sess_stop_backend, as for a
+ * revocation) before this message is sent; the role is not locked out. */
+static void sess_kill_message(const sess *s, wp_error *e)
+{
+    char msg[256];
+    sessreg_kill_message(obs_sessions(s->env->obs), s->reg, msg, sizeof(msg));
+    wp_error_set(e, ADMIN_KILL_SQLSTATE, "%s", msg[0] ? msg : ADMIN_KILL_MESSAGE);
 }
 
 static wp_status sess_flush(sess *s)
@@ -127,6 +205,7 @@ static void sess_log_refusal(sess *s, const wp_error *e, const char *reason)
            sess_login(s), "node", sess_node(s), "database", s->database ? s->database : "",
            "sqlstate", e ? e->sqlstate : "", "message", e ? e->message : "", "reason",
            reason && *reason ? reason : (e ? e->message : ""), "duration_ms", dur, (char *)NULL);
+    sess_obs_refused(s, e);
 }
 
 /* The one place a refusal is sent: one FATAL ErrorResponse (e may be NULL when the
@@ -361,6 +440,7 @@ static int sess_cancel(sess *s)
                                       t.backend_key_len, wp_now_ms() + SESS_CANCEL_WAIT_MS);
         result = st == WP_OK ? "forwarded" : "backend_unreachable";
     }
+    obs_cancel(s->env->obs, s->lc->name, result);
     log_kv(WP_LOG_INFO, "cancel", "listener", s->lc->name, "peer", s->peer, "user",
            id ? id->login_name : "", "node", id ? id->node_name : "", "result", result,
            (char *)NULL);
@@ -450,6 +530,7 @@ static int sess_is_true(const char *v)
 static int sess_check_startup(sess *s)
 {
     char msg[256];
+    s->stage = "check";
     if (s->over_cap) {
         snprintf(msg, sizeof(msg), "sorry, too many connections for listener %s", s->lc->name);
         return sess_refuse_msg(s, WP_SQLSTATE_TOO_MANY_CONN, "max_connections reached", msg);
@@ -483,7 +564,15 @@ static int sess_identify(sess *s)
 {
     wp_error e;
     wp_error_clear(&e);
+    int64_t t0 = obs_now_us();
     wp_status st = sess_whois(s, &s->id, &e);
+    s->stage = st == WP_OK ? "identify" : st == WP_ERR_NOT_FOUND ? "not_on_tailnet" : "tailscale";
+    obs_observe(s->env->obs, OBS_H_WHOIS, s->lc->name,
+                st == WP_OK              ? "ok"
+                : st == WP_ERR_NOT_FOUND ? "not_found"
+                : st == WP_ERR_TIMEOUT   ? "timeout"
+                                         : "error",
+                obs_now_us() - t0);
     if (st == WP_OK)
         return 1;
     s->id = NULL;
@@ -541,6 +630,7 @@ static wp_status sess_downgrade(sess *s, wp_error *e)
 
 static int sess_authorize(sess *s)
 {
+    s->stage = "authorize";
     const char *user = pgw_startup_get(&s->su, "user");
     s->database = pgw_startup_get(&s->su, "database");
     if (!s->database || !*s->database)
@@ -596,16 +686,29 @@ static int sess_provision_and_login(sess *s)
 {
     wp_error e;
     wp_error_clear(&e);
+    s->stage = "backend_unreachable";
+    int64_t t0 = obs_now_us();
     wp_status st = up_connect(&s->up, s->lc->backend_host, s->lc->backend_port, s->lc->backend_tls,
                               s->lc->backend_ca_file, s->deadline_ms, &e);
-    if (st != WP_OK)
+    int64_t connect_us = obs_now_us() - t0;
+    if (st != WP_OK) {
+        obs_observe(s->env->obs, OBS_H_UPSTREAM_LOGIN, s->lc->name, "unreachable", connect_us);
         return sess_refuse_backend(s, &e);
+    }
     s->up_open = 1;
     prov_lease *lease = NULL;
-    if (prov_ensure_role(s->lsn->prov, s->id, s->database, s->grant, &lease, &e) != WP_OK)
+    s->stage = "provision";
+    t0 = obs_now_us();
+    st = prov_ensure_role(s->lsn->prov, s->id, s->database, s->grant, &lease, &e);
+    obs_observe(s->env->obs, OBS_H_PROVISION, s->lc->name, st == WP_OK ? "ok" : "error",
+                obs_now_us() - t0);
+    if (st != WP_OK)
         return sess_refuse_backend(s, &e);
+    obs_roles(s->env->obs, s->lc->name, prov_lease_created(lease) ? "created" : "refreshed", 1);
     snprintf(s->role, sizeof(s->role), "%s", prov_lease_role(lease));
     s->ps.expiry_set_ms = wp_now_ms(); /* the password write set VALID UNTIL now + ttl */
+    s->stage = "backend_login";
+    t0 = obs_now_us();
 
     size_t n = 0;
     pgw_param *params = sess_forward_params(s, &n);
@@ -613,6 +716,8 @@ static int sess_provision_and_login(sess *s)
                            s->deadline_ms, &e)
                 : WP_ERR_NOMEM;
     free(params);
+    obs_observe(s->env->obs, OBS_H_UPSTREAM_LOGIN, s->lc->name, st == WP_OK ? "ok" : "error",
+                connect_us + obs_now_us() - t0);
     if (st == WP_ERR_NOMEM)
         wp_error_set(&e, WP_SQLSTATE_INTERNAL, "out of memory");
     prov_lease_release(lease); /* the password may rotate again from here on */
@@ -658,6 +763,7 @@ static wp_status sess_give_key(sess *s)
 
 static int sess_finish_startup(sess *s)
 {
+    s->stage = "backend_refused";
     if (pgw_build_auth_ok(&s->out) != WP_OK)
         return sess_refuse(s, NULL, "out of memory");
     for (;;) {
@@ -854,9 +960,11 @@ static int sess_revalidate(void *arg, wp_error *err)
     if (st != WP_OK && st != WP_ERR_NOT_FOUND) {
         log_kv(WP_LOG_WARN, "revalidation_failed", "listener", s->lc->name, "peer", s->peer, "user",
                sess_login(s), "reason", e.detail[0] ? e.detail : wp_status_str(st), (char *)NULL);
+        obs_revalidation(s->env->obs, s->lc->name, "tailscale_error");
         return 0;
     }
     grant_effective *g = NULL;
+    const char *result = "unchanged";
     int revoked = st == WP_ERR_NOT_FOUND || strcmp(id->stable_id, s->id->stable_id) != 0 ||
                   strcmp(id->login_name, s->id->login_name) != 0 ||
                   grant_resolve(id->cap_rules, s->lc->name, s->database,
@@ -870,10 +978,14 @@ static int sess_revalidate(void *arg, wp_error *err)
             g = NULL;
             log_kv(WP_LOG_INFO, "grant_updated", "listener", s->lc->name, "user", sess_login(s),
                    "role", s->role, (char *)NULL);
+            result = "grant_updated";
+        } else {
+            result = "update_failed";
         }
     }
     grant_free(g);
     id_free(id);
+    obs_revalidation(s->env->obs, s->lc->name, revoked ? "revoked" : result);
     if (revoked)
         wp_error_set(err, WP_SQLSTATE_INVALID_AUTH, "%s",
                      "terminating connection: access through Waypoint was revoked");
@@ -948,6 +1060,9 @@ static void sess_end_message(const sess *s, wp_error *e)
     case RELAY_TICK_STOP:
         *e = s->rr.tick_err;
         break;
+    case RELAY_KILLED:
+        sess_kill_message(s, e);
+        break;
     default:
         break;
     }
@@ -971,6 +1086,10 @@ static void sess_relay(sess *s)
     }
     o.stop_backend = sess_stop_backend;
     o.stop_arg = s;
+    sess_obs_accepted(s);
+    o.kill_fd = sessreg_kill_fd(s->reg);
+    o.live_in = sessreg_bytes_in(s->reg);
+    o.live_out = sessreg_bytes_out(s->reg);
     s->deadline_ms = 0; /* the startup budget no longer applies */
     relay_run(&s->cio, &s->up.io, &o, &s->rr);
 
@@ -1002,10 +1121,14 @@ static void sess_log_end(sess *s)
     snprintf(in, sizeof(in), "%llu", (unsigned long long)s->rr.bytes_in);
     snprintf(out, sizeof(out), "%llu", (unsigned long long)s->rr.bytes_out);
     snprintf(dur, sizeof(dur), "%lld", (long long)(wp_now_ms() - s->start_ms));
+    char presets[256];
+    obs_presets_str(s->grant, presets, sizeof(presets));
     log_kv(WP_LOG_INFO, "conn_end", "listener", s->lc->name, "peer", s->peer, "user", sess_login(s),
-           "node", sess_node(s), "role", s->role, "database", s->database, "preset", sess_preset(s),
+           "node", sess_node(s), "role", s->role, "database", s->database, "presets", presets,
+           "downgrade", s->downgrade == GRANT_PRESET_NONE ? "none" : grant_preset_str(s->downgrade),
            "tls", s->tls ? "1" : "0", "reused", s->reused ? "1" : "0", "bytes_in", in, "bytes_out",
            out, "duration_ms", dur, "outcome", sess_outcome(s), (char *)NULL);
+    sess_obs_ended(s, sess_outcome(s));
 }
 
 static void sess_end(sess *s, int relayed)
@@ -1015,6 +1138,7 @@ static void sess_end(sess *s, int relayed)
         sess_park(s);
         sess_log_end(s);
     }
+    sessreg_remove(obs_sessions(s->env->obs), s->reg);
     adm_release(s->env->admit, s->lc->name, s->adm_key, s->adm);
     id_free(s->early_id);
     if (s->wp_pid)
@@ -1047,6 +1171,9 @@ static void sess_init(sess *s, const sess_env *env, const sess_listener *l, int 
     s->fd = fd;
     s->over_cap = over_cap;
     s->start_ms = wp_now_ms();
+    struct timespec wall;
+    clock_gettime(CLOCK_REALTIME, &wall);
+    s->start_wall = (int64_t)wall.tv_sec * 1000 + wall.tv_nsec / 1000000;
     s->deadline_ms = s->start_ms + env->cfg->startup_timeout_ms;
     io_plain_init(&s->cio, fd);
     struct sockaddr_storage ss;

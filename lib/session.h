@@ -15,6 +15,7 @@
 #include "admit.h"
 #include "cancel.h"
 #include "config.h"
+#include "obs.h"
 #include "pool.h"
 #include "provision.h"
 #include "tailscale.h"
@@ -37,6 +38,7 @@ typedef struct sess_env {
     pool *pool;               /* process-wide parked backend sessions; NULL = none */
     adm_table *admit;         /* process-wide unstarted connections per peer */
     int stop_fd;              /* readable once open sessions must end; -1 = never */
+    obs *obs;                 /* process-wide metrics, session registry, audit; may be NULL */
 } sess_env;
 
 /* Serves the connection on fd (and closes it). over_cap: only answer 53300. */

@@ -6,8 +6,8 @@ set -eu
 
 PKGS="build-essential cmake pkg-config git
 libmbedtls-dev libpq-dev libcurl4-openssl-dev libinih-dev libjansson-dev
-libpg-query-dev libcmocka-dev
-postgresql postgresql-client pgbouncer python3 openssl procps iproute2
+libpg-query-dev libcmocka-dev libmicrohttpd-dev
+postgresql postgresql-client pgbouncer python3 openssl procps iproute2 prometheus curl
 clang libclang-rt-14-dev"
 
 missing=""

@@ -4,6 +4,7 @@
  *   waypoint [-config PATH]                  run the proxy (default ./waypoint.toml)
  *   waypoint -check-config [-config PATH]    validate, print the effective config
  *   waypoint -version | -help
+ *   waypoint sessions | kill ...              talk to a running Waypoint (admin_cli.c)
  *
  * Flags follow Go's flag package, as the tsnet edition does: one or two leading dashes,
  * and a value either as the next argument or after '='. main() only parses flags and
@@ -11,6 +12,7 @@
  * In run mode, diagnostics are log lines (key=value, like everything else the daemon
  * writes); in -check-config mode they are plain lines for a human.
  */
+#include "admin_cli.h"
 #include "config.h"
 #include "log.h"
 #include "server.h"
@@ -33,6 +35,9 @@ static void usage(FILE *out)
     fputs("usage: waypoint [-config PATH]\n"
           "       waypoint -check-config [-config PATH]\n"
           "       waypoint -version\n"
+          "       waypoint sessions [-config PATH | -socket PATH] [-json]\n"
+          "       waypoint kill (-login LOGIN | -session ID) [-config PATH | -socket PATH] "
+          "[-json]\n"
           "\n"
           "  -config PATH    configuration file (default ./" DEFAULT_CONFIG ")\n"
           "  -check-config   validate the configuration, print it with secrets masked,\n"
@@ -116,6 +121,8 @@ static int run(const char *path)
 
 int main(int argc, char **argv)
 {
+    if (argc > 1 && (strcmp(argv[1], "sessions") == 0 || strcmp(argv[1], "kill") == 0))
+        return admin_cli_main(argc - 1, argv + 1);
     cli c = {.config = DEFAULT_CONFIG};
     if (parse_args(argc, argv, &c) < 0) {
         usage(stderr);

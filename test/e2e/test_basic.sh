@@ -43,7 +43,7 @@ assert_eq "0" "$out" "no role for a missing database"
 e2e_wait 5 "conn_end lines" '[ "$(log_count conn_end)" -ge 4 ]'
 line=$(log_line conn_end)
 for field in listener=pg-main user=alice@example.com node=laptop.tail1234.ts.net. \
-    role=wp_alice_laptop_appdb database=appdb preset=full bytes_in= bytes_out= duration_ms= \
+    role=wp_alice_laptop_appdb database=appdb presets=public:readonly downgrade=none bytes_in= bytes_out= duration_ms= \
     outcome=ok; do
     assert_contains "$line" "$field" "conn_end has $field"
 done

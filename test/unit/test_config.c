@@ -863,6 +863,68 @@ static void test_env_interpolation(void **state)
     unsetenv("WPT_N");
 }
 
+/* [metrics], [admin], [audit]: real sections of this edition (issue 13). */
+static void test_observability_keys(void **state)
+{
+    (void)state;
+    char *t = mk("", "", "");
+    wp_config *c = load_ok(t);
+    assert_int_equal(c->metrics_listen_port, 0); /* off by default */
+    assert_null(c->admin_socket);
+    assert_null(c->audit_file);
+    cfg_unref(c);
+    free(t);
+
+    t = mk("[metrics]\nlisten = \"127.0.0.1:9187\"\n[admin]\nsocket = \"/run/wp.sock\"\n"
+                 "[audit]\nfile = \"/var/log/wp.jsonl\"\n",
+                 "", "");
+    c = load_ok(t);
+    assert_string_equal(c->metrics_listen_host, "127.0.0.1");
+    assert_int_equal(c->metrics_listen_port, 9187);
+    assert_false(c->metrics_allow_remote);
+    assert_string_equal(c->admin_socket, "/run/wp.sock");
+    assert_string_equal(c->audit_file, "/var/log/wp.jsonl");
+    cfg_unref(c);
+    free(t);
+
+    static const char *const loopback[] = {"[::1]:9187", "localhost:9187", "127.8.9.10:1"};
+    for (size_t i = 0; i < 3; i++) {
+        char pre[128];
+        snprintf(pre, sizeof(pre), "[metrics]\nlisten = \"%s\"\n", loopback[i]);
+        t = mk(pre, "", "");
+        cfg_unref(load_ok(t));
+        free(t);
+    }
+    /* non-loopback: refused unless allow_remote says so */
+    static const char *const remote[] = {":9187", "0.0.0.0:9187", "10.1.2.3:9187", "[::]:9187",
+                                         "metrics.example.com:9187"};
+    for (size_t i = 0; i < 5; i++) {
+        char pre[160];
+        snprintf(pre, sizeof(pre), "[metrics]\nlisten = \"%s\"\n", remote[i]);
+        t = mk(pre, "", "");
+        expect_err(t, 2, "listen", "not a loopback address");
+        free(t);
+        snprintf(pre, sizeof(pre), "[metrics]\nlisten = \"%s\"\nallow_remote = true\n", remote[i]);
+        t = mk(pre, "", "");
+        c = load_ok(t);
+        assert_true(c->metrics_allow_remote);
+        cfg_unref(c);
+        free(t);
+    }
+    t = mk("[metrics]\nlisten = \"127.0.0.1\"\n", "", "");
+    expect_err(t, 2, "listen", "missing port");
+    free(t);
+    t = mk("[metrics]\nlisen = \"127.0.0.1:1\"\n", "", "");
+    expect_err(t, 2, "lisen", "unknown key in [metrics]");
+    free(t);
+    t = mk("[admin]\nsocket = \"\"\n", "", "");
+    expect_err(t, 2, "socket", "must not be empty");
+    free(t);
+    t = mk("[audit]\nfile = \"\"\n", "", "");
+    expect_err(t, 2, "file", "must not be empty");
+    free(t);
+}
+
 static void test_tsnet_keys_warn(void **state)
 {
     (void)state;
@@ -870,7 +932,7 @@ static void test_tsnet_keys_warn(void **state)
                  "auth_key = \"${WPT_UNSET_AUTHKEY}\"\ncontrol_url = \"https://c\"\n"
                  "ephemeral = false\n"
                  "[redis]\naddr = \"localhost:6379\"\npassword = \"x\"\n"
-                 "[metrics]\nlisten = \":9090\"\n[telemetry]\n[otel]\nendpoint = \"e\"\n"
+                 "[metrics]\nlisten = \"127.0.0.1:9090\"\n[telemetry]\n[otel]\nendpoint = \"e\"\n"
                  "[metrics.prometheus]\npath = \"/m\"\n",
                  "", "");
     unsetenv("WPT_UNSET_AUTHKEY");
@@ -887,8 +949,8 @@ static void test_tsnet_keys_warn(void **state)
         {2, "hostname", "[tailscale] hostname"},   {3, "state_dir", "[tailscale] state_dir"},
         {4, "auth_key", "[tailscale] auth_key"},   {5, "control_url", "[tailscale] control_url"},
         {6, "ephemeral", "[tailscale] ephemeral"}, {8, "addr", "[redis] addr"},
-        {9, "password", "[redis] password"},       {11, "listen", "[metrics] listen"},
-        {14, "endpoint", "[otel] endpoint"},       {16, "path", "[metrics.prometheus] path"},
+        {9, "password", "[redis] password"},       {14, "endpoint", "[otel] endpoint"},
+        {16, "path", "[metrics.prometheus] path"},
     };
     size_t nwant = sizeof(want) / sizeof(want[0]);
     for (size_t i = 0; i < nwant; i++) {
@@ -1185,6 +1247,7 @@ int main(void)
         cmocka_unit_test(test_env_interpolation),
         cmocka_unit_test(test_tsnet_keys_warn),
         cmocka_unit_test(test_all_errors_collected),
+        cmocka_unit_test(test_observability_keys),
         cmocka_unit_test(test_refcount),
         cmocka_unit_test(test_print),
         cmocka_unit_test(test_load_file),

@@ -1,0 +1,201 @@
+/*
+ * admin_cli: the `waypoint sessions` and `waypoint kill` subcommands.
+ *
+ *   waypoint sessions [-config PATH | -socket PATH] [-json]
+ *   waypoint kill (-login LOGIN | -session ID) [-config PATH | -socket PATH] [-json]
+ *
+ * They talk to a running Waypoint over its admin socket ([admin] socket in the config,
+ * or -socket). Flags are Go-style like the daemon's (one or two dashes, value as the
+ * next argument or after '='). Exit status: 0 done, 1 the request failed (no socket, an
+ * error answer, or kill matched no session), 2 usage error.
+ */
+#include "admin_cli.h"
+
+#include <stdbool.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "admin.h"
+#include "config.h"
+
+typedef struct admin_cli {
+    const char *config, *socket, *login, *session;
+    bool json;
+} admin_cli;
+
+static void admin_usage(FILE *out)
+{
+    fputs("usage: waypoint sessions [-config PATH | -socket PATH] [-json]\n"
+          "       waypoint kill (-login LOGIN | -session ID) [-config PATH | -socket PATH] "
+          "[-json]\n"
+          "  -socket PATH   the admin socket (default: [admin] socket of the config file)\n"
+          "  -config PATH   configuration file to read [admin] socket from "
+          "(default ./waypoint.toml)\n"
+          "  -json          print the daemon's JSON answer\n",
+          out);
+}
+
+static int admin_flag(int argc, char **argv, int *i, const char *name, const char **dst)
+{
+    const char *a = argv[*i] + (argv[*i][1] == '-' ? 2 : 1);
+    size_t n = strlen(name);
+    if (strncmp(a, name, n) != 0 || (a[n] != '\0' && a[n] != '='))
+        return 0;
+    if (a[n] == '=')
+        *dst = a + n + 1;
+    else if (*i + 1 < argc)
+        *dst = argv[++*i];
+    else
+        return -1;
+    return **dst ? 1 : -1;
+}
+
+static int admin_parse(int argc, char **argv, bool kill, admin_cli *c)
+{
+    for (int i = 1; i < argc; i++) {
+        int r = 0;
+        if (argv[i][0] != '-') {
+            fprintf(stderr, "waypoint: unexpected argument '%s'\n", argv[i]);
+            return -1;
+        }
+        const char *a = argv[i] + (argv[i][1] == '-' ? 2 : 1);
+        if (strcmp(a, "json") == 0) {
+            c->json = true;
+            continue;
+        }
+        if ((r = admin_flag(argc, argv, &i, "config", &c->config)) == 0 &&
+            (r = admin_flag(argc, argv, &i, "socket", &c->socket)) == 0 && kill &&
+            (r = admin_flag(argc, argv, &i, "login", &c->login)) == 0)
+            r = admin_flag(argc, argv, &i, "session", &c->session);
+        if (r == 0) {
+            fprintf(stderr, "waypoint: flag provided but not defined: %s\n", argv[i]);
+            return -1;
+        }
+        if (r < 0) {
+            fprintf(stderr, "waypoint: flag needs a non-empty argument: %s\n", argv[i]);
+            return -1;
+        }
+    }
+    if (kill && (!c->login) == (!c->session)) {
+        fprintf(stderr, "waypoint kill: give exactly one of -login or -session\n");
+        return -1;
+    }
+    return 0;
+}
+
+/* The socket path: -socket, else [admin] socket from the config file. */
+static char *admin_socket_path(const admin_cli *c)
+{
+    if (c->socket)
+        return strdup(c->socket);
+    cfg_diag diag = {0};
+    wp_config *cfg = cfg_load(c->config, &diag);
+    for (size_t i = 0; !cfg && i < diag.nerrors; i++)
+        fprintf(stderr, "%s\n", diag.errors[i]);
+    cfg_diag_free(&diag);
+    if (!cfg) {
+        fprintf(stderr, "waypoint: cannot read the admin socket path from %s (use -socket)\n",
+                c->config);
+        return NULL;
+    }
+    char *p = cfg->admin_socket ? strdup(cfg->admin_socket) : NULL;
+    if (!cfg->admin_socket)
+        fprintf(stderr, "waypoint: %s has no [admin] socket; set it (and restart) or use -socket\n",
+                c->config);
+    cfg_unref(cfg);
+    return p;
+}
+
+static const char *jstr(const json_t *o, const char *k)
+{
+    const char *v = json_string_value(json_object_get(o, k));
+    return v && *v ? v : "-";
+}
+
+static void print_sessions(const json_t *list)
+{
+    printf("%-6s %-28s %-30s %-28s %-14s %-24s %-3s %-20s %10s %10s %s\n", "ID", "LOGIN", "NODE",
+           "ROLE", "DATABASE", "PRESETS", "TLS", "SINCE", "BYTES_IN", "BYTES_OUT", "STATE");
+    size_t i;
+    json_t *e;
+    json_array_foreach(list, i, e)
+    {
+        printf("%-6lld %-28s %-30s %-28s %-14s %-24s %-3s %-20s %10lld %10lld %s\n",
+               (long long)json_integer_value(json_object_get(e, "id")), jstr(e, "login"),
+               jstr(e, "node"), jstr(e, "role"), jstr(e, "database"), jstr(e, "presets"),
+               json_is_true(json_object_get(e, "tls")) ? "yes" : "no", jstr(e, "since"),
+               (long long)json_integer_value(json_object_get(e, "bytes_in")),
+               (long long)json_integer_value(json_object_get(e, "bytes_out")), jstr(e, "state"));
+    }
+}
+
+static json_t *admin_request(const admin_cli *c, bool kill)
+{
+    if (!kill)
+        return json_pack("{s:s}", "cmd", "sessions");
+    if (c->login)
+        return json_pack("{s:s,s:s}", "cmd", "kill", "login", c->login);
+    char *end = NULL;
+    long long id = strtoll(c->session, &end, 10);
+    if (!end || *end || id <= 0) {
+        fprintf(stderr, "waypoint kill: -session must be a positive session id (got '%s')\n",
+                c->session);
+        return NULL;
+    }
+    return json_pack("{s:s,s:I}", "cmd", "kill", "session", (json_int_t)id);
+}
+
+static int admin_report(const admin_cli *c, bool kill, json_t *reply)
+{
+    if (c->json) {
+        char *s = json_dumps(reply, JSON_INDENT(2));
+        if (s)
+            puts(s);
+        free(s);
+    }
+    if (!json_is_true(json_object_get(reply, "ok"))) {
+        fprintf(stderr, "waypoint: %s\n", jstr(reply, "error"));
+        return 1;
+    }
+    if (!kill) {
+        if (!c->json)
+            print_sessions(json_object_get(reply, "sessions"));
+        return 0;
+    }
+    size_t n = json_array_size(json_object_get(reply, "killed"));
+    long long left = (long long)json_integer_value(json_object_get(reply, "still_open"));
+    if (!c->json)
+        printf("ended %zu session(s)%s\n", n - (size_t)left, left ? ", some still closing" : "");
+    if (n == 0)
+        fprintf(stderr, "waypoint kill: no matching session\n");
+    return n == 0 || left > 0 ? 1 : 0;
+}
+
+int admin_cli_main(int argc, char **argv)
+{
+    bool kill = strcmp(argv[0], "kill") == 0;
+    admin_cli c = {.config = "waypoint.toml"};
+    if (admin_parse(argc, argv, kill, &c) != 0) {
+        admin_usage(stderr);
+        return 2;
+    }
+    char *path = admin_socket_path(&c);
+    json_t *req = path ? admin_request(&c, kill) : NULL;
+    if (!req) {
+        free(path);
+        return path ? 2 : 1;
+    }
+    json_t *reply = NULL;
+    char err[512];
+    wp_status st = admin_call(path, req, &reply, err, sizeof(err));
+    json_decref(req);
+    free(path);
+    if (st != WP_OK) {
+        fprintf(stderr, "waypoint: %s\n", err);
+        return 1;
+    }
+    int rc = admin_report(&c, kill, reply);
+    json_decref(reply);
+    return rc;
+}
