@@ -254,6 +254,27 @@ static void test_keepalive_hang(void **state)
     ts_client_free(c);
 }
 
+/* A kept connection that yields nothing at all is retried exactly once on a fresh
+ * connection (libcurl's own retry of a dead reused connection: two "fault close"
+ * requests), and the refusal stands; after a failure the handle is not kept, so the
+ * next call starts fresh and is not retried (one more). */
+static void test_keepalive_dropped_retried_once(void **state)
+{
+    (void)state;
+    assert_int_equal(standin_restart(&S), 0);
+    state_with("*", "alice@example.com", "a.tail1234.ts.net.", NULL, NULL);
+    ts_client *c = client(2000);
+    whois_ok(c);
+    state_with("*", "alice@example.com", "a.tail1234.ts.net.", NULL, "\"close\"");
+    id_identity *id;
+    wp_error err;
+    assert_refused(whois(c, "100.64.0.1:1", &id, &err), WP_ERR_TAILSCALE, &err, "curl error");
+    assert_int_equal(standin_log_count(&S, "fault close"), 2);
+    assert_refused(whois(c, "100.64.0.1:1", &id, &err), WP_ERR_TAILSCALE, &err, "curl error");
+    assert_int_equal(standin_log_count(&S, "fault close"), 3);
+    ts_client_free(c);
+}
+
 static void test_socket_missing(void **state)
 {
     (void)state;
@@ -558,6 +579,7 @@ int main(void)
         cmocka_unit_test(test_hang_times_out),
         cmocka_unit_test(test_keepalive_and_restart),
         cmocka_unit_test(test_keepalive_hang),
+        cmocka_unit_test(test_keepalive_dropped_retried_once),
         cmocka_unit_test(test_socket_missing),
         cmocka_unit_test(test_connection_refused),
         cmocka_unit_test(test_ipv6),
