@@ -3,11 +3,21 @@
  * socket with libcurl.
  *
  * Design:
- * - One fresh curl easy handle per call. Easy handles are not thread-safe, and a shared
- *   pool would need a lock on the connect path of every worker; a unix-socket connect to
- *   tailscaled costs microseconds, far less than the WhoIs itself. A fresh handle also
- *   means nothing carries over between calls: no half-read connection left behind by a
- *   request that timed out, no kept-alive socket to a tailscaled that has restarted.
+ * - Kept-alive LocalAPI connections. tailscaled's LocalAPI is Go's net/http, which keeps
+ *   HTTP/1.1 connections open; a fresh connection per WhoIs cost a third of a reused
+ *   connect's instructions (curl handle set-up and teardown, connect) and a thread and
+ *   accept on tailscaled's side. Easy handles are not thread-safe, so the client keeps
+ *   a small cache of idle handles under a mutex: a call takes one (or makes one), uses
+ *   it alone, and returns it, and the handle's connection goes with it. The lock is
+ *   held only to pop or push a pointer, never across a request.
+ * - Nothing doubtful is kept: a handle whose request failed in any way (timeout,
+ *   transport error, oversized body) is cleaned up, never cached, so a half-read or
+ *   hung connection is never reused. A kept connection that tailscaled closed while
+ *   idle (a restart) is noticed by curl before reuse; if the close races the request
+ *   and nothing at all came back, libcurl itself sends the request once more on a fresh
+ *   connection (its retry of a reused connection that died before any response byte,
+ *   which itest_tailscale pins). A timeout is never retried: a hung tailscaled still
+ *   costs at most timeout_ms.
  * - CURLOPT_NOSIGNAL, because workers are threads: curl must never use SIGALRM for its
  *   timeouts. Connect and total timeouts are both the client's timeout_ms, so a hung
  *   tailscaled costs a worker at most that long.
@@ -42,6 +52,13 @@
 #define TS_ADDR_MAX 64    /* "[" + 45-char IPv6 + "]:" + 5-digit port fits easily */
 #define TS_DOMAIN_MAX 253 /* DNS name limit */
 #define TS_DEFAULT_CAPABILITY "redo.com/cap/waypoint"
+#define TS_IDLE_MAX 8 /* idle handles (and LocalAPI connections) kept per client */
+
+struct ts_handles {
+    pthread_mutex_t lock;
+    CURL *h[TS_IDLE_MAX];
+    size_t n;
+};
 
 /* ---- process-wide init -------------------------------------------------------------- */
 
@@ -77,7 +94,12 @@ ts_client *ts_client_new(const char *socket_path, const char *capability, int64_
     c->socket_path = strdup(socket_path);
     c->capability = strdup(capability && *capability ? capability : TS_DEFAULT_CAPABILITY);
     c->timeout_ms = timeout_ms > 0 ? timeout_ms : TS_DEFAULT_TIMEOUT_MS;
-    if (!c->socket_path || !c->capability) {
+    c->idle = calloc(1, sizeof(*c->idle));
+    if (c->idle && pthread_mutex_init(&c->idle->lock, NULL) != 0) {
+        free(c->idle);
+        c->idle = NULL;
+    }
+    if (!c->socket_path || !c->capability || !c->idle) {
         ts_client_free(c);
         return NULL;
     }
@@ -88,9 +110,44 @@ void ts_client_free(ts_client *c)
 {
     if (!c)
         return;
+    if (c->idle) {
+        for (size_t i = 0; i < c->idle->n; i++)
+            curl_easy_cleanup(c->idle->h[i]);
+        pthread_mutex_destroy(&c->idle->lock);
+        free(c->idle);
+    }
     free(c->socket_path);
     free(c->capability);
     free(c);
+}
+
+/* ---- idle handle cache ---------------------------------------------------------------- */
+
+/* An idle handle (with its kept connection, if any), or a new one; NULL on no memory. */
+static CURL *ts_take(const ts_client *c)
+{
+    CURL *h = NULL;
+    pthread_mutex_lock(&c->idle->lock);
+    if (c->idle->n > 0)
+        h = c->idle->h[--c->idle->n];
+    pthread_mutex_unlock(&c->idle->lock);
+    return h ? h : curl_easy_init();
+}
+
+/* Returns a handle whose last request completed; beyond TS_IDLE_MAX it is closed. */
+static void ts_give(const ts_client *c, CURL *h)
+{
+    /* The request's pointers (error buffer, body) die with the call. */
+    curl_easy_setopt(h, CURLOPT_ERRORBUFFER, (char *)NULL);
+    curl_easy_setopt(h, CURLOPT_WRITEDATA, (void *)NULL);
+    pthread_mutex_lock(&c->idle->lock);
+    if (c->idle->n < TS_IDLE_MAX) {
+        c->idle->h[c->idle->n++] = h;
+        h = NULL;
+    }
+    pthread_mutex_unlock(&c->idle->lock);
+    if (h)
+        curl_easy_cleanup(h);
 }
 
 /* ---- one HTTP GET ------------------------------------------------------------------- */
@@ -193,7 +250,7 @@ static wp_status ts_get(const ts_client *c, const char *path, const char *qval, 
         wp_error_detail(err, "curl_global_init failed");
         return WP_ERR_INTERNAL;
     }
-    CURL *h = curl_easy_init();
+    CURL *h = ts_take(c);
     if (!h) {
         wp_error_set(err, WP_SQLSTATE_INVALID_AUTH, "%s: out of memory", what);
         return WP_ERR_NOMEM;
@@ -240,7 +297,10 @@ static wp_status ts_get(const ts_client *c, const char *path, const char *qval, 
 out:
     free(url);
     curl_free(esc);
-    curl_easy_cleanup(h);
+    if (st == WP_OK)
+        ts_give(c, h); /* a complete answer: the connection is in a known state */
+    else
+        curl_easy_cleanup(h);
     return st;
 }
 

@@ -1,9 +1,10 @@
 /*
  * tailscale: the LocalAPI client (spec section 2), libcurl over tailscaled's unix socket.
  *
- * Each call uses its own curl easy handle, so any number of worker threads may call in
- * at once with no shared mutable state. Every failure mode maps to a distinct status;
- * none of them ever means "allow".
+ * Any number of worker threads may call in at once: each call takes a curl easy handle
+ * (with its kept-alive LocalAPI connection) from the client's small locked cache, uses
+ * it alone and returns it. Every failure mode maps to a distinct status; none of them
+ * ever means "allow".
  */
 #ifndef WP_TAILSCALE_H
 #define WP_TAILSCALE_H
@@ -14,10 +15,13 @@
 #include "identity.h"
 #include "wp_error.h"
 
+typedef struct ts_handles ts_handles; /* idle curl handles, private to tailscale.c */
+
 typedef struct ts_client {
     char *socket_path;
     char *capability;
     int64_t timeout_ms;
+    ts_handles *idle; /* mutable through a const client: has its own lock */
 } ts_client;
 
 /* Call once at process start (curl_global_init), before threads. */

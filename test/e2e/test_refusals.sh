@@ -42,11 +42,17 @@ pass "hung tailscaled: refused in ${elapsed} ms"
 e2e_state '{"identities": [], "certs": {}, "fault": "500"}'
 expect_refusal "tailscaled answers 500" 28000 "FATAL"
 
-# tailscaled not running at all (no socket): refused at once.
+# tailscaled not running at all (stopped; its socket is gone): refused at once. Stopping
+# the process, not just moving its socket away, because Waypoint keeps its LocalAPI
+# connection alive between WhoIs calls, as a live tailscaled would still answer on it.
 e2e_identity '{"appdb": {"permissions": ["readonly"]}}'
-mv "$T/ts.sock" "$T/ts.sock.away"
+standin_pid=$(cat "$T/standin.ready")
+kill "$standin_pid"
+wait "$standin_pid" 2>/dev/null || true # our child: returns once it has exited
+[ ! -e "$T/ts.sock" ] || fail "stand-in left its socket behind"
 expect_refusal "tailscaled down" 28000 "FATAL"
-mv "$T/ts.sock.away" "$T/ts.sock"
+rm -f "$T/standin.ready"
+e2e_standin
 
 out=$(wpsql "" -c "SELECT current_user")
 assert_eq "wp_alice_laptop_appdb" "$out" "granted caller gets in once tailscaled is back"

@@ -7,7 +7,7 @@
 . "$(dirname "$0")/lib.sh"
 e2e_init
 
-openssl req -x509 -newkey rsa:2048 -nodes -days 2 -subj "/CN=db.example.com" \
+openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes -days 2 -subj "/CN=db.example.com" \
     -addext "subjectAltName=DNS:db.example.com" -keyout "$T/file.key" -out "$T/file.crt" 2>/dev/null
 e2e_cluster
 RW='{"appdb": {"permissions": ["readwrite"]}}'

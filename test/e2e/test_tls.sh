@@ -6,7 +6,7 @@
 e2e_init
 
 mkcert() { # name CN
-    openssl req -x509 -newkey rsa:2048 -nodes -days 2 -subj "/CN=$2" \
+    openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes -days 2 -subj "/CN=$2" \
         -addext "subjectAltName=DNS:$2" -keyout "$T/$1.key" -out "$T/$1.crt" 2>/dev/null
 }
 mkcert file db.example.com

@@ -11,7 +11,7 @@
 e2e_init
 
 FQDN=waypoint-db.tail1234.ts.net
-openssl req -x509 -newkey rsa:2048 -nodes -days 2 -subj "/CN=$FQDN" \
+openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes -days 2 -subj "/CN=$FQDN" \
     -addext "subjectAltName=DNS:$FQDN" -keyout "$T/ts.key" -out "$T/ts.crt" 2>/dev/null
 
 e2e_cluster

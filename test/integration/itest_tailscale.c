@@ -196,6 +196,85 @@ static void test_hang_times_out(void **state)
     ts_client_free(c);
 }
 
+#define CONN_LINE "connection opened"
+
+static void whois_ok(ts_client *c)
+{
+    id_identity *id;
+    wp_error err;
+    wp_status st = whois(c, "100.64.0.1:1", &id, &err);
+    if (st != WP_OK)
+        fail_msg("whois failed: %s (%s)", err.message, err.detail);
+    id_free(id);
+}
+
+/* Keep-alive: consecutive WhoIs calls share one LocalAPI connection, as they would with
+ * tailscaled's net/http server; and a tailscaled restart in between costs nothing but a
+ * fresh connection. */
+static void test_keepalive_and_restart(void **state)
+{
+    (void)state;
+    state_with("*", "alice@example.com", "a.tail1234.ts.net.", NULL, NULL);
+    ts_client *c = client(2000);
+    int before = standin_log_count(&S, CONN_LINE);
+    assert_true(before >= 0);
+    for (int i = 0; i < 3; i++)
+        whois_ok(c);
+    assert_int_equal(standin_log_count(&S, CONN_LINE) - before, 1);
+
+    assert_int_equal(standin_restart(&S), 0); /* the kept connection is now dead */
+    whois_ok(c);
+    whois_ok(c);
+    assert_int_equal(standin_log_count(&S, CONN_LINE), 1);
+    ts_client_free(c);
+}
+
+/* A hang on a kept connection still times out once, with no retry (one "fault hang"
+ * request), and the next call works on a fresh connection. */
+static void test_keepalive_hang(void **state)
+{
+    (void)state;
+    assert_int_equal(standin_restart(&S), 0);
+    state_with("*", "alice@example.com", "a.tail1234.ts.net.", NULL, NULL);
+    ts_client *c = client(300);
+    whois_ok(c);
+    state_with("*", "alice@example.com", "a.tail1234.ts.net.", NULL, "\"hang\"");
+    id_identity *id;
+    wp_error err;
+    int64_t t0 = wp_now_ms();
+    wp_status st = whois(c, "100.64.0.1:1", &id, &err);
+    int64_t took = wp_now_ms() - t0;
+    assert_refused(st, WP_ERR_TIMEOUT, &err, "300 ms");
+    if (took < 250 || took > 1300)
+        fail_msg("timeout of 300 ms took %lld ms", (long long)took);
+    assert_int_equal(standin_log_count(&S, "fault hang"), 1);
+    state_with("*", "alice@example.com", "a.tail1234.ts.net.", NULL, NULL);
+    whois_ok(c);
+    assert_int_equal(standin_log_count(&S, CONN_LINE), 2);
+    ts_client_free(c);
+}
+
+/* A kept connection that yields nothing at all is retried exactly once on a fresh
+ * connection (libcurl's own retry of a dead reused connection: two "fault close"
+ * requests), and the refusal stands; after a failure the handle is not kept, so the
+ * next call starts fresh and is not retried (one more). */
+static void test_keepalive_dropped_retried_once(void **state)
+{
+    (void)state;
+    assert_int_equal(standin_restart(&S), 0);
+    state_with("*", "alice@example.com", "a.tail1234.ts.net.", NULL, NULL);
+    ts_client *c = client(2000);
+    whois_ok(c);
+    state_with("*", "alice@example.com", "a.tail1234.ts.net.", NULL, "\"close\"");
+    id_identity *id;
+    wp_error err;
+    assert_refused(whois(c, "100.64.0.1:1", &id, &err), WP_ERR_TAILSCALE, &err, "curl error");
+    assert_int_equal(standin_log_count(&S, "fault close"), 2);
+    assert_refused(whois(c, "100.64.0.1:1", &id, &err), WP_ERR_TAILSCALE, &err, "curl error");
+    assert_int_equal(standin_log_count(&S, "fault close"), 3);
+    ts_client_free(c);
+}
+
 static void test_socket_missing(void **state)
 {
     (void)state;
@@ -498,6 +577,9 @@ int main(void)
         cmocka_unit_test(test_other_404),
         cmocka_unit_test(test_dropped),
         cmocka_unit_test(test_hang_times_out),
+        cmocka_unit_test(test_keepalive_and_restart),
+        cmocka_unit_test(test_keepalive_hang),
+        cmocka_unit_test(test_keepalive_dropped_retried_once),
         cmocka_unit_test(test_socket_missing),
         cmocka_unit_test(test_connection_refused),
         cmocka_unit_test(test_ipv6),

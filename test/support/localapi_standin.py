@@ -65,7 +65,8 @@ match that identity:
   close      drop the connection without any response
 
 Once listening, the --ready-file is written (atomically, containing the pid), or
-"ready" is printed to stdout. Each request is logged to stderr.
+"ready" is printed to stdout. Each request is logged to stderr, and so is each client
+connection ("connection opened"), so tests can see keep-alive reuse.
 """
 
 import argparse
@@ -296,6 +297,11 @@ class Handler(BaseHTTPRequestHandler):
     server_version = "standin"
 
     # -- plumbing ---------------------------------------------------------------
+
+    def setup(self):
+        # One line per client connection: tests count these to prove keep-alive reuse.
+        super().setup()
+        log("connection opened")
 
     def address_string(self):
         return "unix"

@@ -160,6 +160,55 @@ fail:
     return -1;
 }
 
+static void stop_child(standin *s)
+{
+    if (s->pid <= 0)
+        return;
+    kill(s->pid, SIGTERM);
+    long long deadline = mono_ms() + STANDIN_STOP_MS;
+    int status;
+    while (waitpid(s->pid, &status, WNOHANG) == 0) {
+        if (mono_ms() >= deadline) {
+            kill(s->pid, SIGKILL);
+            waitpid(s->pid, &status, 0);
+            break;
+        }
+        nap_ms(10);
+    }
+    s->pid = 0;
+}
+
+int standin_restart(standin *s)
+{
+    stop_child(s);
+    char ready[128];
+    standin_path(s, "ready", ready, sizeof(ready));
+    if (unlink(ready) != 0 && errno != ENOENT) {
+        perror("standin: unlink ready");
+        return -1;
+    }
+    s->pid = spawn(s, ready);
+    if (s->pid <= 0) {
+        s->pid = 0;
+        return -1;
+    }
+    return wait_ready(s, ready);
+}
+
+int standin_log_count(const standin *s, const char *needle)
+{
+    FILE *f = fopen(s->log_path, "r");
+    if (!f)
+        return -1;
+    char line[1024];
+    int n = 0;
+    while (fgets(line, sizeof(line), f))
+        if (strstr(line, needle))
+            n++;
+    fclose(f);
+    return n;
+}
+
 static int rm_entry(const char *path, const struct stat *sb, int flag, struct FTW *ftw)
 {
     (void)sb;
@@ -171,20 +220,7 @@ static int rm_entry(const char *path, const struct stat *sb, int flag, struct FT
 
 void standin_stop(standin *s)
 {
-    if (s->pid > 0) {
-        kill(s->pid, SIGTERM);
-        long long deadline = mono_ms() + STANDIN_STOP_MS;
-        int status;
-        while (waitpid(s->pid, &status, WNOHANG) == 0) {
-            if (mono_ms() >= deadline) {
-                kill(s->pid, SIGKILL);
-                waitpid(s->pid, &status, 0);
-                break;
-            }
-            nap_ms(10);
-        }
-        s->pid = 0;
-    }
+    stop_child(s);
     if (s->dir[0]) {
         if (getenv("WP_STANDIN_KEEP") == NULL)
             nftw(s->dir, rm_entry, 8, FTW_DEPTH | FTW_PHYS);

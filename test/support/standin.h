@@ -41,6 +41,14 @@ int standin_set_identity(const standin *s, const char *match, const char *login,
 char *standin_whois_json(const char *login, const char *node_name, const char *stable_id,
                          const char *tags_json, const char *capmap_json);
 
+/* Stops the stand-in process and starts a new one on the same socket, state and dir
+ * (a tailscaled restart: open client connections are closed). The log restarts empty.
+ * 0 once the new one is listening. */
+int standin_restart(standin *s);
+
+/* Lines of the stand-in's log containing needle (e.g. "connection opened"), -1 on error. */
+int standin_log_count(const standin *s, const char *needle);
+
 /* SIGTERM, waitpid, remove the temp dir. Safe to call twice. */
 void standin_stop(standin *s);
 
