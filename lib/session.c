@@ -312,9 +312,16 @@ static int sess_started(sess *s)
     return 1;
 }
 
-/* The WhoIs result for this connection: the one made at accept, else a fresh one. */
+/* The WhoIs result for this connection: the one made at accept, else a fresh one. A
+ * failed answer at accept is asked again: a userspace-networking tailscaled registers
+ * its dial's local ip:port only after the dial returned (tailscale#1616), so a genuine
+ * caller can be unknown at accept; once its first packet is in, the mapping exists. */
 static wp_status sess_whois(sess *s, id_identity **id, wp_error *e)
 {
+    if (s->early && s->early_st != WP_OK) {
+        s->early = 0;
+        wp_error_clear(e);
+    }
     if (!s->early)
         return ts_whois(s->env->ts, s->peer, id, e);
     s->early = 0;
