@@ -702,6 +702,7 @@ static int sess_pool_key(sess *s)
         const char *scope =
             s->downgrade == GRANT_PRESET_NONE ? NULL : grant_preset_str(s->downgrade);
         s->pk.listener = s->lc->name;
+        s->pk.generation = s->env->generation;
         s->pk.owner = id_role_record(s->id, s->database, scope);
         s->pk.grant = s->grant ? pool_grant_fingerprint(s->grant) : NULL;
         s->pk.params = params ? pool_params_fingerprint(params, n) : NULL;

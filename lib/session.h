@@ -11,6 +11,7 @@
 #define WP_SESSION_H
 
 #include <stddef.h>
+#include <stdint.h>
 
 #include "admit.h"
 #include "cancel.h"
@@ -36,6 +37,7 @@ typedef struct sess_env {
     sess_users *users;        /* process-wide live-connection counts per caller */
     pool *pool;               /* process-wide parked backend sessions; NULL = none */
     adm_table *admit;         /* process-wide unstarted connections per peer */
+    uint64_t generation;      /* this environment's number: parked sessions stay in theirs */
     int stop_fd;              /* readable once open sessions must end; -1 = never */
 } sess_env;
 

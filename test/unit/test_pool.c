@@ -154,7 +154,7 @@ static void test_reset(void **state)
     }
 }
 
-static const pool_key KEY = {"l", "owner", "grant", "params"};
+static const pool_key KEY = {"l", "owner", "grant", "params", 0};
 
 static void test_park_take(void **state)
 {
@@ -186,6 +186,14 @@ static void test_park_take(void **state)
     assert_int_equal(pool_park(p, &KEY, &got, &lim), 1);
     k = KEY;
     k.grant = "narrower";
+    assert_int_equal(pool_take(p, &k, &got), 0);
+    assert_int_equal(pool_count(p), 0);
+    assert_closed(peer1);
+    /* parked under another configuration (a reload since): closed, never handed out */
+    fake_session(&s, &peer1, "r1");
+    assert_int_equal(pool_park(p, &KEY, &s, &lim), 1);
+    k = KEY;
+    k.generation = KEY.generation + 1;
     assert_int_equal(pool_take(p, &k, &got), 0);
     assert_int_equal(pool_count(p), 0);
     assert_closed(peer1);
