@@ -200,6 +200,18 @@ static void test_park_take(void **state)
     assert_int_equal(pool_take(p, &k, &got), 0);
     assert_int_equal(pool_count(p), 0);
     assert_closed(peer1);
+    /* a key whose fingerprint could not be made (out of memory) parks nothing */
+    fake_session(&s, &peer1, "r1");
+    k = KEY;
+    k.grant = NULL;
+    assert_int_equal(pool_park(p, &k, &s, &lim), 0);
+    k = KEY;
+    k.params = NULL;
+    assert_int_equal(pool_park(p, &k, &s, &lim), 0);
+    assert_int_equal(s.open, 1);
+    assert_int_equal(pool_count(p), 0);
+    pool_session_close(&s);
+    assert_closed(peer1);
     /* per-role bound: the oldest goes */
     fake_session(&s, &peer1, "r1");
     assert_int_equal(pool_park(p, &KEY, &s, &lim), 1);
