@@ -300,6 +300,8 @@ int pool_park(pool *p, const pool_key *k, pool_session *s, const pool_limits *li
 {
     if (!p || !s->open || lim->max_total <= 0 || lim->max_per_role <= 0 || lim->lifetime_ms <= 0)
         return 0;
+    if (!k->listener || !k->owner || !k->grant || !k->params)
+        return 0; /* a fingerprint could not be made (out of memory): nothing to match it by */
     pool_entry *e = calloc(1, sizeof(*e));
     if (!e)
         return 0;
