@@ -294,7 +294,21 @@ static void run_terminate(int same_chunk, relay_result *out, unsigned char *back
     pthread_t t;
     assert_int_equal(pthread_create(&t, NULL, rig_main, &g), 0);
     static const unsigned char q[] = {'Q', 0, 0, 0, 5, 0}, x[] = {'X', 0, 0, 0, 4};
-    if (same_chunk) {
+    if (same_chunk == 2) { /* a second query is in before the first one's ReadyForQuery */
+        unsigned char got[6];
+        assert_int_equal(write(g.capp, q, 6), 6);
+        assert_int_equal(read(g.bapp, got, 6), 6);
+        assert_int_equal(write(g.capp, q, 6), 6);
+        assert_int_equal(read(g.bapp, got, 6), 6); /* forwarded: the backend will answer it */
+        put_msg(g.bapp, 'Z', "I", 1);
+        size_t have = 0;
+        while (have < 6) {
+            ssize_t r = read(g.capp, got + have, 6 - have);
+            assert_true(r > 0);
+            have += (size_t)r;
+        }
+        assert_int_equal(write(g.capp, x, 5), 5);
+    } else if (same_chunk) {
         unsigned char both[11];
         memcpy(both, q, 6);
         memcpy(both + 6, x, 5);
@@ -341,6 +355,13 @@ static void test_relay_hold_terminate(void **state)
     assert_int_equal(r.client_after_ready, 2); /* so the session does not park it */
     assert_int_equal(n, 6);                    /* the query went on, the Terminate did not */
     assert_int_equal(got[0], 'Q');
+
+    /* Query, Query, ReadyForQuery (the first one's), Terminate: the second query is
+     * still unanswered, so this must not look like "only Terminate after idle" */
+    run_terminate(2, &r, got, &n);
+    assert_int_equal(r.end, RELAY_CLIENT_TERMINATE);
+    assert_int_equal(r.backend_last, 'Z');
+    assert_true(r.client_after_ready != 1);
 }
 
 /* ------------------------------------------------------------ [pool] keys ---- */
