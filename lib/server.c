@@ -76,10 +76,10 @@ typedef struct srv {
 
     cancel_map *cancel;
     sess_users *users;
-    pool *pool;       /* parked backend sessions, shared by all environments */
-    adm_table *admit; /* per-peer unstarted connections, process-wide */
+    pool *pool;          /* parked backend sessions, shared by all environments */
+    adm_table *admit;    /* per-peer unstarted connections, process-wide */
     uint64_t generation; /* of the last environment built (main thread only) */
-    int stop_pipe[2]; /* closing [1] makes [0] readable for every relay */
+    int stop_pipe[2];    /* closing [1] makes [0] readable for every relay */
 
     pthread_t cleaner;
     int cleaner_started;
