@@ -7,6 +7,13 @@ TSAN     ?= 0
 JOBS     ?= $(shell nproc)
 CTEST_ARGS ?=
 FUZZ_SECONDS ?= 20
+# PostgreSQL major versions the integration and e2e suites run against (each test is
+# registered once per version, e.g. e2e/test_basic@18). 15 is Debian's; the others are
+# installed by scripts/pg-versions.sh (.ci/run uses all five: 14 15 16 17 18).
+PG_VERSIONS ?= 15 18
+PG_WHEELS := $(filter-out 15,$(PG_VERSIONS))
+empty :=
+space := $(empty) $(empty)
 
 ifeq ($(SANITIZE),1)
 BUILD := build-asan
@@ -23,11 +30,14 @@ all: build
 
 deps:
 	./scripts/deps.sh
+	$(if $(PG_WHEELS),./scripts/pg-versions.sh $(PG_WHEELS) >/dev/null)
 
 $(BUILD)/CMakeCache.txt:
 	cmake -S . -B $(BUILD) -DCMAKE_BUILD_TYPE=RelWithDebInfo $(CMAKE_FLAGS)
 
+# Re-configured on every build so a changed PG_VERSIONS takes effect (a second or so).
 build: deps $(BUILD)/CMakeCache.txt
+	cmake -S . -B $(BUILD) "-DWP_PG_VERSIONS=$(subst $(space),;,$(strip $(PG_VERSIONS)))" >/dev/null
 	cmake --build $(BUILD) -j $(JOBS)
 
 check: build

@@ -56,7 +56,9 @@ bool prov_record_is_group(const char *comment);
 /* SQL condition: the current (admin) role holds a membership in role oid X that it granted
  * itself, as Waypoint does when it creates a role. A COMMENT alone is no proof: any other
  * CREATEROLE role can write one. Nobody but a superuser can record a grantor other than
- * themselves (PostgreSQL 15: GRANTED BY needs superuser; 16+: ADMIN held by that role). */
+ * themselves (PostgreSQL 15: GRANTED BY needs superuser; 16+: ADMIN held by that role).
+ * X must be qualified (r.oid): on 16+ pg_auth_members has an oid column of its own, which
+ * a bare "oid" would silently refer to. */
 #define PROV_SQL_ADMIN_MADE(X)                                                                     \
     "EXISTS (SELECT 1 FROM pg_auth_members am WHERE am.roleid = " X " AND am.member = "            \
     "am.grantor AND am.member = (SELECT oid FROM pg_roles WHERE rolname = current_user))"
@@ -70,8 +72,15 @@ char *prov_sql_group_privileges(grant_preset preset, const char *qs, const char 
 extern const char PROV_SQL_GRANTABLE[];
 /* Role state, schema change marks and owned schemas in one round trip (malloc'd):
  * $1 role name, $2 ttl in ms, $3 JSON [{"i": pair index, "name": schema, "w": watermark}].
- * qrecords: CockroachDB's quoted waypoint_roles table (ignored for PostgreSQL). */
-char *prov_sql_role_state(prov_dialect d, const char *qrecords);
+ * qrecords: CockroachDB's quoted waypoint_roles table (ignored for PostgreSQL).
+ * member_options: read each membership's options (pg_auth_members.set_option and
+ * inherit_option exist from PostgreSQL 16). */
+char *prov_sql_role_state(prov_dialect d, const char *qrecords, bool member_options);
+/* Whether group memberships are granted WITH INHERIT TRUE, SET FALSE: PostgreSQL 16+
+ * (server_version_num), so callers cannot SET ROLE to their groups. */
+bool prov_member_options(prov_dialect d, long server_version_num);
+/* The suffix for "GRANT group TO role" (empty without member options). */
+const char *prov_sql_member_options(bool member_options);
 /* Objects the role owns in the schemas of a JSON array, that it holds no CREATE in:
  * $1 role name, $2 JSON array of schema names -> (type, identity, quoted schema). */
 extern const char PROV_SQL_OWNED_OBJECTS[];

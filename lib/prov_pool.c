@@ -108,8 +108,11 @@ PGconn *prov_connect(const prov_settings *s, const char *database, char *sqlstat
     /* libpq exposes no SQLSTATE for a failed connection; this is the one we act on. */
     if (sqlstate && strstr(msg, "database \"") && strstr(msg, "\" does not exist"))
         strcpy(sqlstate, "3D000");
-    wp_error_set(err, WP_SQLSTATE_CONN_FAILURE, "cannot log in to backend as admin user \"%s\": %s",
-                 s->admin_user, msg);
+    /* Clients see only that the admin side failed; who, where and libpq's words go to
+     * the detail (logged, never sent: it names the admin role and the backend). */
+    wp_error_set(err, WP_SQLSTATE_CONN_FAILURE, "Waypoint cannot log in to the backend");
+    wp_error_detail(err, "cannot log in to backend as admin user \"%s\" (database \"%s\"): %s",
+                    s->admin_user, database, msg);
     PQfinish(c);
     return NULL;
 }

@@ -252,7 +252,9 @@ char *prov_sql_group_privileges(grant_preset preset, const char *qs, const char 
 }
 
 /* Columns: exists, record (NULL unless the admin made the role, see PROV_SQL_ADMIN_MADE),
- * elevated attributes, memberships JSON [[name, record]],
+ * elevated attributes, memberships JSON [[name, record, needs options fixed]] (the last
+ * from @MEMBERFIX@: on PostgreSQL 16+, a membership the admin granted whose options are
+ * not INHERIT TRUE, SET FALSE, ADMIN FALSE; else false),
  * VALID UNTIL text (server clock), schema JSON [[name, nsp oid, changed, fingerprint]],
  * owned JSON [[schema, objects]].
  * PostgreSQL: "changed" = a relation of the kinds grants cover has an OID above the
@@ -270,7 +272,7 @@ static const char SQL_STATE_PG[] =
     "coalesce(r.rolsuper OR r.rolcreatedb OR r.rolcreaterole OR r.rolreplication "
     "OR r.rolbypassrls, false), "
     "(SELECT coalesce(json_agg(json_build_array(g.rolname, "
-    "shobj_description(g.oid, 'pg_authid'))), '[]'::json) "
+    "shobj_description(g.oid, 'pg_authid'), @MEMBERFIX@)), '[]'::json) "
     "FROM pg_auth_members m JOIN pg_roles g ON g.oid = m.roleid WHERE m.member = r.oid), "
     "(now() + make_interval(secs => $2::float8 / 1000))::text, "
     "(SELECT coalesce(json_agg(json_build_array(s.name, n.oid::int8, "
@@ -369,27 +371,57 @@ static const char SQL_STATE_CRDB[] =
     "LEFT JOIN pg_namespace n ON n.nspname = s.name), '[]'::json "
     "FROM (SELECT 1) AS one LEFT JOIN pg_roles r ON r.rolname = $1::name";
 
-char *prov_sql_role_state(prov_dialect d, const char *qrecords)
+/* tmpl with every tok replaced by val (malloc'd). */
+static char *replace_all(const char *tmpl, const char *tok, const char *val)
 {
-    if (d != PROV_DIALECT_COCKROACH)
-        return strdup(SQL_STATE_PG);
-    static const char tok[] = "@RECORDS@";
-    if (!qrecords)
-        return NULL;
-    size_t n = sizeof SQL_STATE_CRDB + 2 * strlen(qrecords);
+    size_t toklen = strlen(tok), vlen = strlen(val), n = 1;
+    for (const char *s = tmpl; *s;)
+        if (strncmp(s, tok, toklen) == 0) {
+            n += vlen;
+            s += toklen;
+        } else {
+            n++;
+            s++;
+        }
     char *out = malloc(n), *o = out;
     if (!out)
         return NULL;
-    for (const char *s = SQL_STATE_CRDB; *s;) {
-        if (strncmp(s, tok, sizeof tok - 1) == 0) {
-            o += sprintf(o, "%s", qrecords);
-            s += sizeof tok - 1;
+    for (const char *s = tmpl; *s;) {
+        if (strncmp(s, tok, toklen) == 0) {
+            memcpy(o, val, vlen);
+            o += vlen;
+            s += toklen;
         } else {
             *o++ = *s++;
         }
     }
     *o = '\0';
     return out;
+}
+
+/* The memberships' third column: a grant of the admin's that still allows SET ROLE (or
+ * lacks INHERIT, or carries ADMIN), which reconcile re-grants with the right options. */
+static const char MEMBER_FIX_PG16[] =
+    "(m.grantor = (SELECT oid FROM pg_roles WHERE rolname = current_user) "
+    "AND (m.set_option OR NOT m.inherit_option OR m.admin_option))";
+
+char *prov_sql_role_state(prov_dialect d, const char *qrecords, bool member_options)
+{
+    if (d != PROV_DIALECT_COCKROACH)
+        return replace_all(SQL_STATE_PG, "@MEMBERFIX@", member_options ? MEMBER_FIX_PG16 : "false");
+    if (!qrecords)
+        return NULL;
+    return replace_all(SQL_STATE_CRDB, "@RECORDS@", qrecords);
+}
+
+bool prov_member_options(prov_dialect d, long server_version_num)
+{
+    return d == PROV_DIALECT_POSTGRES && server_version_num >= 160000;
+}
+
+const char *prov_sql_member_options(bool member_options)
+{
+    return member_options ? " WITH INHERIT TRUE, SET FALSE, ADMIN FALSE" : "";
 }
 
 const char *prov_sql_lock(prov_dialect d)

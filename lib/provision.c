@@ -47,6 +47,15 @@
 /* Watermarks are re-proved this often with a full ALL TABLES grant, which also catches
  * a relation whose creating transaction committed with an OID below a watermark. */
 #define PROV_GROUP_MAX_AGE_S 600
+/* object_not_in_prerequisite_state: what PostgreSQL answers a login to a database that
+ * does not allow connections. */
+#define PROV_SQLSTATE_DB_CLOSED "55000"
+
+/* A database whose schema public was checked for PUBLIC CREATE (check_public_create). */
+typedef struct db_seen {
+    struct db_seen *next;
+    char name[]; /* flexible: database names are not bounded by the identifier limit */
+} db_seen;
 
 typedef struct group_cache {
     char name[ID_ROLE_MAX + 1];
@@ -61,14 +70,16 @@ struct prov_ctx {
     char *strs[7];
     prov_dialect dialect;
     bool md5;
+    bool member_opts; /* PostgreSQL 16+: memberships WITH INHERIT TRUE, SET FALSE */
     prov_pools pools;
     prov_pools lockpools; /* CockroachDB: lock-table transactions, admin_database */
     prov_keylocks locks;
-    pthread_mutex_t cache_mu; /* guards groups */
+    pthread_mutex_t cache_mu; /* guards groups and public_checked */
     group_cache *groups;
-    char *qrecords;  /* CockroachDB: quoted waypoint_roles table name */
-    char *state_sql; /* the role-state query: fixed once the dialect is known */
-    char ttl_ms[24]; /* user_ttl in ms, as the state query's $2 */
+    db_seen *public_checked; /* databases checked for PUBLIC CREATE on public */
+    char *qrecords;          /* CockroachDB: quoted waypoint_roles table name */
+    char *state_sql;         /* the role-state query: fixed once the dialect is known */
+    char ttl_ms[24];         /* user_ttl in ms, as the state query's $2 */
 };
 
 struct prov_lease {
@@ -104,7 +115,9 @@ static void set_backend_err(wp_error *err, const char *what, PGconn *c)
     while (n > 0 && msg[n - 1] == '\n')
         msg[--n] = '\0';
     log_kv(WP_LOG_ERROR, "prov_backend_error", "step", what, "error", msg, (char *)NULL);
-    wp_error_set(err, WP_SQLSTATE_CONN_FAILURE, "backend provisioning failed");
+    /* The backend's words stay in the log (and the detail, which is never sent). */
+    wp_error_set(err, WP_SQLSTATE_CONN_FAILURE, "setting up access on the backend failed");
+    wp_error_detail(err, "%s: %s", what, msg);
 }
 
 static const char *res_state(const PGresult *r)
@@ -197,11 +210,13 @@ static wp_status detect_backend(prov_ctx *p, wp_error *err)
     PGconn *c = prov_connect(&p->s, p->s.admin_database, NULL, err);
     if (!c) {
         log_kv(WP_LOG_ERROR, "prov_admin_login_failed", "listener", p->s.listener_name, "error",
-               err ? err->message : "", (char *)NULL);
+               err ? err->detail : "", (char *)NULL);
         return WP_ERR_BACKEND;
     }
-    PGresult *r =
-        run(c, "SELECT version(), current_setting('password_encryption', true)", 0, NULL, NULL);
+    PGresult *r = run(c,
+                      "SELECT version(), current_setting('password_encryption', true), "
+                      "current_setting('server_version_num', true)",
+                      0, NULL, NULL);
     if (!r) {
         set_backend_err(err, "detect", c);
         PQfinish(c);
@@ -209,6 +224,7 @@ static wp_status detect_backend(prov_ctx *p, wp_error *err)
     }
     p->dialect = prov_dialect_from_version(PQgetvalue(r, 0, 0));
     p->md5 = p->dialect == PROV_DIALECT_POSTGRES && prov_pwenc_is_md5(PQgetvalue(r, 0, 1));
+    p->member_opts = prov_member_options(p->dialect, strtol(PQgetvalue(r, 0, 2), NULL, 10));
     PQclear(r);
     wp_status st = WP_OK;
     if (p->dialect == PROV_DIALECT_COCKROACH) {
@@ -229,7 +245,8 @@ static wp_status detect_backend(prov_ctx *p, wp_error *err)
         }
     }
     PQfinish(c);
-    if (st == WP_OK && !(p->state_sql = prov_sql_role_state(p->dialect, p->qrecords)))
+    if (st == WP_OK &&
+        !(p->state_sql = prov_sql_role_state(p->dialect, p->qrecords, p->member_opts)))
         st = WP_ERR_NOMEM;
     return st;
 }
@@ -274,7 +291,8 @@ wp_status prov_create(const prov_settings *s, prov_ctx **out, wp_error *err)
     }
     log_kv(WP_LOG_INFO, "prov_ready", "listener", p->s.listener_name, "dialect",
            p->dialect == PROV_DIALECT_COCKROACH ? "cockroachdb" : "postgres", "password_hash",
-           p->md5 ? "md5" : "scram-sha-256", (char *)NULL);
+           p->md5 ? "md5" : "scram-sha-256", "group_set_role",
+           p->member_opts ? "denied" : "allowed", (char *)NULL);
     *out = p;
     return WP_OK;
 }
@@ -291,6 +309,10 @@ void prov_destroy(prov_ctx *p)
         n = g->next;
         free(g);
     }
+    for (db_seen *d = p->public_checked, *n; d; d = n) {
+        n = d->next;
+        free(d);
+    }
     for (int i = 0; i < 7; i++)
         free(p->strs[i]);
     free(p->qrecords);
@@ -301,6 +323,32 @@ void prov_destroy(prov_ctx *p)
 prov_dialect prov_get_dialect(const prov_ctx *p)
 {
     return p->dialect;
+}
+
+/* The one "retry once on a dead admin connection": a pooled connection may have died
+ * with a backend restart since it was last used, and only a query tells. Call after a
+ * failed attempt number `attempt` on *c: when it was the first and *c is broken, *c is
+ * replaced by a fresh connection from pools and true is returned (run it again).
+ * Otherwise false, *c untouched; or, when no fresh connection could be had, false with
+ * *c NULL, err set and the reconnect's SQLSTATE in sqlstate (may be NULL). */
+static bool reconnect_once(prov_pools *pools, const char *db, PGconn **c, int attempt,
+                           char *sqlstate, wp_error *err)
+{
+    if (attempt > 0 || !*c || PQstatus(*c) != CONNECTION_BAD)
+        return false;
+    prov_pool_put(pools, db, *c, true);
+    *c = NULL;
+    return prov_pool_get(pools, db, c, sqlstate, err) == WP_OK;
+}
+
+/* A checkout of db failed with sqlstate: a database dropped since its pool was made
+ * shows as 3D000 on the reconnect, and is reported as PostgreSQL would. */
+static wp_status checkout_failed(wp_error *err, const char *db, const char *sqlstate)
+{
+    if (strcmp(sqlstate, "3D000") != 0)
+        return WP_ERR_BACKEND;
+    wp_error_set(err, WP_SQLSTATE_UNDEFINED_DB, "database \"%s\" does not exist", db);
+    return WP_ERR_NOT_FOUND;
 }
 
 /* ---- the per-role lock --------------------------------------------------------------- */
@@ -314,7 +362,7 @@ static wp_status backend_lock(prov_ctx *p, prov_pools *pools, const char *db, PG
 {
     const char *vals[1] = {key};
     bool table = prov_lock_strategy(p->dialect) == PROV_LOCK_TABLE;
-    for (int attempt = 0; attempt < 2; attempt++) {
+    for (int attempt = 0;; attempt++) {
         PGresult *r = NULL;
         if (table) {
             for (int i = 0; i <= prov_serialization_retries(p->dialect) && !r; i++) {
@@ -339,16 +387,11 @@ static wp_status backend_lock(prov_ctx *p, prov_pools *pools, const char *db, PG
             PQclear(r);
             return WP_OK;
         }
-        if (attempt == 0 && PQstatus(*c) == CONNECTION_BAD) {
-            prov_pool_put(pools, db, *c, true);
-            *c = NULL;
-            if (prov_pool_get(pools, db, c, NULL, err) != WP_OK)
-                return WP_ERR_BACKEND;
-            continue;
-        }
-        break;
+        if (!reconnect_once(pools, db, c, attempt, NULL, err))
+            break;
     }
-    set_backend_err(err, "lock", *c);
+    if (*c) /* else the reconnect failed and err says why */
+        set_backend_err(err, "lock", *c);
     return WP_ERR_BACKEND;
 }
 
@@ -480,18 +523,16 @@ static wp_status lock_and_read(prov_ctx *p, prov_lease *l, const char *schemas, 
     }
     for (int attempt = 0;; attempt++) {
         wp_status rc = pipelined_lock_read(p, l->conn, l->lock_key, l->role, schemas, st, err);
-        if (rc == WP_OK || attempt > 0 || PQstatus(l->conn) != CONNECTION_BAD)
-            return rc;
-        prov_pool_put(&p->pools, l->db, l->conn, true);
-        l->conn = NULL;
         char ss[6] = "";
-        if (prov_pool_get(&p->pools, l->db, &l->conn, ss, err) != WP_OK) {
-            l->lock_key[0] = '\0';
-            if (strcmp(ss, "3D000") != 0)
-                return WP_ERR_BACKEND;
-            wp_error_set(err, WP_SQLSTATE_UNDEFINED_DB, "database \"%s\" does not exist", l->db);
-            return WP_ERR_NOT_FOUND;
+        if (rc == WP_OK || reconnect_once(&p->pools, l->db, &l->conn, attempt, ss, err)) {
+            if (rc == WP_OK)
+                return rc;
+            continue;
         }
+        if (l->conn)
+            return rc;
+        l->lock_key[0] = '\0';
+        return checkout_failed(err, l->db, ss);
     }
 }
 
@@ -660,8 +701,26 @@ static bool name_in(const char *const *names, size_t n, const char *name)
 }
 
 /* Makes the role a member of exactly the groups of its pairs (among Waypoint groups). */
+/* Appends "GRANT qg-of-gn TO qr<options>; " to *sql. False on allocation failure. */
+static bool append_member_grant(PGconn *c, char **sql, const char *gn, const char *qr, bool opts)
+{
+    char *qg = qident(c, gn);
+    char *next =
+        qg ? fmt_sql("%sGRANT %s TO %s%s; ", *sql, qg, qr, prov_sql_member_options(opts)) : NULL;
+    free(qg);
+    free(*sql);
+    *sql = next;
+    return next != NULL;
+}
+
+/* Makes the role a member of exactly the wanted groups. With opts (PostgreSQL 16+) every
+ * membership is INHERIT TRUE, SET FALSE, ADMIN FALSE: the caller has its groups'
+ * privileges but cannot SET ROLE to a group (and so cannot create objects owned by it,
+ * which would outlive a narrowed grant); a membership of ours with other options (made
+ * before the upgrade, or altered) is re-granted, which updates them in place. */
 static wp_status reconcile_members(PGconn *c, const char *role, const role_state *st,
-                                   char (*want)[ID_ROLE_MAX + 1], size_t nwant, wp_error *err)
+                                   char (*want)[ID_ROLE_MAX + 1], size_t nwant, bool opts,
+                                   wp_error *err)
 {
     const char **wantp = calloc(nwant + 1, sizeof *wantp);
     char *qr = qident(c, role);
@@ -688,8 +747,18 @@ static wp_status reconcile_members(PGconn *c, const char *role, const role_state
         if (!gn)
             continue;
         have[nhave++] = gn;
-        if (name_in(wantp, nwant, gn))
+        if (name_in(wantp, nwant, gn)) {
+            if (!opts || !json_is_true(json_array_get(m, 2)))
+                continue;
+            log_kv(WP_LOG_INFO, "prov_membership_fixed", "role", role, "group", gn, "options",
+                   "INHERIT TRUE, SET FALSE, ADMIN FALSE", (char *)NULL);
+            if (!append_member_grant(c, &sql, gn, qr, opts)) {
+                free(have);
+                rc = WP_ERR_NOMEM;
+                goto out;
+            }
             continue;
+        }
         if (!prov_record_is_group(grec)) {
             log_kv(WP_LOG_WARN, "prov_foreign_membership", "role", role, "member_of", gn,
                    (char *)NULL);
@@ -707,11 +776,7 @@ static wp_status reconcile_members(PGconn *c, const char *role, const role_state
     for (size_t i = 0; i < nwant; i++) {
         if (!wantp[i] || name_in(have, nhave, wantp[i]) || name_in(wantp, i, wantp[i]))
             continue;
-        char *qg = qident(c, wantp[i]);
-        char *next = qg ? fmt_sql("%sGRANT %s TO %s; ", sql, qg, qr) : NULL;
-        free(qg);
-        free(sql);
-        if (!(sql = next)) {
+        if (!append_member_grant(c, &sql, wantp[i], qr, opts)) {
             free(have);
             rc = WP_ERR_NOMEM;
             goto out;
@@ -761,7 +826,7 @@ static wp_status reconcile_grants(prov_ctx *p, PGconn *c, const char *db, const 
             cache_store(p, want[i], nspoid, json_integer_value(json_array_get(row, 3)));
     }
     if (rc == WP_OK)
-        rc = reconcile_members(c, role, st, want, g->npairs, err);
+        rc = reconcile_members(c, role, st, want, g->npairs, p->member_opts, err);
     if (rc != WP_OK)
         for (size_t i = 0; i < g->npairs; i++)
             if (want[i][0])
@@ -828,20 +893,23 @@ static wp_status rawsql_apply(PGconn *c, const char *role, const grant_effective
 
 /* ---- ensure role -------------------------------------------------------------------------- */
 
+/* WP_OK when db exists and accepts connections. A database that refuses them
+ * (template0, ALLOW_CONNECTIONS false) is refused here with PostgreSQL's own SQLSTATE
+ * rather than by the admin's failed login to it, whose text is not the caller's. */
 static wp_status database_exists(prov_ctx *p, const char *db, wp_error *err)
 {
     PGconn *c = NULL;
     if (prov_pool_get(&p->pools, p->s.admin_database, &c, NULL, err) != WP_OK)
         return WP_ERR_BACKEND;
     const char *vals[1] = {db};
-    PGresult *r = run(c, "SELECT 1 FROM pg_database WHERE datname = $1", 1, vals, NULL);
-    if (!r && PQstatus(c) == CONNECTION_BAD) { /* backend restarted: one retry */
-        prov_pool_put(&p->pools, p->s.admin_database, c, true);
-        c = NULL;
-        if (prov_pool_get(&p->pools, p->s.admin_database, &c, NULL, err) != WP_OK)
-            return WP_ERR_BACKEND;
-        r = run(c, "SELECT 1 FROM pg_database WHERE datname = $1", 1, vals, NULL);
+    PGresult *r = NULL;
+    for (int attempt = 0; !r; attempt++) {
+        r = run(c, "SELECT datallowconn FROM pg_database WHERE datname = $1", 1, vals, NULL);
+        if (!r && !reconnect_once(&p->pools, p->s.admin_database, &c, attempt, NULL, err))
+            break;
     }
+    if (!c)
+        return WP_ERR_BACKEND;
     wp_status st = WP_OK;
     if (!r) {
         set_backend_err(err, "database_check", c);
@@ -849,6 +917,10 @@ static wp_status database_exists(prov_ctx *p, const char *db, wp_error *err)
     } else if (PQntuples(r) == 0) {
         wp_error_set(err, WP_SQLSTATE_UNDEFINED_DB, "database \"%s\" does not exist", db);
         st = WP_ERR_NOT_FOUND;
+    } else if (PQgetvalue(r, 0, 0)[0] != 't') {
+        wp_error_set(err, PROV_SQLSTATE_DB_CLOSED, "the database does not accept connections");
+        wp_error_detail(err, "database \"%s\" has pg_database.datallowconn = false", db);
+        st = WP_ERR_DENIED;
     }
     PQclear(r);
     prov_pool_put(&p->pools, p->s.admin_database, c, false);
@@ -1013,11 +1085,7 @@ static wp_status claim(prov_ctx *p, prov_lease *l, const char *record, const cha
     char ss[6] = "";
     if (prov_pool_get(&p->pools, l->db, &l->conn, ss, err) != WP_OK) {
         lease_unlock(l);
-        if (strcmp(ss, "3D000") == 0) {
-            wp_error_set(err, WP_SQLSTATE_UNDEFINED_DB, "database \"%s\" does not exist", l->db);
-            return WP_ERR_NOT_FOUND;
-        }
-        return WP_ERR_BACKEND;
+        return checkout_failed(err, l->db, ss);
     }
     wp_status rc = lock_and_read(p, l, schemas, st, err);
     if (rc != WP_OK) {
@@ -1060,6 +1128,68 @@ static wp_status claim_name(prov_ctx *p, prov_lease *l, const id_identity *id, c
                      "cannot provision role: the backend role name is taken");
     }
     return rc;
+}
+
+/* ---- PUBLIC CREATE on schema public ------------------------------------------------------ */
+
+/* Adds db to the checked list; false if it was there already (or out of memory: then
+ * the check is skipped, it is advice, not a guard). */
+static bool public_check_claim(prov_ctx *p, const char *db)
+{
+    pthread_mutex_lock(&p->cache_mu);
+    bool fresh = true;
+    for (db_seen *d = p->public_checked; d && fresh; d = d->next)
+        fresh = strcmp(d->name, db) != 0;
+    size_t n = strlen(db) + 1;
+    db_seen *d = fresh ? malloc(sizeof *d + n) : NULL;
+    if (d) {
+        memcpy(d->name, db, n);
+        d->next = p->public_checked;
+        p->public_checked = d;
+    }
+    pthread_mutex_unlock(&p->cache_mu);
+    return d != NULL;
+}
+
+static void public_check_release(prov_ctx *p, const char *db)
+{
+    pthread_mutex_lock(&p->cache_mu);
+    for (db_seen **pp = &p->public_checked; *pp; pp = &(*pp)->next) {
+        if (strcmp((*pp)->name, db) == 0) {
+            db_seen *d = *pp;
+            *pp = d->next;
+            free(d);
+            break;
+        }
+    }
+    pthread_mutex_unlock(&p->cache_mu);
+}
+
+/* PostgreSQL 14 and older let PUBLIC create in schema public by default (and a database
+ * upgraded from one keeps that ACL): every caller, a readonly one included, can then
+ * create tables there. That is the server's grant, not Waypoint's, so it is not revoked
+ * here; the first time Waypoint provisions in a database (per process) it looks once,
+ * on the locked connection c, and logs one warning naming the database and the fix. A
+ * failed look is tried again at the next connect. */
+static void check_public_create(prov_ctx *p, PGconn *c, const char *db)
+{
+    if (p->dialect != PROV_DIALECT_POSTGRES || !public_check_claim(p, db))
+        return;
+    PGresult *r = run(c,
+                      "SELECT EXISTS (SELECT 1 FROM pg_namespace n WHERE n.nspname = 'public' "
+                      "AND has_schema_privilege('public', n.oid, 'CREATE'))",
+                      0, NULL, NULL);
+    if (!r) {
+        public_check_release(p, db);
+        return;
+    }
+    if (PQgetvalue(r, 0, 0)[0] == 't')
+        log_kv(WP_LOG_WARN, "prov_public_create", "listener", p->s.listener_name, "database", db,
+               "reason",
+               "PUBLIC may CREATE in schema public (the default before PostgreSQL 15): every "
+               "caller can create objects there, whatever its grant",
+               "fix", "REVOKE CREATE ON SCHEMA public FROM PUBLIC", (char *)NULL);
+    PQclear(r);
 }
 
 /* ---- ownership ------------------------------------------------------------------------- */
@@ -1201,6 +1331,7 @@ static wp_status ensure_locked(prov_ctx *p, prov_lease *l, const id_identity *id
         free(record);
         return rc;
     }
+    check_public_create(p, l->conn, l->db);
     bool raw = g->nsql > 0 && g->downgrade == GRANT_PRESET_NONE;
     if (raw && (rc = rawsql_prepare(p, id, l->db, l->role, g, &stmts, err)) != WP_OK) {
         free(record);
@@ -1436,13 +1567,17 @@ static wp_status ensure_orphans(prov_ctx *p, PGconn *c, char name[ID_ROLE_MAX + 
 static bool reassign_in_db(PGconn *dc, const char *role, const char *qr, const char *qo)
 {
     const char *vals[1] = {role};
+    /* pg_identify_object runs through LATERAL, so only on this role's rows: as a plain
+     * target-list call the planner pushed "x.s IS NOT NULL" down to the pg_shdepend scan,
+     * and on PostgreSQL 14 and older that meets the pin rows (classid 0) and fails with
+     * "unrecognized object class: 0". */
     PGresult *r = run(dc,
-                      "SELECT coalesce(string_agg(DISTINCT quote_ident(x.s), ', '), '') FROM "
-                      "(SELECT (pg_identify_object(d.classid, d.objid, d.objsubid)).schema AS s "
+                      "SELECT coalesce(string_agg(DISTINCT quote_ident(x.schema), ', '), '') "
                       "FROM pg_shdepend d JOIN pg_database db ON db.oid = d.dbid AND db.datname "
-                      "= current_database() JOIN pg_roles a ON a.oid = d.refobjid WHERE "
+                      "= current_database() JOIN pg_roles a ON a.oid = d.refobjid, LATERAL "
+                      "pg_identify_object(d.classid, d.objid, d.objsubid) AS x WHERE "
                       "d.refclassid = 'pg_authid'::regclass AND d.deptype = 'o' AND a.rolname "
-                      "= $1) AS x WHERE x.s IS NOT NULL",
+                      "= $1 AND x.schema IS NOT NULL",
                       1, vals, NULL);
     if (!r)
         return false;
@@ -1498,8 +1633,8 @@ static bool cleanup_one(prov_ctx *p, PGconn *c, const char *lockdb, const char *
 {
     const char *vals[1] = {role};
     PGresult *r = run(c,
-                      "SELECT shobj_description(oid, 'pg_authid'), rolvaliduntil < now() "
-                      "AND " PROV_SQL_ADMIN_MADE("oid") " FROM pg_roles WHERE rolname = $1",
+                      "SELECT shobj_description(r.oid, 'pg_authid'), r.rolvaliduntil < now() "
+                      "AND " PROV_SQL_ADMIN_MADE("r.oid") " FROM pg_roles r WHERE r.rolname = $1",
                       1, vals, NULL);
     bool still = r && PQntuples(r) == 1 && !PQgetisnull(r, 0, 0) &&
                  strcmp(PQgetvalue(r, 0, 0), record) == 0 && PQgetvalue(r, 0, 1)[0] == 't';
@@ -1580,31 +1715,28 @@ wp_status prov_cleanup(prov_ctx *p, int *dropped, wp_error *err)
     const char *vals[1] = {PROV_ROLE_RECORD_PREFIX};
     PGresult *r = NULL;
     char orphans[ID_ROLE_MAX + 1];
-    /* Two attempts: a pooled connection may have died with a backend restart since it
-     * was last used, and only a query tells. */
-    for (int attempt = 0; attempt < 2 && !r; attempt++) {
-        PGconn *c = NULL;
-        if (prov_pool_get(&p->pools, p->s.admin_database, &c, NULL, err) != WP_OK)
-            return WP_ERR_BACKEND;
-        r = run(c,
-                "SELECT rolname, shobj_description(oid, 'pg_authid') FROM pg_roles "
-                "WHERE rolvaliduntil < now() AND left(shobj_description(oid, "
-                "'pg_authid'), length($1)) = $1 AND " PROV_SQL_ADMIN_MADE("oid"),
-                1, vals, NULL);
-        bool broken = PQstatus(c) == CONNECTION_BAD;
-        if (!r && (!broken || attempt == 1))
-            set_backend_err(err, "cleanup_list", c);
-        wp_status ost = r && PQntuples(r) > 0 ? ensure_orphans(p, c, orphans, err) : WP_OK;
-        prov_pool_put(&p->pools, p->s.admin_database, c, broken);
-        if (ost != WP_OK) {
-            PQclear(r);
-            return ost;
-        }
-        if (!r && !broken)
-            return WP_ERR_BACKEND;
-    }
-    if (!r)
+    PGconn *c = NULL;
+    if (prov_pool_get(&p->pools, p->s.admin_database, &c, NULL, err) != WP_OK)
         return WP_ERR_BACKEND;
+    for (int attempt = 0; !r; attempt++) {
+        r = run(c,
+                "SELECT r.rolname, shobj_description(r.oid, 'pg_authid') FROM pg_roles r "
+                "WHERE r.rolvaliduntil < now() AND left(shobj_description(r.oid, "
+                "'pg_authid'), length($1)) = $1 AND " PROV_SQL_ADMIN_MADE("r.oid"),
+                1, vals, NULL);
+        if (!r && !reconnect_once(&p->pools, p->s.admin_database, &c, attempt, NULL, err))
+            break;
+    }
+    if (!r && c)
+        set_backend_err(err, "cleanup_list", c);
+    wp_status ost = !r                 ? WP_ERR_BACKEND
+                    : PQntuples(r) > 0 ? ensure_orphans(p, c, orphans, err)
+                                       : WP_OK;
+    prov_pool_put(&p->pools, p->s.admin_database, c, c && PQstatus(c) == CONNECTION_BAD);
+    if (ost != WP_OK) {
+        PQclear(r);
+        return ost;
+    }
     for (int i = 0; i < PQntuples(r); i++) {
         const char *rec = PQgetvalue(r, i, 1);
         if (!id_record_is_waypoint(rec) || !prov_record_is_role(rec))
@@ -1683,7 +1815,8 @@ static bool reuse_groups_current(prov_ctx *p, const char *db, const grant_effect
         const char *gn = json_string_value(json_array_get(m, 0));
         if (!gn || !prov_record_is_group(json_string_value(json_array_get(m, 1))))
             continue;
-        if (!name_in(want, g->npairs, gn))
+        /* Not wanted, or (PostgreSQL 16+) its options need fixing: a refresh does it. */
+        if (!name_in(want, g->npairs, gn) || json_is_true(json_array_get(m, 2)))
             return false;
         have++;
     }

@@ -43,6 +43,7 @@
 #include <sys/socket.h>
 
 #define RELAY_TELL_WAIT_MS 1000    /* bringing the client to a boundary when stopping */
+#define RELAY_BOUNDARY_WAIT_MS 2000 /* time to finish a message before a held Terminate */
 #define RELAY_LAST_WORDS_MAX 65536 /* a stopped backend's last messages passed on, bytes */
 
 void relay_framer_init(relay_framer *f)
@@ -353,7 +354,7 @@ static relay_end relay_serve(relay_loop *L, relay_dir *d)
     case MOVE_FAIL:
         return fail;
     case MOVE_HELD: /* what came before the Terminate must still reach the backend */
-        if (dir_pending(d) && !relay_flush_wait(d, wp_now_ms() + RELAY_TELL_WAIT_MS))
+        if (dir_pending(d) && !relay_flush_wait(d, wp_now_ms() + RELAY_BOUNDARY_WAIT_MS))
             return d->write_fail;
         return RELAY_CLIENT_TERMINATE;
     case MOVE_EOF:

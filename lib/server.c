@@ -194,7 +194,8 @@ static int srv_env_listener(srv_env *e, srv_env *old, size_t i)
     e->env.listeners[i].cfg = l;
     if (srv_prov_get(cfg, l, old, &e->provs[i], &err) != WP_OK) {
         log_kv(WP_LOG_ERROR, "admin_login_failed", "listener", l->name, "backend_host",
-               l->backend_host, "admin_user", l->admin_user, "error", err.message, (char *)NULL);
+               l->backend_host, "admin_user", l->admin_user, "error", err.message, "detail",
+               err.detail, (char *)NULL);
         return 0;
     }
     e->env.listeners[i].prov = e->provs[i]->ctx;

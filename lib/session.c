@@ -158,6 +158,26 @@ static int sess_refuse_private(sess *s, wp_error *e)
     return sess_refuse(s, e, reason);
 }
 
+/* Refusal on the backend side (connect, backend TLS, provisioning, upstream login). The
+ * modules say what kind of failure it was in err.message and keep the backend's own
+ * words, its address and the admin role in err.detail (log-only); the client learns
+ * the listener and database it asked for and that kind, nothing about the backend.
+ * A missing database keeps PostgreSQL's own 3D000 wording, as a direct login would. */
+static int sess_refuse_backend(sess *s, wp_error *e)
+{
+    if (strcmp(e->sqlstate, WP_SQLSTATE_UNDEFINED_DB) != 0) {
+        char kind[sizeof(e->message)];
+        snprintf(kind, sizeof(kind), "%s", e->message[0] ? e->message : "backend failure");
+        snprintf(e->message, sizeof(e->message),
+                 "cannot connect to database \"%.200s\" through listener \"%.64s\": %.200s",
+                 s->database ? s->database : "", s->lc->name, kind);
+        if (e->detail[0] && !e->hint[0])
+            snprintf(e->hint, sizeof(e->hint), "%s",
+                     "The reason is in the Waypoint log; ask its operator.");
+    }
+    return sess_refuse_private(s, e);
+}
+
 static int sess_refuse_msg(sess *s, const char *sqlstate, const char *reason, const char *msg)
 {
     wp_error e;
@@ -585,16 +605,12 @@ static int sess_provision_and_login(sess *s)
     wp_error_clear(&e);
     wp_status st = up_connect(&s->up, s->lc->backend_host, s->lc->backend_port, s->lc->backend_tls,
                               s->lc->backend_ca_file, s->deadline_ms, &e);
-    if (st != WP_OK) {
-        if (st == WP_ERR_TIMEOUT)
-            wp_error_set(&e, WP_SQLSTATE_CONN_FAILURE, "%s",
-                         "timeout while connecting to the backend");
-        return sess_refuse_private(s, &e);
-    }
+    if (st != WP_OK)
+        return sess_refuse_backend(s, &e);
     s->up_open = 1;
     prov_lease *lease = NULL;
     if (prov_ensure_role(s->lsn->prov, s->id, s->database, s->grant, &lease, &e) != WP_OK)
-        return sess_refuse_private(s, &e);
+        return sess_refuse_backend(s, &e);
     snprintf(s->role, sizeof(s->role), "%s", prov_lease_role(lease));
     s->ps.expiry_set_ms = wp_now_ms(); /* the password write set VALID UNTIL now + ttl */
 
@@ -609,11 +625,7 @@ static int sess_provision_and_login(sess *s)
     prov_lease_release(lease); /* the password may rotate again from here on */
     if (st == WP_OK)
         return 1;
-    if (st == WP_ERR_BACKEND && e.sqlstate[0])
-        return sess_refuse(s, &e, "backend refused the login"); /* backend's own words */
-    if (st == WP_ERR_TIMEOUT)
-        wp_error_set(&e, WP_SQLSTATE_CONN_FAILURE, "%s", "timeout while connecting to the backend");
-    return sess_refuse_private(s, &e);
+    return sess_refuse_backend(s, &e);
 }
 
 /* ----------------------------------- 6. AuthenticationOk .. ReadyForQuery ---- */

@@ -259,15 +259,35 @@ static wp_status on_negotiate(login *l, const unsigned char *body, size_t len)
     return WP_OK;
 }
 
+/* The backend refused the login. Its SQLSTATE is the client's, its words are not: they
+ * can name hosts and pg_hba rules ("no pg_hba.conf entry for host ..."), so they go to
+ * the detail (logged, never sent). A missing database keeps PostgreSQL's own message,
+ * which names only what the client asked for. */
+static wp_status on_error(login *l, const pgw_buf *b)
+{
+    wp_error be;
+    wp_error_clear(&be);
+    if (pgw_parse_error(b->data, b->len, &be) != WP_OK)
+        return bad_backend(l, "malformed ErrorResponse from the backend");
+    if (strcmp(be.sqlstate, WP_SQLSTATE_UNDEFINED_DB) == 0) {
+        be.detail[0] = be.hint[0] = '\0';
+        *l->err = be;
+        return WP_ERR_BACKEND;
+    }
+    wp_error_set(l->err, be.sqlstate[0] ? be.sqlstate : WP_SQLSTATE_INVALID_AUTH, "%s",
+                 "the backend refused the login");
+    wp_error_detail(l->err, "backend: %s%s%s", be.message, be.detail[0] ? " DETAIL: " : "",
+                    be.detail);
+    return WP_ERR_BACKEND;
+}
+
 static wp_status on_message(login *l, char type, const pgw_buf *b, int *done)
 {
     switch (type) {
     case PGW_MSG_AUTH:
         return on_auth(l, b->data, b->len, done);
     case PGW_MSG_ERROR:
-        if (pgw_parse_error(b->data, b->len, l->err) != WP_OK)
-            return bad_backend(l, "malformed ErrorResponse from the backend");
-        return WP_ERR_BACKEND;
+        return on_error(l, b);
     case PGW_MSG_NOTICE:
         return WP_OK;
     case PGW_MSG_NEGOTIATE:
@@ -281,6 +301,8 @@ static wp_status read_error(wp_error *err, wp_status st)
 {
     if (st == WP_ERR_PROTOCOL || st == WP_ERR_TOO_LARGE)
         return fail(err, st, WP_SQLSTATE_PROTOCOL, "malformed message from the backend");
+    if (st == WP_ERR_TIMEOUT)
+        return fail(err, st, WP_SQLSTATE_CONN_FAILURE, "timeout while logging in to the backend");
     wp_error_set(err, WP_SQLSTATE_CONN_FAILURE, "lost the backend during login: %s",
                  wp_status_str(st));
     return st;

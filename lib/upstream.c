@@ -8,8 +8,10 @@
  * TCP_NODELAY (the protocol is request/response; Nagle would add latency to every
  * small message) and SO_KEEPALIVE (long idle sessions across NAT/firewalls), and
  * finally negotiates TLS per backend_tls (tls_client_start). Every failure is
- * WP_ERR_BACKEND / 08006 with a message naming host:port, which session.c relays to
- * the client as is.
+ * WP_ERR_BACKEND (WP_ERR_TIMEOUT past the deadline) / 08006 with a message that says
+ * only what kind of failure it was (unreachable, timeout, TLS): callers must not learn
+ * the backend's address or its TLS details, so those go to err.detail, which session.c
+ * logs and never sends.
  *
  * Cancel requests go over a fresh plaintext connection. All PostgreSQL versions (and
  * CockroachDB) accept that, pg_hba.conf is not consulted for cancels, and the 4-byte key
@@ -25,6 +27,7 @@
 #include <netinet/in.h>
 #include <netinet/tcp.h>
 #include <poll.h>
+#include <stdbool.h>
 #include <stdio.h>
 #include <string.h>
 #include <sys/socket.h>
@@ -120,15 +123,18 @@ wp_status up_connect(up_conn *c, const char *host, int port, cfg_backend_tls mod
     char addr[300], why[256];
     fmt_addr(addr, sizeof(addr), host, port);
     if (port <= 0 || port > 65535) {
-        wp_error_set(err, WP_SQLSTATE_CONN_FAILURE, "could not connect to backend %s: bad port",
-                     addr);
+        wp_error_set(err, WP_SQLSTATE_CONN_FAILURE, "the backend is not reachable");
+        wp_error_detail(err, "could not connect to backend %s: bad port", addr);
         return WP_ERR_BACKEND;
     }
     int fd = tcp_connect(host, port, deadline_ms, why, sizeof(why));
     if (fd < 0) {
-        wp_error_set(err, WP_SQLSTATE_CONN_FAILURE, "could not connect to backend %s: %s", addr,
-                     why);
-        return WP_ERR_BACKEND;
+        bool timeout = strcmp(why, "timed out") == 0;
+        wp_error_set(err, WP_SQLSTATE_CONN_FAILURE, "%s",
+                     timeout ? "timeout while connecting to the backend"
+                             : "the backend is not reachable");
+        wp_error_detail(err, "could not connect to backend %s: %s", addr, why);
+        return timeout ? WP_ERR_TIMEOUT : WP_ERR_BACKEND;
     }
     int is_tls = 0;
     wp_error terr;
@@ -137,11 +143,12 @@ wp_status up_connect(up_conn *c, const char *host, int port, cfg_backend_tls mod
                                     c->cb_hash, &c->cb_len, &terr);
     if (st != WP_OK) {
         close(fd);
-        wp_error_set(err, WP_SQLSTATE_CONN_FAILURE, "could not connect to backend %s: %s", addr,
-                     terr.message);
-        if (terr.hint[0])
-            wp_error_hint(err, "%s", terr.hint);
-        return WP_ERR_BACKEND;
+        wp_error_set(err, WP_SQLSTATE_CONN_FAILURE, "%s",
+                     st == WP_ERR_TIMEOUT ? "timeout while setting up TLS to the backend"
+                                          : "TLS to the backend failed");
+        wp_error_detail(err, "TLS to backend %s (backend_tls) failed: %s%s%s", addr, terr.message,
+                        terr.hint[0] ? "; " : "", terr.hint);
+        return st == WP_ERR_TIMEOUT ? WP_ERR_TIMEOUT : WP_ERR_BACKEND;
     }
     c->fd = fd;
     c->tls = is_tls ? c->io.impl : NULL;

@@ -28,14 +28,19 @@ typedef struct up_conn {
 } up_conn;
 
 /* TCP connect with timeout, then TLS according to mode/ca_file (server name = host).
- * Failures: WP_ERR_BACKEND with SQLSTATE 08006 and a message naming host:port. */
+ * Failures: WP_ERR_BACKEND (WP_ERR_TIMEOUT past the deadline) with SQLSTATE 08006, a
+ * message for the client that names no address, and the details (host:port, errno, TLS
+ * error) in err->detail, for the log only. */
 wp_status up_connect(up_conn *c, const char *host, int port, cfg_backend_tls mode,
                      const char *ca_file, int64_t deadline_ms, wp_error *err);
 void up_close(up_conn *c);
 
 /* Sends StartupMessage(version, params) and authenticates as user/password.
- * A backend ErrorResponse is copied to err (its own SQLSTATE, e.g. 28P01 or 3D000) and
- * WP_ERR_BACKEND returned; unsupported methods are WP_ERR_UNSUPPORTED naming the method. */
+ * A backend ErrorResponse gives WP_ERR_BACKEND with the backend's SQLSTATE (e.g. 28P01)
+ * and "the backend refused the login"; its own message goes to err->detail (log-only:
+ * it may name hosts, pg_hba lines or roles). Only 3D000 keeps the backend's message, as
+ * a direct login would show it. Unsupported methods are WP_ERR_UNSUPPORTED naming the
+ * method; a deadline passing is WP_ERR_TIMEOUT. */
 wp_status up_login(up_conn *c, uint32_t version, const pgw_param *params, size_t nparams,
                    const char *user, const char *password, int64_t deadline_ms, wp_error *err);
 

@@ -99,11 +99,16 @@ free_port() {
     python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'
 }
 
-# e2e_cluster [pgcluster.sh start options]: a cluster in $T/pg; sets PG_PORT.
+# e2e_cluster [pgcluster.sh start options]: a cluster in $T/pg; sets PG_PORT, PG_MAJOR
+# (the server's major version: ctest runs each e2e test once per version through
+# WP_PG_BIN, and tests branch on PG_MAJOR where PostgreSQL's behaviour differs) and
+# PG_BINDIR.
 e2e_cluster() {
     "$PGCLUSTER" start "$T/pg" --owner-pid $$ "$@" >/dev/null
     # shellcheck disable=SC1091
     PG_PORT=$(. "$T/pg/cluster.env" && echo "$PORT")
+    PG_MAJOR=$(. "$T/pg/cluster.env" && echo "$PG_MAJOR")
+    PG_BINDIR=$(. "$T/pg/cluster.env" && echo "$BINDIR")
 }
 
 # Runs SQL on appdb as the superuser (setup and inspection, never through Waypoint).
@@ -159,7 +164,7 @@ e2e_standin() {
 
 # e2e_config [extra [[listeners]] lines] -- (re)writes $T/waypoint.toml for pg-main on a free
 # port. Environment knobs: E2E_SERVER (lines for [server]), E2E_TOP (lines placed
-# before [server], e.g. a [revalidation] section).
+# before [server], e.g. a [revalidation] section), E2E_BACKEND_HOST (default 127.0.0.1).
 e2e_config() {
     WP_PORT=${WP_PORT:-$(free_port)} # kept when rewriting the file for a reload
     local extra=${1:-}
@@ -179,7 +184,7 @@ ${E2E_SERVER:-}
 name = "pg-main"
 listen = "127.0.0.1:$WP_PORT"
 mode = "postgres"
-backend = "127.0.0.1:$PG_PORT"
+backend = "${E2E_BACKEND_HOST:-127.0.0.1}:$PG_PORT"
 backend_tls = "disable"
 $extra
 

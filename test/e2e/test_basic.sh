@@ -86,3 +86,15 @@ assert b"wp_alice_laptop_appdb" in data, data
 s.sendall(b"X\0\0\0\4")
 PY
 pass "GSSENCRequest answered N; protocol 3.2 negotiated down to 3.0"
+
+# PostgreSQL 18's own libpq asks for protocol 3.2 when told to; Waypoint answers with
+# NegotiateProtocolVersion (3.0) and the session works. Older servers ship older clients
+# that cannot ask, so this runs only against 18 and later.
+if [ "$PG_MAJOR" -ge 18 ]; then
+    out=$("$PG_BINDIR/psql" -X -qAt "$(wp_conninfo max_protocol_version=3.2)" \
+        -c "SELECT current_user" 2>&1)
+    assert_eq "wp_alice_laptop_appdb" "$out" "libpq $PG_MAJOR with max_protocol_version=3.2"
+    out=$("$PG_BINDIR/psql" -X -qAt "$(wp_conninfo min_protocol_version=3.2)" \
+        -c "SELECT 1" 2>&1) && fail "min_protocol_version=3.2 was accepted at 3.0: $out"
+    assert_contains "$out" "protocol version" "libpq $PG_MAJOR refuses to go below 3.2 when asked"
+fi

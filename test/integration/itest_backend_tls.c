@@ -219,11 +219,13 @@ static void test_ssl_cluster_verify_full(void **state)
     /* Right CA, wrong name: the certificate is for localhost, not 127.0.0.1. */
     assert_int_equal(connect_fail(&ssl_pg, "127.0.0.1", CFG_BTLS_VERIFY_FULL, ca_crt, &err),
                      WP_ERR_BACKEND);
-    assert_non_null(strstr(err.message, "verification failed"));
+    assert_string_equal(err.message, "TLS to the backend failed");
+    assert_non_null(strstr(err.detail, "verification failed"));
     /* Right name, wrong CA. */
     assert_int_equal(connect_fail(&ssl_pg, "localhost", CFG_BTLS_VERIFY_FULL, other_ca, &err),
                      WP_ERR_BACKEND);
-    assert_non_null(strstr(err.message, "verification failed"));
+    assert_string_equal(err.message, "TLS to the backend failed");
+    assert_non_null(strstr(err.detail, "verification failed"));
 }
 
 static void test_plain_cluster(void **state)
@@ -231,12 +233,16 @@ static void test_plain_cluster(void **state)
     (void)state;
     wp_error err;
     char want[128];
-    snprintf(want, sizeof(want), "could not connect to backend 127.0.0.1:%d: ", plain_pg.port);
+    /* What fails goes to the client (err.message); where and why only to the log. */
+    snprintf(want, sizeof(want),
+             "TLS to backend 127.0.0.1:%d (backend_tls) failed: ", plain_pg.port);
     connect_fail(&plain_pg, "127.0.0.1", CFG_BTLS_REQUIRE, NULL, &err);
-    assert_non_null(strstr(err.message, want));
-    assert_non_null(strstr(err.message, "does not support SSL"));
+    assert_string_equal(err.message, "TLS to the backend failed");
+    assert_non_null(strstr(err.detail, want));
+    assert_non_null(strstr(err.detail, "does not support SSL"));
     connect_fail(&plain_pg, "localhost", CFG_BTLS_VERIFY_FULL, ca_crt, &err);
-    assert_non_null(strstr(err.message, "does not support SSL"));
+    assert_string_equal(err.message, "TLS to the backend failed");
+    assert_non_null(strstr(err.detail, "does not support SSL"));
 
     up_conn c;
     connect_ok(&plain_pg, "127.0.0.1", CFG_BTLS_PREFER, NULL, &c);
@@ -269,7 +275,8 @@ static void test_connection_refused(void **state)
     char want[128];
     snprintf(want, sizeof(want), "could not connect to backend 127.0.0.1:%d: Connection refused",
              port);
-    assert_string_equal(err.message, want);
+    assert_string_equal(err.message, "the backend is not reachable");
+    assert_string_equal(err.detail, want);
     assert_string_equal(err.sqlstate, "08006");
 }
 
@@ -352,8 +359,9 @@ static void login_over_tls(int corrupt, wp_status want)
         size_t len;
         while (read_msg(&c, body, sizeof(body), &len) != 'Z')
             ;
-    } else {
-        assert_non_null(strstr(err.message, "channel binding"));
+    } else { /* the backend's own words are for the log only */
+        assert_string_equal(err.message, "the backend refused the login");
+        assert_non_null(strstr(err.detail, "channel binding"));
     }
     up_close(&c);
 }

@@ -197,8 +197,25 @@ static void test_fake_error_response(void **state)
     assert_int_equal(fake_login(&f, PGW_PROTO_30, &err), WP_ERR_BACKEND);
     assert_string_equal(err.sqlstate, "28P01");
     assert_string_equal(err.severity, "FATAL");
-    assert_non_null(strstr(err.message, "password authentication failed"));
+    /* The client learns what kind of failure; the backend's words go to the log. */
+    assert_string_equal(err.message, "the backend refused the login");
+    assert_non_null(strstr(err.detail, "password authentication failed"));
     assert_no_password(&err);
+    fake_close(&f);
+}
+
+/* A missing database keeps the backend's own 3D000 message, as a direct login shows it. */
+static void test_fake_error_missing_database(void **state)
+{
+    (void)state;
+    fake f;
+    fake_open(&f, 0);
+    const char e[] = "SFATAL\0VFATAL\0C3D000\0Mdatabase \"nodb\" does not exist\0\0";
+    script(&f, 'E', e, sizeof(e) - 1);
+    wp_error err;
+    assert_int_equal(fake_login(&f, PGW_PROTO_30, &err), WP_ERR_BACKEND);
+    assert_string_equal(err.sqlstate, "3D000");
+    assert_string_equal(err.message, "database \"nodb\" does not exist");
     fake_close(&f);
 }
 
@@ -473,6 +490,9 @@ static void check_session(up_conn *u, const char *role)
     pgw_buf_free(&b);
 }
 
+/* The protocol version the backend agreed to in the last login() (up_conn.proto). */
+static uint32_t last_proto;
+
 static wp_status login(const pgc_cluster *c, uint32_t version, const char *role,
                        const char *password, int check, wp_error *err)
 {
@@ -481,6 +501,7 @@ static wp_status login(const pgc_cluster *c, uint32_t version, const char *role,
     io_plain_init(&u.io, u.fd);
     pgw_param params[] = {{"database", (char *)c->test_db}, {"application_name", "itest"}};
     wp_status st = up_login(&u, version, params, 2, role, password, soon(), err);
+    last_proto = u.proto;
     if (st == WP_OK && check)
         check_session(&u, role);
     close(u.fd);
@@ -503,11 +524,14 @@ static void run_cluster(const char *auth, const char *pwenc)
     wp_status st = login(&c, PGW_PROTO_30, role, PASSWORD, 1, &err);
     if (st != WP_OK)
         fail_msg("%s: up_login: %s (%s %s)", auth, wp_status_str(st), err.sqlstate, err.message);
-    /* 3.2 against PostgreSQL 15: the backend negotiates down to 3.0 */
+    assert_int_equal(last_proto, PGW_PROTO_30);
+    /* 3.2: PostgreSQL 18 speaks it (and sends a 32-byte cancel key); older servers
+     * negotiate down to 3.0 with NegotiateProtocolVersion. */
     st = login(&c, PGW_PROTO_32, role, PASSWORD, 1, &err);
     if (st != WP_OK)
         fail_msg("%s 3.2: up_login: %s (%s %s)", auth, wp_status_str(st), err.sqlstate,
                  err.message);
+    assert_int_equal(last_proto, c.major >= 18 ? PGW_PROTO_32 : PGW_PROTO_30);
 
     st = login(&c, PGW_PROTO_30, role, "wrong-" PASSWORD, 0, &err);
     if (strcmp(auth, "trust") == 0) {
@@ -551,6 +575,7 @@ int main(void)
         cmocka_unit_test(test_fake_cleartext),
         cmocka_unit_test(test_fake_md5),
         cmocka_unit_test(test_fake_error_response),
+        cmocka_unit_test(test_fake_error_missing_database),
         cmocka_unit_test(test_fake_unsupported_methods),
         cmocka_unit_test(test_fake_sasl_without_scram),
         cmocka_unit_test(test_fake_method_switch),

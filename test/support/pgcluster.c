@@ -62,9 +62,13 @@ int pgc_start(pgc_cluster *c, const char *auth, const char *pwenc, const char *e
             snprintf(c->admin_password, sizeof(c->admin_password), "%s", v);
         else if (strcmp(line, "TEST_DB") == 0)
             snprintf(c->test_db, sizeof(c->test_db), "%s", v);
+        else if (strcmp(line, "PG_MAJOR") == 0)
+            c->major = atoi(v);
+        else if (strcmp(line, "BINDIR") == 0)
+            snprintf(c->bindir, sizeof(c->bindir), "%s", v);
     }
     int rc = pclose(f);
-    if (rc != 0 || c->port == 0) {
+    if (rc != 0 || c->port == 0 || c->major == 0) {
         fprintf(stderr, "pgcluster: start failed (rc=%d)\n", rc);
         return -1;
     }

@@ -18,6 +18,8 @@ typedef struct pgc_cluster {
     char admin_user[64];
     char admin_password[64];
     char test_db[64];
+    int major;        /* server major version (14..18), from the harness's PG_MAJOR */
+    char bindir[256]; /* the server's bin dir (WP_PG_BIN, or Debian's) */
 } pgc_cluster;
 
 /* auth: trust | password | md5 | scram-sha-256; pwenc: scram-sha-256 | md5;

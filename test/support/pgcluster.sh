@@ -13,6 +13,12 @@
 #   pgcluster.sh stop DIR      stop the server and delete DIR
 #   pgcluster.sh psql DIR [psql args]   run psql as the superuser over the unix socket
 #
+# Server version: WP_PG_BIN names the bin directory to use (initdb, pg_ctl, postgres,
+# psql), e.g. /var/cache/waypoint/pg/18/bin from scripts/pg-versions.sh; without it,
+# Debian's newest /usr/lib/postgresql/*/bin (15 on Debian 12). cluster.env records
+# BINDIR and the server's major version as PG_MAJOR, so tests can say which behaviour
+# they expect where versions differ.
+#
 # The admin role (wp_admin / adminpw, CREATEROLE, owner of database appdb) is what the
 # provisioning code logs in as. The superuser is reached only through the unix socket in
 # DIR with trust, for test setup. Each cluster has its own dir and port, so tests run in
@@ -25,6 +31,14 @@ TEST_DB=appdb
 
 pg_bindir() {
     local d
+    if [ -n "${WP_PG_BIN:-}" ]; then
+        if [ ! -x "$WP_PG_BIN/initdb" ]; then
+            echo "pgcluster: no initdb in WP_PG_BIN=$WP_PG_BIN (install it: scripts/pg-versions.sh MAJOR)" >&2
+            exit 1
+        fi
+        echo "$WP_PG_BIN"
+        return
+    fi
     for d in $(ls -d /usr/lib/postgresql/*/bin 2>/dev/null | sort -V -r); do
         if [ -x "$d/initdb" ]; then
             echo "$d"
@@ -36,6 +50,14 @@ pg_bindir() {
 }
 
 BIN=$(pg_bindir)
+
+# Major version of the server binaries ("postgres (PostgreSQL) 18.6" -> 18).
+pg_major() {
+    local v
+    v=$("$BIN/postgres" -V) || exit 1
+    v=${v#*) }
+    echo "${v%%.*}"
+}
 
 as_pg() {
     if [ "$(id -u)" -eq 0 ]; then
@@ -149,6 +171,7 @@ ADMIN_USER=$ADMIN_USER
 ADMIN_PASSWORD=$ADMIN_PASSWORD
 TEST_DB=$TEST_DB
 BINDIR=$BIN
+PG_MAJOR=$(pg_major)
 ENV
     cat "$dir/cluster.env"
 }

@@ -170,25 +170,39 @@ static void test_group_privileges_sql(void **state)
 static void test_role_state_sql(void **state)
 {
     (void)state;
-    char *pg = prov_sql_role_state(PROV_DIALECT_POSTGRES, NULL);
+    char *pg = prov_sql_role_state(PROV_DIALECT_POSTGRES, NULL, false);
     assert_non_null(pg);
     assert_non_null(strstr(pg, "shobj_description(r.oid, 'pg_authid')"));
     assert_non_null(strstr(pg, "c.oid > s.w::oid")); /* watermark: no per-table scan */
     assert_null(strstr(pg, "@RECORDS@"));
+    assert_null(strstr(pg, "@MEMBERFIX@"));
+    assert_null(strstr(pg, "set_option")); /* no such column before PostgreSQL 16 */
     free(pg);
-    char *cr = prov_sql_role_state(PROV_DIALECT_COCKROACH, "\"admin\".public.waypoint_roles");
+    pg = prov_sql_role_state(PROV_DIALECT_POSTGRES, NULL, true);
+    assert_non_null(pg);
+    assert_non_null(strstr(pg, "m.set_option OR NOT m.inherit_option OR m.admin_option"));
+    free(pg);
+    /* Membership options from PostgreSQL 16 on, never on CockroachDB. */
+    assert_false(prov_member_options(PROV_DIALECT_POSTGRES, 150013));
+    assert_true(prov_member_options(PROV_DIALECT_POSTGRES, 160000));
+    assert_true(prov_member_options(PROV_DIALECT_POSTGRES, 180006));
+    assert_false(prov_member_options(PROV_DIALECT_COCKROACH, 160000));
+    assert_string_equal(prov_sql_member_options(true),
+                        " WITH INHERIT TRUE, SET FALSE, ADMIN FALSE");
+    assert_string_equal(prov_sql_member_options(false), "");
+    char *cr = prov_sql_role_state(PROV_DIALECT_COCKROACH, "\"admin\".public.waypoint_roles", true);
     assert_non_null(cr);
     assert_null(strstr(cr, "@RECORDS@"));
     assert_null(strstr(cr, "shobj_description"));
     assert_non_null(strstr(cr, "FROM \"admin\".public.waypoint_roles w WHERE"));
     free(cr);
-    assert_null(prov_sql_role_state(PROV_DIALECT_COCKROACH, NULL));
+    assert_null(prov_sql_role_state(PROV_DIALECT_COCKROACH, NULL, false));
 }
 
 static void test_ownership_sql(void **state)
 {
     (void)state;
-    char *pg = prov_sql_role_state(PROV_DIALECT_POSTGRES, NULL);
+    char *pg = prov_sql_role_state(PROV_DIALECT_POSTGRES, NULL, false);
     assert_non_null(pg);
     /* Owned schemas by the role's OID (pg_shdepend's reference index), temp schemas out. */
     assert_non_null(strstr(pg, "d.refclassid = 'pg_catalog.pg_authid'::regclass AND "
