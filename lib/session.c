@@ -333,12 +333,14 @@ static int sess_started(sess *s)
 }
 
 /* The WhoIs result for this connection: the one made at accept, else a fresh one. A
- * failed answer at accept is asked again: a userspace-networking tailscaled registers
- * its dial's local ip:port only after the dial returned (tailscale#1616), so a genuine
- * caller can be unknown at accept; once its first packet is in, the mapping exists. */
+ * "no match" at accept is asked again: a userspace-networking tailscaled registers its
+ * dial's local ip:port only after the dial returned (tailscale#1616), so a genuine
+ * caller can be unknown at accept; once its first packet is in, the mapping exists.
+ * Other failures (timeout, tailscaled down) stand: asking again would only double the
+ * wait of a caller that is refused either way. */
 static wp_status sess_whois(sess *s, id_identity **id, wp_error *e)
 {
-    if (s->early && s->early_st != WP_OK) {
+    if (s->early && s->early_st == WP_ERR_NOT_FOUND) {
         s->early = 0;
         wp_error_clear(e);
     }
