@@ -40,6 +40,7 @@ typedef struct pool_entry {
     struct pool_entry *next;
     uint64_t id;
     char *listener, *owner, *grant, *params;
+    uint64_t generation;
     pool_session s;
     int64_t expires_ms;
     size_t bytes;
@@ -299,6 +300,8 @@ int pool_park(pool *p, const pool_key *k, pool_session *s, const pool_limits *li
 {
     if (!p || !s->open || lim->max_total <= 0 || lim->max_per_role <= 0 || lim->lifetime_ms <= 0)
         return 0;
+    if (!k->listener || !k->owner || !k->grant || !k->params)
+        return 0; /* a fingerprint could not be made (out of memory): nothing to match it by */
     pool_entry *e = calloc(1, sizeof(*e));
     if (!e)
         return 0;
@@ -310,6 +313,7 @@ int pool_park(pool *p, const pool_key *k, pool_session *s, const pool_limits *li
         free(e->listener), free(e->owner), free(e->grant), free(e->params), free(e);
         return 0;
     }
+    e->generation = k->generation;
     e->expires_ms = wp_now_ms() + lim->lifetime_ms;
     pool_entry *dead = NULL;
     size_t size = 0;
@@ -356,8 +360,9 @@ int pool_take(pool *p, const pool_key *k, pool_session *out)
             pool_entry *e = *pp;
             if (strcmp(e->owner, k->owner) != 0 || strcmp(e->listener, k->listener) != 0) {
                 pp = &e->next;
-            } else if (strcmp(e->grant, k->grant) != 0 || now >= e->expires_ms) {
-                unlink_to(p, pp, &dead); /* the grant changed since it was parked */
+            } else if (strcmp(e->grant, k->grant) != 0 || e->generation != k->generation ||
+                       now >= e->expires_ms) {
+                unlink_to(p, pp, &dead); /* the grant or the configuration changed */
             } else if (!got && strcmp(e->params, k->params) == 0) {
                 unlink_to(p, pp, &got);
             } else {

@@ -35,9 +35,11 @@ typedef struct pool pool;
  * and copied when a session is parked. */
 typedef struct pool_key {
     const char *listener;
-    const char *owner;  /* id_role_record(): login, node, database, scope */
-    const char *grant;  /* pool_grant_fingerprint() */
-    const char *params; /* pool_params_fingerprint() of the forwarded startup parameters */
+    const char *owner;   /* id_role_record(): login, node, database, scope */
+    const char *grant;   /* pool_grant_fingerprint() */
+    const char *params;  /* pool_params_fingerprint() of the forwarded startup parameters */
+    uint64_t generation; /* the configuration it was set up under (sess_env.generation): a
+                            session parked after a reload is never handed to the new one */
 } pool_key;
 
 /* One ParameterStatus value the backend reported. */

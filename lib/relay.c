@@ -71,6 +71,10 @@ void relay_framer_feed(relay_framer *f, const unsigned char *p, size_t n)
         f->hdr_len = 0;
         f->last_type = (char)f->hdr[0];
         f->msgs++;
+        /* client side: the messages that each get one ReadyForQuery; backend side: the
+         * ReadyForQuery ('S' is ParameterStatus there: each side reads only its own) */
+        f->syncs += f->last_type == 'Q' || f->last_type == 'S' || f->last_type == 'F';
+        f->readies += f->last_type == 'Z';
         if (len < 4) {
             f->broken = 1;
             return;
@@ -344,7 +348,10 @@ static relay_end relay_serve(relay_loop *L, relay_dir *d)
     relay_end fail = 0;
     uint64_t before = d->framer.msgs;
     move_status m = relay_move(d, RELAY_BUF_SIZE, &fail);
-    if (d == &L->b2c && d->framer.msgs != before && d->framer.last_type == 'Z')
+    /* A ReadyForQuery that answers every Query/Sync/FunctionCall sent so far: the client
+     * messages up to here are done (one it sent before that 'Z' came is still open). */
+    if (d == &L->b2c && d->framer.msgs != before && d->framer.last_type == 'Z' &&
+        d->framer.readies == L->c2b.framer.syncs)
         L->client_msgs_at_ready = L->c2b.framer.msgs;
     switch (m) {
     case MOVE_OK:

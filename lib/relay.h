@@ -31,6 +31,8 @@ typedef struct relay_framer {
     char last_status;   /* body byte of the last ReadyForQuery ('I', 'T', 'E'); 0 = none */
     int broken;         /* a length < 4 was seen: framing is lost for good */
     uint64_t msgs;      /* messages whose header completed */
+    uint64_t syncs;     /* client side: Query, Sync, FunctionCall (one ReadyForQuery each) */
+    uint64_t readies;   /* backend side: ReadyForQuery */
 } relay_framer;
 
 void relay_framer_init(relay_framer *f);
@@ -97,7 +99,8 @@ typedef struct relay_result {
     int backend_boundary;        /* backend->client stream ended on a message boundary */
     char backend_last;           /* type of the backend's last message */
     uint64_t client_after_ready; /* client messages read after the backend's last
-                                    ReadyForQuery was read (Terminate included) */
+                                    ReadyForQuery that answered every Query/Sync sent
+                                    before it was read (Terminate included) */
     int at_boundary;             /* backend->client stream ends on a message boundary, so an
                                     ErrorResponse may be appended */
     int backend_stopped;         /* ended by authority and stop_backend reported it gone */

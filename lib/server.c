@@ -82,6 +82,7 @@ typedef struct srv {
     admin_server *admin; /* [admin] socket; NULL when not configured */
     pool *pool;          /* parked backend sessions, shared by all environments */
     adm_table *admit;    /* per-peer unstarted connections, process-wide */
+    uint64_t generation; /* of the last environment built (main thread only) */
     int stop_pipe[2];    /* closing [1] makes [0] readable for every relay */
 
     pthread_t cleaner;
@@ -228,6 +229,7 @@ static srv_env *srv_env_build(srv *s, wp_config *cfg, srv_env *old)
     e->env.obs = s->obs;
     e->env.pool = s->pool;
     e->env.admit = s->admit;
+    e->env.generation = ++s->generation;
     e->env.stop_fd = s->stop_pipe[0];
     e->env.ts = ts_client_new(cfg->ts_socket, cfg->ts_capability, cfg->whois_timeout_ms);
     e->env.listeners = calloc(cfg->nlisteners, sizeof(*e->env.listeners));

@@ -411,9 +411,18 @@ static int sess_started(sess *s)
     return 1;
 }
 
-/* The WhoIs result for this connection: the one made at accept, else a fresh one. */
+/* The WhoIs result for this connection: the one made at accept, else a fresh one. A
+ * "no match" at accept is asked again: a userspace-networking tailscaled registers its
+ * dial's local ip:port only after the dial returned (tailscale#1616), so a genuine
+ * caller can be unknown at accept; once its first packet is in, the mapping exists.
+ * Other failures (timeout, tailscaled down) stand: asking again would only double the
+ * wait of a caller that is refused either way. */
 static wp_status sess_whois(sess *s, id_identity **id, wp_error *e)
 {
+    if (s->early && s->early_st == WP_ERR_NOT_FOUND) {
+        s->early = 0;
+        wp_error_clear(e);
+    }
     if (!s->early)
         return ts_whois(s->env->ts, s->peer, id, e);
     s->early = 0;
@@ -813,6 +822,7 @@ static int sess_pool_key(sess *s)
         const char *scope =
             s->downgrade == GRANT_PRESET_NONE ? NULL : grant_preset_str(s->downgrade);
         s->pk.listener = s->lc->name;
+        s->pk.generation = s->env->generation;
         s->pk.owner = id_role_record(s->id, s->database, scope);
         s->pk.grant = s->grant ? pool_grant_fingerprint(s->grant) : NULL;
         s->pk.params = params ? pool_params_fingerprint(params, n) : NULL;

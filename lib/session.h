@@ -11,6 +11,7 @@
 #define WP_SESSION_H
 
 #include <stddef.h>
+#include <stdint.h>
 
 #include "admit.h"
 #include "cancel.h"
@@ -37,6 +38,7 @@ typedef struct sess_env {
     sess_users *users;        /* process-wide live-connection counts per caller */
     pool *pool;               /* process-wide parked backend sessions; NULL = none */
     adm_table *admit;         /* process-wide unstarted connections per peer */
+    uint64_t generation;      /* this environment's number: parked sessions stay in theirs */
     int stop_fd;              /* readable once open sessions must end; -1 = never */
     obs *obs;                 /* process-wide metrics, session registry, audit; may be NULL */
 } sess_env;

@@ -22,11 +22,14 @@
 
 static void put_msg(int fd, char type, const void *body, size_t len)
 {
-    unsigned char hdr[5] = {(unsigned char)type};
-    pgw_put32(hdr + 1, (uint32_t)(len + 4));
-    assert_int_equal(write(fd, hdr, 5), 5);
+    /* one write: a peer that closes on the first byte (the reaper) must not make a
+     * second write raise SIGPIPE */
+    unsigned char msg[5 + 256] = {(unsigned char)type};
+    assert_true(len <= 256);
+    pgw_put32(msg + 1, (uint32_t)(len + 4));
     if (len)
-        assert_int_equal(write(fd, body, len), (ssize_t)len);
+        memcpy(msg + 5, body, len);
+    assert_int_equal(write(fd, msg, 5 + len), (ssize_t)(5 + len));
 }
 
 /* A session whose backend end is *peer. */
@@ -154,7 +157,7 @@ static void test_reset(void **state)
     }
 }
 
-static const pool_key KEY = {"l", "owner", "grant", "params"};
+static const pool_key KEY = {"l", "owner", "grant", "params", 0};
 
 static void test_park_take(void **state)
 {
@@ -188,6 +191,26 @@ static void test_park_take(void **state)
     k.grant = "narrower";
     assert_int_equal(pool_take(p, &k, &got), 0);
     assert_int_equal(pool_count(p), 0);
+    assert_closed(peer1);
+    /* parked under another configuration (a reload since): closed, never handed out */
+    fake_session(&s, &peer1, "r1");
+    assert_int_equal(pool_park(p, &KEY, &s, &lim), 1);
+    k = KEY;
+    k.generation = KEY.generation + 1;
+    assert_int_equal(pool_take(p, &k, &got), 0);
+    assert_int_equal(pool_count(p), 0);
+    assert_closed(peer1);
+    /* a key whose fingerprint could not be made (out of memory) parks nothing */
+    fake_session(&s, &peer1, "r1");
+    k = KEY;
+    k.grant = NULL;
+    assert_int_equal(pool_park(p, &k, &s, &lim), 0);
+    k = KEY;
+    k.params = NULL;
+    assert_int_equal(pool_park(p, &k, &s, &lim), 0);
+    assert_int_equal(s.open, 1);
+    assert_int_equal(pool_count(p), 0);
+    pool_session_close(&s);
     assert_closed(peer1);
     /* per-role bound: the oldest goes */
     fake_session(&s, &peer1, "r1");
@@ -271,7 +294,21 @@ static void run_terminate(int same_chunk, relay_result *out, unsigned char *back
     pthread_t t;
     assert_int_equal(pthread_create(&t, NULL, rig_main, &g), 0);
     static const unsigned char q[] = {'Q', 0, 0, 0, 5, 0}, x[] = {'X', 0, 0, 0, 4};
-    if (same_chunk) {
+    if (same_chunk == 2) { /* a second query is in before the first one's ReadyForQuery */
+        unsigned char got[6];
+        assert_int_equal(write(g.capp, q, 6), 6);
+        assert_int_equal(read(g.bapp, got, 6), 6);
+        assert_int_equal(write(g.capp, q, 6), 6);
+        assert_int_equal(read(g.bapp, got, 6), 6); /* forwarded: the backend will answer it */
+        put_msg(g.bapp, 'Z', "I", 1);
+        size_t have = 0;
+        while (have < 6) {
+            ssize_t r = read(g.capp, got + have, 6 - have);
+            assert_true(r > 0);
+            have += (size_t)r;
+        }
+        assert_int_equal(write(g.capp, x, 5), 5);
+    } else if (same_chunk) {
         unsigned char both[11];
         memcpy(both, q, 6);
         memcpy(both + 6, x, 5);
@@ -281,7 +318,14 @@ static void run_terminate(int same_chunk, relay_result *out, unsigned char *back
         unsigned char got[6];
         assert_int_equal(read(g.bapp, got, 6), 6);
         put_msg(g.bapp, 'Z', "I", 1);
-        assert_int_equal(read(g.capp, got, 6), 6); /* the client saw ReadyForQuery */
+        /* the client saw ReadyForQuery (put_msg writes header and body apart, so the
+         * relay may pass them on apart: read until all 6 bytes are in) */
+        size_t have = 0;
+        while (have < 6) {
+            ssize_t r = read(g.capp, got + have, 6 - have);
+            assert_true(r > 0);
+            have += (size_t)r;
+        }
         assert_int_equal(write(g.capp, x, 5), 5);
     }
     pthread_join(t, NULL);
@@ -311,6 +355,13 @@ static void test_relay_hold_terminate(void **state)
     assert_int_equal(r.client_after_ready, 2); /* so the session does not park it */
     assert_int_equal(n, 6);                    /* the query went on, the Terminate did not */
     assert_int_equal(got[0], 'Q');
+
+    /* Query, Query, ReadyForQuery (the first one's), Terminate: the second query is
+     * still unanswered, so this must not look like "only Terminate after idle" */
+    run_terminate(2, &r, got, &n);
+    assert_int_equal(r.end, RELAY_CLIENT_TERMINATE);
+    assert_int_equal(r.backend_last, 'Z');
+    assert_true(r.client_after_ready != 1);
 }
 
 /* ------------------------------------------------------------ [pool] keys ---- */
