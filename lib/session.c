@@ -996,9 +996,11 @@ static int sess_revalidate(void *arg, wp_error *err)
     grant_free(g);
     id_free(id);
     obs_revalidation(s->env->obs, s->lc->name, revoked ? "revoked" : result);
-    if (revoked)
+    if (revoked) {
+        sess_pool_forget(s); /* the caller's parked sessions go with the grant */
         wp_error_set(err, WP_SQLSTATE_INVALID_AUTH, "%s",
                      "terminating connection: access through Waypoint was revoked");
+    }
     return revoked;
 }
 
@@ -1143,6 +1145,11 @@ static void sess_log_end(sess *s)
 
 static void sess_end(sess *s, int relayed)
 {
+    /* The client's cancel key goes before the backend can be parked: once parked, the
+     * backend may serve another connection, which the old key must not reach. */
+    if (s->wp_pid)
+        cancel_unregister(s->env->cancel, s->wp_pid);
+    s->wp_pid = 0;
     if (relayed) {
         sess_touch_if_due(s, wp_now_ms()); /* before parking: the entry carries the time */
         sess_park(s);
@@ -1151,8 +1158,6 @@ static void sess_end(sess *s, int relayed)
     sessreg_remove(obs_sessions(s->env->obs), s->reg);
     adm_release(s->env->admit, s->lc->name, s->adm_key, s->adm);
     id_free(s->early_id);
-    if (s->wp_pid)
-        cancel_unregister(s->env->cancel, s->wp_pid);
     if (s->user_counted)
         sess_users_release(s->env->users, sess_user_key(s->id));
     if (s->up_open)
