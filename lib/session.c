@@ -52,7 +52,8 @@
 #define SESS_STOP_CANCEL_MS 1000 /* of which at most this for the CancelRequest */
 #define SESS_STARTUP_ROUNDS 4    /* SSLRequest, GSSENCRequest, ... before StartupMessage */
 #define SESS_FLUSH_AT (64 * 1024)
-#define SESS_RESET_WAIT_MS 2000 /* time for DISCARD ALL before parking a backend session */
+#define SESS_WHOIS_FRESH_MS 1000 /* how long the WhoIs made at accept may stand in */
+#define SESS_RESET_WAIT_MS 2000  /* time for DISCARD ALL before parking a backend session */
 
 typedef struct sess {
     const sess_env *env;
@@ -68,6 +69,7 @@ typedef struct sess {
     int early; /* the WhoIs at accept ran: its result is below */
     wp_status early_st;
     id_identity *early_id; /* handed to the step that uses it */
+    int64_t early_ms;      /* when that WhoIs was answered */
     wp_error early_err;
     int64_t start_ms, deadline_ms;
 
@@ -384,6 +386,7 @@ static int sess_admit(sess *s)
     if (s->early_st != WP_OK)
         s->early_id = NULL;
     s->early = 1;
+    s->early_ms = wp_now_ms();
     if (s->early_id) {
         snprintf(s->adm_key, sizeof(s->adm_key), "node:%s", s->early_id->stable_id);
     } else { /* the address without the port */
@@ -422,6 +425,13 @@ static wp_status sess_whois(sess *s, id_identity **id, wp_error *e)
     if (s->early && s->early_st == WP_ERR_NOT_FOUND) {
         s->early = 0;
         wp_error_clear(e);
+    }
+    /* A slow startup (a client that waits before its StartupMessage) must not carry a
+     * grant past its withdrawal: an old answer is asked again. */
+    if (s->early && s->early_st == WP_OK && wp_now_ms() - s->early_ms > SESS_WHOIS_FRESH_MS) {
+        s->early = 0;
+        id_free(s->early_id);
+        s->early_id = NULL;
     }
     if (!s->early)
         return ts_whois(s->env->ts, s->peer, id, e);

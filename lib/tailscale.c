@@ -17,7 +17,8 @@
  *   and nothing at all came back, libcurl itself sends the request once more on a fresh
  *   connection (its retry of a reused connection that died before any response byte,
  *   which itest_tailscale pins). A timeout is never retried: a hung tailscaled still
- *   costs at most timeout_ms.
+ *   costs at most timeout_ms. Kept connections are dropped when the socket file is
+ *   gone or replaced (checked with stat(2) on every call), so a removed socket refuses.
  * - CURLOPT_NOSIGNAL, because workers are threads: curl must never use SIGALRM for its
  *   timeouts. Connect and total timeouts are both the client's timeout_ms, so a hung
  *   tailscaled costs a worker at most that long.
@@ -58,6 +59,8 @@ struct ts_handles {
     pthread_mutex_t lock;
     CURL *h[TS_IDLE_MAX];
     size_t n;
+    dev_t dev; /* the socket file the kept connections were made to */
+    ino_t ino;
 };
 
 /* ---- process-wide init -------------------------------------------------------------- */
@@ -124,13 +127,29 @@ void ts_client_free(ts_client *c)
 /* ---- idle handle cache ---------------------------------------------------------------- */
 
 /* An idle handle (with its kept connection, if any), or a new one; NULL on no memory. */
+/* A kept connection outlives its socket file: when the file is gone or is another one
+ * (tailscaled removed, moved, restarted), the kept connections are closed and the
+ * request dials the path afresh, so "socket gone" still refuses as it did before
+ * connections were kept. One stat(2) per call. */
 static CURL *ts_take(const ts_client *c)
 {
-    CURL *h = NULL;
+    struct stat st;
+    int have = stat(c->socket_path, &st) == 0;
+    CURL *h = NULL, *stale[TS_IDLE_MAX];
+    size_t nstale = 0;
     pthread_mutex_lock(&c->idle->lock);
+    if (!have || st.st_dev != c->idle->dev || st.st_ino != c->idle->ino) {
+        nstale = c->idle->n;
+        memcpy(stale, c->idle->h, nstale * sizeof(*stale));
+        c->idle->n = 0;
+        c->idle->dev = have ? st.st_dev : 0;
+        c->idle->ino = have ? st.st_ino : 0;
+    }
     if (c->idle->n > 0)
         h = c->idle->h[--c->idle->n];
     pthread_mutex_unlock(&c->idle->lock);
+    for (size_t i = 0; i < nstale; i++)
+        curl_easy_cleanup(stale[i]);
     return h ? h : curl_easy_init();
 }
 
