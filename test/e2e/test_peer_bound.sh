@@ -92,10 +92,18 @@ probe() {
     local out
     out=$(cat "$dir/out")
     local msg="sorry, too many connections from this $kind are still starting up on listener pg-main (max_unstarted_per_peer = $BOUND)"
-    assert_eq 8 "$(grep -cF "E 53300 $msg" <<<"$out")" \
-        "$kind: the refusals kept to be answered get 53300 '$msg'"
-    assert_eq "$BOUND" "$(grep -c '^E 28000' <<<"$out")" \
-        "$kind: the $BOUND connections within the bound went on to authorization (28000)"
+    # Exact counts hold only if every connection was admitted before the first probe;
+    # a worker whose accept-time WhoIs came late can take a slot the probe just freed
+    # (the bound is on connections unstarted at once), so allow that one-way slack.
+    local refused through
+    refused=$(grep -cF "E 53300 $msg" <<<"$out")
+    through=$(grep -c '^E 28000' <<<"$out")
+    [ "$refused" -ge 8 ] && [ "$refused" -le $((8 + BOUND)) ] ||
+        fail "$kind: $refused refusals with 53300 '$msg', want 8 (at most $((8 + BOUND)) if admissions were late)"
+    pass "$kind: the refusals kept to be answered get 53300 '$msg' ($refused)"
+    [ "$through" -ge "$BOUND" ] && [ "$through" -le $((2 * BOUND)) ] ||
+        fail "$kind: $through connections went on to authorization, want $BOUND (at most $((2 * BOUND)) if admissions were late)"
+    pass "$kind: the $BOUND connections within the bound went on to authorization (28000: $through)"
     [ "$(grep -c '^dropped$' <<<"$out")" -gt 0 ] || fail "$kind: nothing was dropped: $out"
     pass "$kind: the rest were closed at once ($(grep -c '^dropped$' <<<"$out") of $N)"
     e2e_wait 10 "$kind: refusal lines" '[ "$(bound_refusals)" -ge '"$3"' ]'
