@@ -14,7 +14,7 @@
 #   bench/run.sh [BUILD_DIR]       (make bench)
 # Knobs: BENCH_ROUNDS (3), BENCH_SECONDS per pgbench run (5), BENCH_BULK_MB (1024),
 #        BENCH_IDLE ("1 100 1000"), BENCH_SCALE (10), BENCH_ONLY (regex of workloads),
-#        BENCH_PG_AUTH (scram-sha-256; "trust" only for profiling runs under valgrind,
+#        BENCH_HOLD (see below), BENCH_PG_AUTH (scram-sha-256; "trust" only for profiling runs under valgrind,
 #        where the admin login's PBKDF2-4096 would outlast the connect timeout).
 set -euo pipefail
 
@@ -50,7 +50,7 @@ trap cleanup EXIT
 free_port() {
     local p
     while :; do
-        p=$((20000 + (RANDOM * 32768 + RANDOM) % 40000))
+        p=$((20000 + RANDOM % 12000)) # below the ephemeral range (32768+), where a client socket may hold it
         ss -Hltn "sport = :$p" | grep -q . || { echo "$p"; return; }
     done
 }
@@ -324,6 +324,16 @@ parked_memory() {
     [ -n "$pid" ] && [ -r "/proc/$pid/smaps_rollup" ] || return 0
     awk '/^Pss:/{p=$2} /^Private_Dirty:/{d=$2} END{print p, d}' "/proc/$pid/smaps_rollup" >"$R/parked"
 }
+
+# BENCH_HOLD=FILE: set everything up, write the paths' libpq settings to FILE, and wait
+# until FILE is removed (for profiling by hand: perf, strace, pgbench with other knobs).
+if [ -n "${BENCH_HOLD:-}" ]; then
+    for p in $PATHS; do (use_path "$p"; echo "$p: PGHOST=$PGHOST PGPORT=$PGPORT PGUSER=$PGUSER PGPASSWORD=$PGPASSWORD PGDATABASE=$PGDATABASE"); done >"$BENCH_HOLD"
+    echo "pgbouncer-trust: PGPORT=$PGBT_PORT; waypoint pid $WP_PID, stand-in pid $STANDIN_PID, dir $T" >>"$BENCH_HOLD"
+    say "holding; rm $BENCH_HOLD to end"
+    while [ -e "$BENCH_HOLD" ]; do sleep 1; done
+    exit 0
+fi
 
 # --- run ------------------------------------------------------------------------------
 for round in $(seq 1 "$ROUNDS"); do

@@ -76,6 +76,10 @@ extern const char PROV_SQL_GRANTABLE[];
  * member_options: read each membership's options (pg_auth_members.set_option and
  * inherit_option exist from PostgreSQL 16). */
 char *prov_sql_role_state(prov_dialect d, const char *qrecords, bool member_options);
+/* The same columns for a parked session's reuse check; the fingerprint (schema rows'
+ * fourth field) and the owned objects are left out (PostgreSQL; CockroachDB: the full
+ * form). Same parameters. */
+char *prov_sql_reuse_state(prov_dialect d, const char *qrecords, bool member_options);
 /* Whether group memberships are granted WITH INHERIT TRUE, SET FALSE: PostgreSQL 16+
  * (server_version_num), so callers cannot SET ROLE to their groups. */
 bool prov_member_options(prov_dialect d, long server_version_num);
@@ -95,6 +99,8 @@ const char *prov_sql_unlock(prov_dialect d);
 typedef struct prov_pool prov_pool;
 typedef struct prov_keylock prov_keylock;
 
+#define PROV_POOL_PREP_MAX 4
+
 typedef struct prov_pools {
     pthread_mutex_t mu;
     pthread_cond_t cv;
@@ -102,6 +108,12 @@ typedef struct prov_pools {
     const prov_settings *s; /* owned by the ctx */
     int per_db_max;
     int wait_ms;
+    /* Statements prepared on every connection the pool opens (prov_pools_prepare), so
+     * the per-connect queries are parsed and planned once per admin session instead of
+     * on every call: the role-state query alone cost the backend ~2 ms unprepared. */
+    int nprep;
+    const char *prep_name[PROV_POOL_PREP_MAX];
+    const char *prep_sql[PROV_POOL_PREP_MAX]; /* owned by the ctx */
 } prov_pools;
 
 typedef struct prov_keylocks {
@@ -111,6 +123,10 @@ typedef struct prov_keylocks {
 
 int prov_pools_init(prov_pools *ps, const prov_settings *s);
 void prov_pools_destroy(prov_pools *ps);
+/* Registers a statement every new connection of ps prepares as name before it is handed
+ * out (a failed prepare fails the checkout). Call before the pool is shared; sql must
+ * outlive ps. -1 when PROV_POOL_PREP_MAX are registered already. */
+int prov_pools_prepare(prov_pools *ps, const char *name, const char *sql);
 void prov_pools_each(prov_pools *ps, void (*fn)(void *arg, const char *db, int open), void *arg);
 /* Checks out a live admin connection to database (opening one if the pool has room,
  * waiting up to wait_ms otherwise). A connect failure fills err; *sqlstate (6 bytes,

@@ -137,6 +137,36 @@ int prov_pools_init(prov_pools *ps, const prov_settings *s)
     return 0;
 }
 
+int prov_pools_prepare(prov_pools *ps, const char *name, const char *sql)
+{
+    if (ps->nprep >= PROV_POOL_PREP_MAX)
+        return -1;
+    ps->prep_name[ps->nprep] = name;
+    ps->prep_sql[ps->nprep] = sql;
+    ps->nprep++;
+    return 0;
+}
+
+/* Prepares the pool's statements on a new connection; false (err set) on failure. */
+static bool prepare_all(prov_pools *ps, PGconn *c, const char *database, wp_error *err)
+{
+    for (int i = 0; i < ps->nprep; i++) {
+        PGresult *r = PQprepare(c, ps->prep_name[i], ps->prep_sql[i], 0, NULL);
+        bool ok = PQresultStatus(r) == PGRES_COMMAND_OK;
+        if (!ok) {
+            char msg[400];
+            chomp_copy(msg, sizeof msg, PQresultErrorMessage(r));
+            wp_error_set(err, WP_SQLSTATE_CONN_FAILURE, "Waypoint cannot use the backend");
+            wp_error_detail(err, "cannot prepare statement %s on an admin connection (database \"%s\"): %s",
+                            ps->prep_name[i], database, msg);
+        }
+        PQclear(r);
+        if (!ok)
+            return false;
+    }
+    return true;
+}
+
 void prov_pools_destroy(prov_pools *ps)
 {
     prov_pool *p = ps->head;
@@ -206,10 +236,11 @@ wp_status prov_pool_get(prov_pools *ps, const char *database, PGconn **out, char
             p->nopen++;
             pthread_mutex_unlock(&ps->mu);
             PGconn *c = prov_connect(ps->s, database, sqlstate, err);
-            if (c) {
+            if (c && prepare_all(ps, c, database, err)) {
                 *out = c;
                 return WP_OK;
             }
+            PQfinish(c);
             pthread_mutex_lock(&ps->mu);
             p->nopen--;
             pthread_cond_broadcast(&ps->cv);

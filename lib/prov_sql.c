@@ -266,21 +266,31 @@ char *prov_sql_group_privileges(grant_preset preset, const char *qs, const char 
  * the number of tables; the schema comes from the object's own catalog row for the
  * common classes, pg_identify_object for the rest (no schema: a large object, left out). */
 /* clang-format off */
-static const char SQL_STATE_PG[] =
-    "SELECT r.oid IS NOT NULL, "
-    "CASE WHEN " PROV_SQL_ADMIN_MADE("r.oid") " THEN shobj_description(r.oid, 'pg_authid') END, "
-    "coalesce(r.rolsuper OR r.rolcreatedb OR r.rolcreaterole OR r.rolreplication "
-    "OR r.rolbypassrls, false), "
-    "(SELECT coalesce(json_agg(json_build_array(g.rolname, "
-    "shobj_description(g.oid, 'pg_authid'), @MEMBERFIX@)), '[]'::json) "
-    "FROM pg_auth_members m JOIN pg_roles g ON g.oid = m.roleid WHERE m.member = r.oid), "
-    "(now() + make_interval(secs => $2::float8 / 1000))::text, "
-    "(SELECT coalesce(json_agg(json_build_array(s.name, n.oid::int8, "
-    "EXISTS (SELECT 1 FROM pg_class c WHERE c.oid > s.w::oid AND c.relnamespace = n.oid "
-    "AND c.relkind IN ('r', 'p', 'v', 'm', 'f', 'S')), "
-    "(SELECT max(oid)::int8 FROM pg_class)) ORDER BY s.i), '[]'::json) "
-    "FROM json_to_recordset($3::json) AS s(i int8, name text, w int8) "
+/* A role's (or group's) record: shobj_description's body as a plain subquery, which the
+ * planner folds in (the SQL function runs through the function executor per row). */
+#define SHDESC(X) "(SELECT d.description FROM pg_shdescription d WHERE d.objoid = " X \
+    " AND d.classoid = 'pg_catalog.pg_authid'::regclass)"
+/* Columns 1-5 and the start of 6, shared by the full and the reuse form. */
+#define STATE_HEAD_PG \
+    "SELECT r.oid IS NOT NULL, " \
+    "CASE WHEN " PROV_SQL_ADMIN_MADE("r.oid") " THEN " SHDESC("r.oid") " END, " \
+    "coalesce(r.rolsuper OR r.rolcreatedb OR r.rolcreaterole OR r.rolreplication " \
+    "OR r.rolbypassrls, false), " \
+    "(SELECT coalesce(json_agg(json_build_array(g.rolname, " \
+    SHDESC("g.oid") ", @MEMBERFIX@)), '[]'::json) " \
+    "FROM pg_auth_members m JOIN pg_roles g ON g.oid = m.roleid WHERE m.member = r.oid), " \
+    "(now() + make_interval(secs => $2::float8 / 1000))::text, " \
+    "(SELECT coalesce(json_agg(json_build_array(s.name, n.oid::int8, " \
+    "EXISTS (SELECT 1 FROM pg_class c WHERE c.oid > s.w::oid AND c.relnamespace = n.oid " \
+    "AND c.relkind IN ('r', 'p', 'v', 'm', 'f', 'S'))"
+#define STATE_SCHEMAS_END_PG \
+    ") ORDER BY s.i), '[]'::json) " \
+    "FROM json_to_recordset($3::json) AS s(i int8, name text, w int8) " \
     "LEFT JOIN pg_namespace n ON n.nspname = s.name), "
+#define STATE_FROM_PG "FROM (SELECT 1) AS one LEFT JOIN pg_roles r ON r.rolname = $1::name"
+
+static const char SQL_STATE_PG[] =
+    STATE_HEAD_PG ", (SELECT max(oid)::int8 FROM pg_class)" STATE_SCHEMAS_END_PG
     "(SELECT coalesce(json_agg(json_build_array(n.nspname, o.cnt)), '[]'::json) "
     "FROM (SELECT x.nsp, count(*) AS cnt FROM (SELECT CASE d.classid "
     "WHEN 'pg_catalog.pg_class'::regclass THEN "
@@ -296,7 +306,11 @@ static const char SQL_STATE_PG[] =
     "(SELECT db.oid FROM pg_database db WHERE db.datname = current_database())) AS x "
     "GROUP BY x.nsp) AS o JOIN pg_namespace n ON n.oid = o.nsp "
     "WHERE n.nspname NOT LIKE 'pg\\_temp\\_%' AND n.nspname NOT LIKE 'pg\\_toast\\_temp\\_%') "
-    "FROM (SELECT 1) AS one LEFT JOIN pg_roles r ON r.rolname = $1::name";
+    STATE_FROM_PG;
+
+/* The reuse check's form: the same columns without what only provisioning reads (the
+ * relation fingerprint, the owned objects), about a third of the backend's work. */
+static const char SQL_REUSE_PG[] = STATE_HEAD_PG STATE_SCHEMAS_END_PG "'[]'::json " STATE_FROM_PG;
 /* clang-format on */
 
 /* $1 role name, $2 JSON array of schema names -> the objects of this database that the
@@ -412,6 +426,13 @@ char *prov_sql_role_state(prov_dialect d, const char *qrecords, bool member_opti
     if (!qrecords)
         return NULL;
     return replace_all(SQL_STATE_CRDB, "@RECORDS@", qrecords);
+}
+
+char *prov_sql_reuse_state(prov_dialect d, const char *qrecords, bool member_options)
+{
+    if (d != PROV_DIALECT_COCKROACH)
+        return replace_all(SQL_REUSE_PG, "@MEMBERFIX@", member_options ? MEMBER_FIX_PG16 : "false");
+    return prov_sql_role_state(d, qrecords, member_options);
 }
 
 bool prov_member_options(prov_dialect d, long server_version_num)

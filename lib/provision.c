@@ -50,6 +50,9 @@
 /* object_not_in_prerequisite_state: what PostgreSQL answers a login to a database that
  * does not allow connections. */
 #define PROV_SQLSTATE_DB_CLOSED "55000"
+/* Names of the statements every pooled admin session prepares (prov_pools_prepare). */
+#define PREP_STATE "wp_state"
+#define PREP_REUSE "wp_reuse"
 
 /* A database whose schema public was checked for PUBLIC CREATE (check_public_create). */
 typedef struct db_seen {
@@ -79,6 +82,7 @@ struct prov_ctx {
     db_seen *public_checked; /* databases checked for PUBLIC CREATE on public */
     char *qrecords;          /* CockroachDB: quoted waypoint_roles table name */
     char *state_sql;         /* the role-state query: fixed once the dialect is known */
+    char *reuse_sql;         /* its slim form for a parked session's reuse check */
     char ttl_ms[24];         /* user_ttl in ms, as the state query's $2 */
 };
 
@@ -247,8 +251,14 @@ static wp_status detect_backend(prov_ctx *p, wp_error *err)
     }
     PQfinish(c);
     if (st == WP_OK &&
-        !(p->state_sql = prov_sql_role_state(p->dialect, p->qrecords, p->member_opts)))
+        (!(p->state_sql = prov_sql_role_state(p->dialect, p->qrecords, p->member_opts)) ||
+         !(p->reuse_sql = prov_sql_reuse_state(p->dialect, p->qrecords, p->member_opts))))
         st = WP_ERR_NOMEM;
+    /* Prepared on every admin session of the per-database pools (not the lock pool:
+     * these run only on pools connections). */
+    if (st == WP_OK && (prov_pools_prepare(&p->pools, PREP_STATE, p->state_sql) != 0 ||
+                        prov_pools_prepare(&p->pools, PREP_REUSE, p->reuse_sql) != 0))
+        st = WP_ERR_INTERNAL;
     return st;
 }
 
@@ -318,6 +328,7 @@ void prov_destroy(prov_ctx *p)
         free(p->strs[i]);
     free(p->qrecords);
     free(p->state_sql);
+    free(p->reuse_sql);
     free(p);
 }
 
@@ -465,15 +476,21 @@ static wp_status parse_state(PGresult *r, PGconn *c, role_state *st, wp_error *e
     return WP_OK;
 }
 
-static wp_status read_state(prov_ctx *p, PGconn *c, const char *role, const char *schemas,
-                            role_state *st, wp_error *err)
+static wp_status read_state_as(prov_ctx *p, const char *stmt, PGconn *c, const char *role,
+                               const char *schemas, role_state *st, wp_error *err)
 {
     memset(st, 0, sizeof *st);
     const char *vals[3] = {role, p->ttl_ms, schemas ? schemas : "[]"};
-    PGresult *r = PQexecParams(c, p->state_sql, 3, NULL, vals, NULL, NULL, 0);
+    PGresult *r = PQexecPrepared(c, stmt, 3, vals, NULL, NULL, 0);
     wp_status rc = parse_state(r, c, st, err);
     PQclear(r);
     return rc;
+}
+
+static wp_status read_state(prov_ctx *p, PGconn *c, const char *role, const char *schemas,
+                            role_state *st, wp_error *err)
+{
+    return read_state_as(p, PREP_STATE, c, role, schemas, st, err);
 }
 
 /* Next pipeline result for one query: its result, then the NULL that ends it, then the
@@ -497,7 +514,7 @@ static wp_status pipelined_lock_read(prov_ctx *p, PGconn *c, const char *key, co
     bool sent = PQenterPipelineMode(c) &&
                 PQsendQueryParams(c, prov_sql_lock(p->dialect), 1, NULL, kv, NULL, NULL, 0) &&
                 PQpipelineSync(c) &&
-                PQsendQueryParams(c, p->state_sql, 3, NULL, vals, NULL, NULL, 0) &&
+                PQsendQueryPrepared(c, PREP_STATE, 3, vals, NULL, NULL, 0) &&
                 PQpipelineSync(c);
     PGresult *lr = sent ? pipeline_take(c) : NULL;
     PGresult *sr = sent ? pipeline_take(c) : NULL;
@@ -1851,7 +1868,7 @@ prov_reuse prov_check_reuse(prov_ctx *p, const char *role, const char *database,
     memset(&st, 0, sizeof st);
     prov_reuse r = PROV_REUSE_GONE;
     if (schemas && want && names && prov_pool_get(&p->pools, database, &c, NULL, &err) == WP_OK &&
-        read_state(p, c, role, schemas, &st, &err) == WP_OK) {
+        read_state_as(p, PREP_REUSE, c, role, schemas, &st, &err) == WP_OK) {
         if (st.exists && !st.elevated && st.record && strcmp(st.record, record) == 0)
             r = reuse_groups_current(p, database, g, &st, want, names) ? PROV_REUSE_OK
                                                                        : PROV_REUSE_REFRESH;

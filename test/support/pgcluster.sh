@@ -112,7 +112,7 @@ cmd_start() {
 
     local port="" try
     for try in 1 2 3 4 5 6 7 8 9 10; do
-        port=$((20000 + (RANDOM * 32768 + RANDOM) % 40000))
+        port=$((20000 + RANDOM % 12000)) # below the ephemeral range (32768+)
         port_free "$port" || continue
         {
             echo "port = $port"

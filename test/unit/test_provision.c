@@ -172,8 +172,12 @@ static void test_role_state_sql(void **state)
     (void)state;
     char *pg = prov_sql_role_state(PROV_DIALECT_POSTGRES, NULL, false);
     assert_non_null(pg);
-    assert_non_null(strstr(pg, "shobj_description(r.oid, 'pg_authid')"));
+    /* The record read as a subquery the planner folds in, not through shobj_description. */
+    assert_non_null(strstr(pg, "d.objoid = r.oid AND d.classoid = 'pg_catalog.pg_authid'::regclass"));
+    assert_null(strstr(pg, "shobj_description"));
     assert_non_null(strstr(pg, "c.oid > s.w::oid")); /* watermark: no per-table scan */
+    assert_non_null(strstr(pg, "FROM pg_shdepend d"));
+    assert_non_null(strstr(pg, "max(oid)::int8 FROM pg_class"));
     assert_null(strstr(pg, "@RECORDS@"));
     assert_null(strstr(pg, "@MEMBERFIX@"));
     assert_null(strstr(pg, "set_option")); /* no such column before PostgreSQL 16 */
@@ -190,6 +194,17 @@ static void test_role_state_sql(void **state)
     assert_string_equal(prov_sql_member_options(true),
                         " WITH INHERIT TRUE, SET FALSE, ADMIN FALSE");
     assert_string_equal(prov_sql_member_options(false), "");
+    /* The reuse form: same columns and parameters, without the owned objects and the
+     * fingerprint (provisioning alone reads them). */
+    char *ru = prov_sql_reuse_state(PROV_DIALECT_POSTGRES, NULL, true);
+    assert_non_null(ru);
+    assert_non_null(strstr(ru, "c.oid > s.w::oid"));
+    assert_non_null(strstr(ru, "m.set_option OR NOT m.inherit_option OR m.admin_option"));
+    assert_non_null(strstr(ru, "$2::float8"));
+    assert_non_null(strstr(ru, "json_to_recordset($3::json)"));
+    assert_null(strstr(ru, "pg_shdepend"));
+    assert_null(strstr(ru, "max(oid)"));
+    free(ru);
     char *cr = prov_sql_role_state(PROV_DIALECT_COCKROACH, "\"admin\".public.waypoint_roles", true);
     assert_non_null(cr);
     assert_null(strstr(cr, "@RECORDS@"));
