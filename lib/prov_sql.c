@@ -259,7 +259,10 @@ char *prov_sql_group_privileges(grant_preset preset, const char *qs, const char 
  * owned JSON [[schema, objects]].
  * PostgreSQL: "changed" = a relation of the kinds grants cover has an OID above the
  * group's watermark (an index range scan on pg_class_oid_index: cost follows the number
- * of new relations, not of all tables); fingerprint = max(pg_class.oid).
+ * of new relations, not of all tables); fingerprint = max(pg_class.oid). The upper
+ * bound changes nothing but the plan: both queries are prepared, and a generic plan
+ * prices a lone "oid > $w" at a third of pg_class and scans all of it, while a range of
+ * two unknown bounds is priced as narrow and gets the index.
  * "owned": the schemas (temp schemas left out: their objects die with the session) in
  * which the role owns objects of this database. pg_shdepend is read through its index on
  * (refclassid, refobjid), so the cost follows what the role owns (usually nothing), not
@@ -281,7 +284,8 @@ char *prov_sql_group_privileges(grant_preset preset, const char *qs, const char 
     "FROM pg_auth_members m JOIN pg_roles g ON g.oid = m.roleid WHERE m.member = r.oid), " \
     "(now() + make_interval(secs => $2::float8 / 1000))::text, " \
     "(SELECT coalesce(json_agg(json_build_array(s.name, n.oid::int8, " \
-    "EXISTS (SELECT 1 FROM pg_class c WHERE c.oid > s.w::oid AND c.relnamespace = n.oid " \
+    "EXISTS (SELECT 1 FROM pg_class c WHERE c.oid > s.w::oid " \
+    "AND c.oid <= (SELECT max(oid) FROM pg_class) AND c.relnamespace = n.oid " \
     "AND c.relkind IN ('r', 'p', 'v', 'm', 'f', 'S'))"
 #define STATE_SCHEMAS_END_PG \
     ") ORDER BY s.i), '[]'::json) " \

@@ -19,6 +19,7 @@
 #include "grant.h"
 #include "identity.h"
 #include "pgcluster.h"
+#include "prov_internal.h"
 #include "provision.h"
 
 #define CAP "redo.com/cap/waypoint"
@@ -1430,6 +1431,56 @@ static void test_narrowing_keeps_admin_schemas(void **state)
 }
 
 /* Last: every password handed out so far must be absent from the server log. */
+/* The role-state queries run on every connect (the reuse form on every reused one) as
+ * prepared statements, so the generic plan is what runs: its watermark check must be a
+ * range scan of pg_class_oid_index, never a scan of all of pg_class (a database with
+ * 100k relations would pay for each on every connect). Checked with 2,000 relations,
+ * on this server's own plan. */
+static void test_state_queries_use_oid_index(void **state)
+{
+    (void)state;
+    PGconn *adm = pgc_connect_admin(&C, C.test_db);
+    assert_non_null(adm);
+    assert_int_equal(pgc_exec(adm, "CREATE SCHEMA IF NOT EXISTS many"), 0);
+    assert_int_equal(pgc_exec(adm, "DO $$ BEGIN FOR i IN 1..2000 LOOP EXECUTE "
+                                   "format('CREATE TABLE IF NOT EXISTS many.t%s (a int)', i); "
+                                   "END LOOP; END $$"),
+                     0);
+    assert_int_equal(pgc_exec(adm, "SET search_path = pg_catalog, pg_temp"), 0);
+    assert_int_equal(pgc_exec(adm, "SET plan_cache_mode = force_generic_plan"), 0);
+    bool opts = prov_member_options(PROV_DIALECT_POSTGRES, PQserverVersion(adm));
+    char *sqls[2] = {prov_sql_role_state(PROV_DIALECT_POSTGRES, NULL, opts),
+                     prov_sql_reuse_state(PROV_DIALECT_POSTGRES, NULL, opts)};
+    for (int i = 0; i < 2; i++) {
+        assert_non_null(sqls[i]);
+        char name[16];
+        snprintf(name, sizeof name, "st%d", i);
+        PGresult *r = PQprepare(adm, name, sqls[i], 0, NULL);
+        if (PQresultStatus(r) != PGRES_COMMAND_OK)
+            fail_msg("prepare: %s", PQerrorMessage(adm));
+        PQclear(r);
+        char q[256];
+        snprintf(q, sizeof q, "EXPLAIN (COSTS OFF) EXECUTE %s('nobody', '1000', "
+                              "'[{\"i\":0,\"name\":\"public\",\"w\":1}]')", name);
+        r = PQexec(adm, q);
+        if (PQresultStatus(r) != PGRES_TUPLES_OK)
+            fail_msg("%s: %s", q, PQerrorMessage(adm));
+        int range = 0, full = 0;
+        for (int row = 0; row < PQntuples(r); row++) {
+            const char *line = PQgetvalue(r, row, 0);
+            range += strstr(line, "Index Cond: ") && strstr(line, "(oid > (s.w)::oid)");
+            full += strstr(line, "Seq Scan on pg_class") != NULL;
+        }
+        PQclear(r);
+        if (range != 1 || full != 0)
+            fail_msg("statement %d: %d oid index range scans, %d full scans of pg_class", i,
+                     range, full);
+        free(sqls[i]);
+    }
+    assert_int_equal(pgc_exec(adm, "DROP SCHEMA many CASCADE"), 0);
+    PQfinish(adm);
+}
+
 static void test_no_password_in_server_log(void **state)
 {
     (void)state;
@@ -1490,6 +1541,7 @@ int main(void)
         cmocka_unit_test(test_narrowing_takes_ownership),
         cmocka_unit_test(test_narrowing_keeps_admin_schemas),
         cmocka_unit_test(test_no_password_in_server_log),
+        cmocka_unit_test(test_state_queries_use_oid_index),
     };
     return cmocka_run_group_tests(tests, group_setup, group_teardown);
 }
