@@ -6,8 +6,8 @@
 #                 (the cheapest a pooler's connect can be), as issue 12 asks
 #   waypoint   -> Waypoint (LocalAPI stand-in, readwrite grant) -> PostgreSQL
 #   wpmetrics  the same through a second Waypoint with [metrics] on, scraped 10 times a
-#              second during the whole run (connect and select-simple-c8 workloads only;
-#              reported as its own metrics on/off table)
+#              second while its own rows run (connect and select-simple-c8 workloads
+#              only; reported as its own metrics on/off table)
 # Paths alternate inside each round; each figure is the median of BENCH_ROUNDS rounds.
 # Prints one Markdown table (absolute figures and ratios) on stdout; progress on stderr.
 #
@@ -183,7 +183,12 @@ sed -e "s/127.0.0.1:$WP_PORT/127.0.0.1:$WPM_PORT/" -e 's/^\[server\]$/[metrics]\
 WPM_PID=$!
 PIDS+=("$WPM_PID")
 wait_for 180 pg_isready -q -h 127.0.0.1 -p "$WPM_PORT" || die "Waypoint (metrics on) did not start: $(tail -5 "$T/wp/waypoint-metrics.log")"
-( while :; do curl -s -o /dev/null "http://127.0.0.1:$WPM_METRICS/metrics" && echo x; sleep 0.1; done ) >"$T/wp/scrapes" &
+# It scrapes only while a wpmetrics row runs: a scraper running under every row would tax
+# the CPU-bound paths (connects) for a cost that only the metrics-on Waypoint has.
+( while :; do
+    [ -e "$T/wp/scraping" ] && curl -s -o /dev/null "http://127.0.0.1:$WPM_METRICS/metrics" && echo x
+    sleep 0.1
+done ) >"$T/wp/scrapes" &
 PIDS+=($!)
 
 # --- helpers --------------------------------------------------------------------------
@@ -211,7 +216,9 @@ run_pgbench() { # run_pgbench WORKLOAD PATH pgbench-args...
     shift 2
     use_path "$p"
     local out
+    [ "$p" = wpmetrics ] && touch "$T/wp/scraping"
     out=$(pgbench -n -T "$SECS" "$@" 2>&1) || { echo "$out" >&2; die "pgbench failed on $p ($w)"; }
+    rm -f "$T/wp/scraping"
     if echo "$out" | grep -q "number of failed transactions: [1-9]"; then
         echo "$out" >&2
         die "pgbench reported failures on $p ($w)"
@@ -400,15 +407,16 @@ mrow() { # mrow LABEL FILEBASE: Waypoint with metrics off / on
     [ "$on" = nan ] && return 0
     echo "| $1 | $(fmt_num "$off") | $(fmt_num "$on") | $(fmt_ratio "$on" "$off") |"
 }
-if [ -s "$R/connect-c1.wpmetrics" ] || [ -s "$R/select-simple-c8.wpmetrics" ]; then
+if ls "$R"/*.wpmetrics >/dev/null 2>&1; then
     echo
-    echo "Metrics endpoint: the same workloads through a second Waypoint with [metrics] on, scraped every 100 ms during the run ($(wc -l <"$T/wp/scrapes") scrapes)."
+    echo "Metrics endpoint: the same workloads through a second Waypoint with [metrics] on, scraped every 100 ms while its rows ran ($(wc -l <"$T/wp/scrapes") scrapes)."
     echo
     echo "| workload | metrics off | metrics on | on/off |"
     echo "|---|---|---|---|"
-    for c in 1 4; do mrow "connect per transaction (-C -S), $c clients: connects/s" "connect-c$c"; done
+    for sslm in prefer disable; do
+        for c in 1 4; do mrow "connect per transaction (-C -S), $c clients, sslmode=$sslm: connects/s" "connect-$sslm-c$c"; done
+    done
     mrow "select-only simple, 8 clients: TPS" select-simple-c8
-    for c in 1 4; do mrow "connect per transaction, $c clients: mean latency ms (lower is better)" "connect-c$c.lat"; done
 fi
 if [ -s "$R/parked" ]; then
     read -r pss dirty <"$R/parked"
