@@ -1,7 +1,9 @@
 /*
  * io: plain-socket implementation of wp_io and the deadline-aware helpers shared by
- * every layer. The helpers poll() the fd before each read/write so that blocking sockets
- * still honour deadlines; a TLS layer only has to provide read/write/pending.
+ * every layer. Reads and writes never block (MSG_DONTWAIT): the helpers try first and
+ * poll() only when the socket has nothing (or no room), so blocking sockets still honour
+ * deadlines and a message whose bytes are already here costs one recv(2), not a poll(2)
+ * and a recv(2). A TLS layer only has to provide non-blocking read/write/pending.
  */
 #include "io.h"
 
@@ -33,7 +35,7 @@ static ssize_t plain_read(wp_io *io, void *buf, size_t n)
 {
     ssize_t r;
     do {
-        r = recv(io->fd, buf, n, 0);
+        r = recv(io->fd, buf, n, MSG_DONTWAIT);
     } while (r < 0 && errno == EINTR);
     return r;
 }
@@ -112,9 +114,6 @@ wp_status io_read_some(wp_io *io, void *buf, size_t n, size_t *got, int64_t dead
 {
     *got = 0;
     for (;;) {
-        wp_status st = io_wait_readable(io, deadline_ms);
-        if (st != WP_OK)
-            return st;
         ssize_t r = io->ops->read(io, buf, n);
         if (r > 0) {
             *got = (size_t)r;
@@ -122,9 +121,11 @@ wp_status io_read_some(wp_io *io, void *buf, size_t n, size_t *got, int64_t dead
         }
         if (r == 0)
             return WP_ERR_CLOSED;
-        if (errno == EAGAIN || errno == EWOULDBLOCK || errno == EINTR)
-            continue;
-        return WP_ERR_IO;
+        if (errno != EAGAIN && errno != EWOULDBLOCK && errno != EINTR)
+            return WP_ERR_IO;
+        wp_status st = io_wait_fd(io->fd, POLLIN, deadline_ms);
+        if (st != WP_OK)
+            return st;
     }
 }
 
