@@ -39,6 +39,7 @@
 #include <string.h>
 #include <time.h>
 
+#include <mbedtls/ecdsa.h>
 #include <mbedtls/error.h>
 #include <mbedtls/oid.h>
 #include <mbedtls/platform_util.h>
@@ -125,11 +126,51 @@ void certs_pair_free(certs_pair *p)
     free((pair_box *)p);
 }
 
+/* An EC key parses as the generic MBEDTLS_PK_ECKEY type, whose sign function copies the
+ * key into a temporary ECDSA context for every signature, so the comb table of the base
+ * point was rebuilt on every handshake: half of each signature's cost. As
+ * MBEDTLS_PK_ECDSA the key signs in place, using a table computed here, once, while
+ * the pair is private to this thread (1*G builds and caches it; nothing secret). After
+ * that handshakes only read the table, so concurrent signatures share it safely. */
+static int key_as_ecdsa(mbedtls_pk_context *key)
+{
+    if (mbedtls_pk_get_type(key) != MBEDTLS_PK_ECKEY)
+        return 0;
+    mbedtls_pk_context e;
+    mbedtls_pk_init(&e);
+    mbedtls_mpi one;
+    mbedtls_mpi_init(&one);
+    mbedtls_ecp_point r;
+    mbedtls_ecp_point_init(&r);
+    int rc = mbedtls_pk_setup(&e, mbedtls_pk_info_from_type(MBEDTLS_PK_ECDSA));
+    mbedtls_ecp_keypair *kp = rc == 0 ? mbedtls_pk_ec(e) : NULL;
+    if (rc == 0)
+        rc = mbedtls_ecdsa_from_keypair(kp, mbedtls_pk_ec(*key));
+    if (rc == 0)
+        rc = mbedtls_mpi_lset(&one, 1);
+    if (rc == 0)
+        rc = mbedtls_ecp_mul(&kp->grp, &r, &one, &kp->grp.G, NULL, NULL);
+    mbedtls_ecp_point_free(&r);
+    mbedtls_mpi_free(&one);
+    if (rc != 0) {
+        mbedtls_pk_free(&e);
+        return rc;
+    }
+    mbedtls_pk_free(key);
+    *key = e; /* the context is a (type, pointer) pair: moving it moves ownership */
+    return 0;
+}
+
 static wp_status pair_finish(certs_pair *p, const char *what, wp_error *err)
 {
     int rc = mbedtls_pk_check_pair(&p->chain.pk, &p->key);
     if (rc != 0) {
         set_mbed_error(err, rc, what, "private key does not match the certificate");
+        return WP_ERR_CONFIG;
+    }
+    rc = key_as_ecdsa(&p->key);
+    if (rc != 0) {
+        set_mbed_error(err, rc, what, "cannot prepare the EC private key");
         return WP_ERR_CONFIG;
     }
     p->not_before = x509_time_to_unix(&p->chain.valid_from);

@@ -19,6 +19,9 @@
 
 #include "certs.h"
 
+#include <mbedtls/ctr_drbg.h>
+#include <mbedtls/entropy.h>
+
 static char dir[64];
 
 typedef struct fake_ts {
@@ -335,6 +338,59 @@ static void test_pem_pair_parsing(void **state)
     assert_int_not_equal(certs_pair_from_pem("x", 1, &p, &err), WP_OK);
 }
 
+/* An EC key is held as an ECDSA key (it signs in place instead of through a copy per
+ * signature), and what it signs, from several threads at once (TSan watches the shared
+ * precomputed table), verifies with the certificate's public key. */
+static mbedtls_ctr_drbg_context sign_drbg;
+static pthread_mutex_t sign_mu = PTHREAD_MUTEX_INITIALIZER;
+
+static int locked_random(void *arg, unsigned char *out, size_t n)
+{
+    pthread_mutex_lock(&sign_mu);
+    int rc = mbedtls_ctr_drbg_random(arg, out, n);
+    pthread_mutex_unlock(&sign_mu);
+    return rc;
+}
+
+static void *sign_verify(void *arg)
+{
+    const certs_pair *p = arg;
+    unsigned char hash[32], sig[MBEDTLS_ECDSA_MAX_LEN];
+    for (int i = 0; i < 20; i++) {
+        memset(hash, i + 1, sizeof(hash));
+        size_t len = 0;
+        if (mbedtls_pk_sign((mbedtls_pk_context *)&p->key, MBEDTLS_MD_SHA256, hash, sizeof(hash),
+                            sig, &len, locked_random, &sign_drbg) != 0 ||
+            mbedtls_pk_verify((mbedtls_pk_context *)&p->chain.pk, MBEDTLS_MD_SHA256, hash,
+                              sizeof(hash), sig, len) != 0)
+            return (void *)1;
+    }
+    return NULL;
+}
+
+static void test_ec_key_signs_in_place(void **state)
+{
+    fixture *fx = *state;
+    certs_store *s = mk_store(fx, 1, 0);
+    const certs_pair *p = certs_file_pair(s);
+    assert_non_null(p);
+    assert_int_equal(mbedtls_pk_get_type(&p->key), MBEDTLS_PK_ECDSA);
+    mbedtls_entropy_context ent;
+    mbedtls_entropy_init(&ent);
+    mbedtls_ctr_drbg_init(&sign_drbg);
+    assert_int_equal(mbedtls_ctr_drbg_seed(&sign_drbg, mbedtls_entropy_func, &ent, NULL, 0), 0);
+    pthread_t t[4];
+    for (int i = 0; i < 4; i++)
+        assert_int_equal(pthread_create(&t[i], NULL, sign_verify, (void *)p), 0);
+    for (int i = 0; i < 4; i++) {
+        void *bad = NULL;
+        pthread_join(t[i], &bad);
+        assert_null(bad);
+    }
+    mbedtls_ctr_drbg_free(&sign_drbg);
+    mbedtls_entropy_free(&ent);
+}
+
 static certs_store *shared_store;
 static const certs_pair *seen[8];
 
@@ -470,6 +526,7 @@ int main(void)
         T(test_concurrent_single_fetch),
         T(test_cert_domains),
         T(test_no_cert_domains),
+        T(test_ec_key_signs_in_place),
     };
     return cmocka_run_group_tests(tests, group_setup, group_teardown);
 }
