@@ -258,16 +258,22 @@ connects() { # sslmode prefer (libpq's default: TLS wherever offered) and disabl
             local w="connect-$sslm-c$clients"
             [[ $w =~ $ONLY ]] || continue
             for p in $PATHS; do
-                local wp0=0 si0=0
+                local wp0=0 si0=0 pgbt_pid
+                pgbt_pid=$(cat "$T/pgbt/pgbouncer.pid")
                 if [ "$p" = waypoint ]; then
                     wp0=$(cpu_ticks "$WP_PID")
                     si0=$(cpu_ticks "$STANDIN_PID")
                 fi
+                [ "$p" = pgbouncer ] && wp0=$(cpu_ticks "$pgbt_pid")
                 PGB_USE_PORT=$PGBT_PORT SSLMODE=$sslm run_pgbench "$w" "$p" -C -S -c "$clients" -j "$((clients < 2 ? 1 : 2))"
+                local n
+                n=$(tail -1 "$R/$w.tx.$p")
                 if [ "$p" = waypoint ]; then # CPU ms per connect: Waypoint, and the stand-in
-                    local n
-                    n=$(tail -1 "$R/$w.tx.$p")
                     echo "$(cpu_ms "$(($(cpu_ticks "$WP_PID") - wp0))" "$n") $(cpu_ms "$(($(cpu_ticks "$STANDIN_PID") - si0))" "$n")" >>"$R/$w.cpu"
+                fi
+                if [ "$p" = pgbouncer ]; then
+                    cpu_ms "$(($(cpu_ticks "$pgbt_pid") - wp0))" "$n" >>"$R/$w.cpu.pgbouncer"
+                    echo >>"$R/$w.cpu.pgbouncer"
                 fi
             done
         done
@@ -397,7 +403,9 @@ for sslm in prefer disable; do
     for c in 1 4; do
         f="$R/connect-$sslm-c$c.cpu"
         [ -s "$f" ] || continue
-        echo "| CPU ms per connect, $c clients, sslmode=$sslm: Waypoint (LocalAPI stand-in) | - | - | $(awk '{print $1}' "$f" | median) ($(awk '{print $2}' "$f" | median)) | - | - |"
+        g=nan
+        [ -s "$f.pgbouncer" ] && g=$(median <"$f.pgbouncer")
+        echo "| proxy CPU ms per connect, $c clients, sslmode=$sslm: PgBouncer; Waypoint (LocalAPI stand-in) | - | $(fmt_num "$g") | $(awk '{print $1}' "$f" | median) ($(awk '{print $2}' "$f" | median)) | - | - |"
     done
 done
 mrow() { # mrow LABEL FILEBASE: Waypoint with metrics off / on
