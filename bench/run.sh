@@ -14,8 +14,9 @@
 #   bench/run.sh [BUILD_DIR]       (make bench)
 # Knobs: BENCH_ROUNDS (3), BENCH_SECONDS per pgbench run (5), BENCH_BULK_MB (1024),
 #        BENCH_IDLE ("1 100 1000"), BENCH_SCALE (10), BENCH_ONLY (regex of workloads),
-#        BENCH_HOLD (see below), BENCH_PG_AUTH (scram-sha-256; "trust" only for profiling runs under valgrind,
-#        where the admin login's PBKDF2-4096 would outlast the connect timeout).
+#        BENCH_HOLD (see below), BENCH_PG_AUTH (scram-sha-256; "trust" only for profiling
+#        runs under valgrind, where the admin login's PBKDF2-4096 would outlast the
+#        connect timeout).
 set -euo pipefail
 
 SRC=$(cd "$(dirname "$0")/.." && pwd)
@@ -258,23 +259,20 @@ connects() { # sslmode prefer (libpq's default: TLS wherever offered) and disabl
             local w="connect-$sslm-c$clients"
             [[ $w =~ $ONLY ]] || continue
             for p in $PATHS; do
-                local wp0=0 si0=0 pgbt_pid
-                pgbt_pid=$(cat "$T/pgbt/pgbouncer.pid")
-                if [ "$p" = waypoint ]; then
-                    wp0=$(cpu_ticks "$WP_PID")
-                    si0=$(cpu_ticks "$STANDIN_PID")
-                fi
-                [ "$p" = pgbouncer ] && wp0=$(cpu_ticks "$pgbt_pid")
+                # CPU ms per connect of the proxy serving this path (the trust PgBouncer,
+                # or Waypoint and its stand-in)
+                local proxy="" proxy0=0 si0=0
+                [ "$p" = waypoint ] && proxy=$WP_PID
+                [ "$p" = pgbouncer ] && proxy=$(cat "$T/pgbt/pgbouncer.pid")
+                [ -n "$proxy" ] && proxy0=$(cpu_ticks "$proxy")
+                si0=$(cpu_ticks "$STANDIN_PID")
                 PGB_USE_PORT=$PGBT_PORT SSLMODE=$sslm run_pgbench "$w" "$p" -C -S -c "$clients" -j "$((clients < 2 ? 1 : 2))"
                 local n
                 n=$(tail -1 "$R/$w.tx.$p")
-                if [ "$p" = waypoint ]; then # CPU ms per connect: Waypoint, and the stand-in
-                    echo "$(cpu_ms "$(($(cpu_ticks "$WP_PID") - wp0))" "$n") $(cpu_ms "$(($(cpu_ticks "$STANDIN_PID") - si0))" "$n")" >>"$R/$w.cpu"
-                fi
-                if [ "$p" = pgbouncer ]; then
-                    cpu_ms "$(($(cpu_ticks "$pgbt_pid") - wp0))" "$n" >>"$R/$w.cpu.pgbouncer"
-                    echo >>"$R/$w.cpu.pgbouncer"
-                fi
+                case $p in
+                waypoint) echo "$(cpu_ms "$(($(cpu_ticks "$proxy") - proxy0))" "$n") $(cpu_ms "$(($(cpu_ticks "$STANDIN_PID") - si0))" "$n")" >>"$R/$w.cpu" ;;
+                pgbouncer) echo "$(cpu_ms "$(($(cpu_ticks "$proxy") - proxy0))" "$n")" >>"$R/$w.cpu.pgbouncer" ;;
+                esac
             done
         done
     done
