@@ -15,6 +15,20 @@ PG_WHEELS := $(filter-out 15,$(PG_VERSIONS))
 empty :=
 space := $(empty) $(empty)
 
+# mbedTLS line: empty = the system's (Debian 12: 2.28); 3.6 = Debian 13's 3.6 LTS packages,
+# fetched and unpacked into $(WP_CACHE)/mbedtls-3.6 by scripts/mbedtls-3.6.sh (nothing is
+# installed), built in build-mbedtls36/ (build-mbedtls36-asan, -tsan with the sanitizers).
+# `make check MBEDTLS=3.6` runs the suite against it (docs/tls.md).
+MBEDTLS ?=
+WP_CACHE ?= /var/cache/waypoint
+export WP_CACHE
+ifeq ($(MBEDTLS),3.6)
+MBEDTLS_SUFFIX := -mbedtls36
+CMAKE_FLAGS += -DWP_MBEDTLS_ROOT=$(WP_CACHE)/mbedtls-3.6/root
+else ifneq ($(MBEDTLS),)
+$(error MBEDTLS must be empty (the system's mbedTLS) or 3.6, not '$(MBEDTLS)')
+endif
+
 ifeq ($(SANITIZE),1)
 BUILD := build-asan
 CMAKE_FLAGS += -DWP_SANITIZE=ON
@@ -22,6 +36,9 @@ endif
 ifeq ($(TSAN),1)
 BUILD := build-tsan
 CMAKE_FLAGS += -DWP_TSAN=ON
+endif
+ifneq ($(MBEDTLS_SUFFIX),)
+BUILD := $(if $(filter build,$(BUILD)),build$(MBEDTLS_SUFFIX),$(BUILD)$(MBEDTLS_SUFFIX))
 endif
 
 .PHONY: all deps build check compat demo fuzz bench format clean
@@ -31,6 +48,7 @@ all: build
 deps:
 	./scripts/deps.sh
 	$(if $(PG_WHEELS),./scripts/pg-versions.sh $(PG_WHEELS) >/dev/null)
+	$(if $(MBEDTLS_SUFFIX),./scripts/mbedtls-3.6.sh >/dev/null)
 
 $(BUILD)/CMakeCache.txt:
 	cmake -S . -B $(BUILD) -DCMAKE_BUILD_TYPE=RelWithDebInfo $(CMAKE_FLAGS)
@@ -68,4 +86,4 @@ format:
 	clang-format -i cmd/waypoint/*.c lib/*.c lib/*.h test/unit/*.c test/integration/*.c test/support/*.c test/support/*.h
 
 clean:
-	rm -rf build build-asan build-tsan build-fuzz
+	rm -rf build build-asan build-tsan build-fuzz build-mbedtls36 build-asan-mbedtls36 build-tsan-mbedtls36

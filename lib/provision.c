@@ -30,7 +30,6 @@
 
 #include <jansson.h>
 #include <stdarg.h>
-#include <mbedtls/platform_util.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -513,8 +512,7 @@ static wp_status pipelined_lock_read(prov_ctx *p, PGconn *c, const char *key, co
     const char *kv[1] = {key}, *vals[3] = {role, p->ttl_ms, schemas ? schemas : "[]"};
     bool sent = PQenterPipelineMode(c) &&
                 PQsendQueryParams(c, prov_sql_lock(p->dialect), 1, NULL, kv, NULL, NULL, 0) &&
-                PQpipelineSync(c) &&
-                PQsendQueryPrepared(c, PREP_STATE, 3, vals, NULL, NULL, 0) &&
+                PQpipelineSync(c) && PQsendQueryPrepared(c, PREP_STATE, 3, vals, NULL, NULL, 0) &&
                 PQpipelineSync(c);
     PGresult *lr = sent ? pipeline_take(c) : NULL;
     PGresult *sr = sent ? pipeline_take(c) : NULL;
@@ -997,7 +995,7 @@ static wp_status write_role(prov_ctx *p, PGconn *c, const char *role, const char
         rc = sql ? WP_ERR_BACKEND : WP_ERR_NOMEM;
     }
 out:
-    mbedtls_platform_zeroize(verifier, sizeof verifier);
+    wp_zeroize(verifier, sizeof verifier);
     free(qr);
     free(qv);
     free(qu);
@@ -1011,8 +1009,8 @@ static void lease_free(prov_lease *l)
 {
     if (!l)
         return;
-    mbedtls_platform_zeroize(l->password, sizeof l->password);
-    mbedtls_platform_zeroize(l->verifier, sizeof l->verifier);
+    wp_zeroize(l->password, sizeof l->password);
+    wp_zeroize(l->verifier, sizeof l->verifier);
     free(l->db);
     free(l);
 }

@@ -47,12 +47,29 @@
 #include <mbedtls/net_sockets.h>
 #include <mbedtls/oid.h>
 #include <mbedtls/ssl.h>
+#include <mbedtls/version.h>
 
 #include "certs.h"
 #include "log.h"
 #include "tailscale.h"
 
 #define TLS_SNI_MAX 255
+
+/* The two mbedTLS lines (docs/tls.md): 2.28 (Debian 12) speaks TLS 1.2 only; 3.6 LTS
+ * (Debian 13) speaks TLS 1.2 and 1.3. The differences stay in this block and in a few
+ * #if TLS_MBEDTLS3 below: 3.x hides struct fields behind MBEDTLS_PRIVATE, renames the
+ * version and curve set-up, and needs psa_crypto_init() (certs_lib_init) first. */
+#if MBEDTLS_VERSION_NUMBER >= 0x03000000
+#define TLS_MBEDTLS3 1
+#define TLS_HS_OVER(ssl) mbedtls_ssl_is_handshake_over(ssl)
+#define TLS_HS_STATE(ssl) ((ssl)->MBEDTLS_PRIVATE(state))
+#define TLS_CRT_SIG_MD(crt) ((crt)->MBEDTLS_PRIVATE(sig_md))
+#else
+#define TLS_MBEDTLS3 0
+#define TLS_HS_OVER(ssl) ((ssl)->state == MBEDTLS_SSL_HANDSHAKE_OVER)
+#define TLS_HS_STATE(ssl) ((ssl)->state)
+#define TLS_CRT_SIG_MD(crt) ((crt)->sig_md)
+#endif
 
 struct tls_server_ctx {
     atomic_int refs;
@@ -79,13 +96,39 @@ typedef struct tls_conn {
 } tls_conn;
 
 static const char *tls_alpn_list[] = {"postgresql", NULL};
-/* Key exchange groups in the server's order of preference (mbedTLS picks the first of
- * these the client offers). mbedTLS's default order starts with secp521r1, which libpq
- * also offers, and that ECDHE dominated a TLS connect (about 200M instructions of
- * 330M in callgrind); X25519 first, P-256 for clients without it. */
+/* Key exchange groups in the server's order of preference (for TLS 1.2 mbedTLS picks
+ * the first of these the client offers; for TLS 1.3 it takes the client's key share when
+ * its group is listed here). mbedTLS's default order starts with secp521r1, which libpq
+ * also offers, and that ECDHE dominated a TLS connect (about 200M instructions of 330M
+ * in callgrind). On 2.28 X25519 is the cheapest; on 3.6 P-256 is (16.9M instructions
+ * per full TLS 1.2 handshake against 21.3M with X25519, docs/performance.md). */
+#if TLS_MBEDTLS3
+static const uint16_t tls_groups[] = {
+    MBEDTLS_SSL_IANA_TLS_GROUP_SECP256R1, MBEDTLS_SSL_IANA_TLS_GROUP_X25519,
+    MBEDTLS_SSL_IANA_TLS_GROUP_SECP384R1, MBEDTLS_SSL_IANA_TLS_GROUP_SECP521R1,
+    MBEDTLS_SSL_IANA_TLS_GROUP_NONE};
+#else
 static const mbedtls_ecp_group_id tls_curves[] = {
     MBEDTLS_ECP_DP_CURVE25519, MBEDTLS_ECP_DP_SECP256R1, MBEDTLS_ECP_DP_SECP384R1,
-    MBEDTLS_ECP_DP_SECP521R1,  MBEDTLS_ECP_DP_NONE};
+    MBEDTLS_ECP_DP_SECP521R1, MBEDTLS_ECP_DP_NONE};
+#endif
+
+/* TLS 1.2 and, where the library has it, 1.3 (negotiated: the highest both speak). */
+static void conf_versions(mbedtls_ssl_config *c)
+{
+#if TLS_MBEDTLS3
+    mbedtls_ssl_conf_min_tls_version(c, MBEDTLS_SSL_VERSION_TLS1_2);
+#if defined(MBEDTLS_SSL_PROTO_TLS1_3)
+    mbedtls_ssl_conf_max_tls_version(c, MBEDTLS_SSL_VERSION_TLS1_3);
+#else
+    mbedtls_ssl_conf_max_tls_version(c, MBEDTLS_SSL_VERSION_TLS1_2);
+#endif
+    mbedtls_ssl_conf_groups(c, tls_groups);
+#else
+    mbedtls_ssl_conf_min_version(c, MBEDTLS_SSL_MAJOR_VERSION_3, MBEDTLS_SSL_MINOR_VERSION_3);
+    mbedtls_ssl_conf_curves(c, tls_curves);
+#endif
+}
 
 /* --- BIO and polling -------------------------------------------------------------- */
 
@@ -124,6 +167,12 @@ static ssize_t tls_read(wp_io *io, void *buf, size_t n)
 {
     tls_conn *c = io->impl;
     int r = mbedtls_ssl_read(&c->ssl, buf, n);
+#if TLS_MBEDTLS3
+    /* A TLS 1.3 post-handshake message (NewSessionTicket from the backend) carried no
+     * application data: read again (bounded by what the socket holds). */
+    while (r == MBEDTLS_ERR_SSL_RECEIVED_NEW_SESSION_TICKET)
+        r = mbedtls_ssl_read(&c->ssl, buf, n);
+#endif
     if (r > 0)
         return r;
     if (r == 0 || r == MBEDTLS_ERR_SSL_PEER_CLOSE_NOTIFY || r == MBEDTLS_ERR_SSL_CONN_EOF)
@@ -244,9 +293,8 @@ static wp_status conf_setup(mbedtls_ssl_config *c, tls_server_ctx *s, const cert
         wp_error_set(err, WP_SQLSTATE_INTERNAL, "TLS: cannot set up server configuration");
         return WP_ERR_INTERNAL;
     }
-    mbedtls_ssl_conf_min_version(c, MBEDTLS_SSL_MAJOR_VERSION_3, MBEDTLS_SSL_MINOR_VERSION_3);
+    conf_versions(c);
     mbedtls_ssl_conf_renegotiation(c, MBEDTLS_SSL_RENEGOTIATION_DISABLED);
-    mbedtls_ssl_conf_curves(c, tls_curves);
     mbedtls_ssl_conf_rng(c, mbedtls_ctr_drbg_random, &s->drbg);
     mbedtls_ssl_conf_sni(c, sni_callback, s);
     /* Without SNI mbedTLS uses the config's own certificate (an SNI callback's choice
@@ -297,7 +345,9 @@ wp_status tls_server_new_srcs(const cfg_listener *l, certs_fetch_fn fetch, certs
                     .fetch_arg = arg,
                     .domains = domains,
                     .domains_arg = arg};
-    wp_status st = certs_new(&o, &s->certs, err);
+    wp_status st = certs_lib_init(err);
+    if (st == WP_OK)
+        st = certs_new(&o, &s->certs, err);
     if (st == WP_OK)
         st = rng_seed(&s->entropy, &s->drbg, "waypoint-tls-server", err);
     if (st == WP_OK)
@@ -380,10 +430,10 @@ static wp_status handshake(tls_conn *c, int require_alpn, int64_t deadline_ms, c
                            const char *sqlstate, wp_error *err)
 {
     int alpn_checked = !require_alpn;
-    while (c->ssl.state != MBEDTLS_SSL_HANDSHAKE_OVER) {
+    while (!TLS_HS_OVER(&c->ssl)) {
         int r = mbedtls_ssl_handshake_step(&c->ssl);
         if (r == 0) {
-            if (!alpn_checked && c->ssl.state > MBEDTLS_SSL_CLIENT_HELLO) {
+            if (!alpn_checked && TLS_HS_STATE(&c->ssl) > MBEDTLS_SSL_CLIENT_HELLO) {
                 const char *a = mbedtls_ssl_get_alpn_protocol(&c->ssl);
                 if (!a || strcmp(a, "postgresql") != 0) {
                     mbedtls_ssl_send_alert_message(&c->ssl, MBEDTLS_SSL_ALERT_LEVEL_FATAL,
@@ -475,7 +525,7 @@ static wp_status client_conf(tls_conn *c, const char *server_name, cfg_backend_t
                              const char *ca_file, int is_ip, wp_error *err)
 {
     pthread_once(&client_rng_once, client_rng_init);
-    if (!client_rng_ok) {
+    if (certs_lib_init(NULL) != WP_OK || !client_rng_ok) {
         wp_error_set(err, WP_SQLSTATE_CONN_FAILURE, "TLS: random generator unavailable");
         return WP_ERR_INTERNAL;
     }
@@ -485,7 +535,7 @@ static wp_status client_conf(tls_conn *c, const char *server_name, cfg_backend_t
         wp_error_set(err, WP_SQLSTATE_CONN_FAILURE, "TLS: cannot set up client configuration");
         return WP_ERR_INTERNAL;
     }
-    mbedtls_ssl_conf_min_version(cf, MBEDTLS_SSL_MAJOR_VERSION_3, MBEDTLS_SSL_MINOR_VERSION_3);
+    conf_versions(cf);
     mbedtls_ssl_conf_rng(cf, mbedtls_ctr_drbg_random, &client_drbg);
     mbedtls_ssl_conf_session_tickets(cf, MBEDTLS_SSL_SESSION_TICKETS_DISABLED);
     if (mode == CFG_BTLS_VERIFY_FULL) {
@@ -512,6 +562,11 @@ static wp_status client_conf(tls_conn *c, const char *server_name, cfg_backend_t
      * handshake against iPAddress SANs instead. */
     if (rc == 0 && !is_ip)
         rc = mbedtls_ssl_set_hostname(&c->ssl, server_name);
+#if TLS_MBEDTLS3
+    /* 3.6 refuses to verify without a hostname unless told that none is wanted. */
+    else if (rc == 0)
+        rc = mbedtls_ssl_set_hostname(&c->ssl, NULL);
+#endif
     if (rc != 0)
         return mbed_fail(err, WP_SQLSTATE_CONN_FAILURE, "TLS setup", rc);
     mbedtls_ssl_set_bio(&c->ssl, c, bio_send, bio_recv, NULL);
@@ -559,9 +614,9 @@ static int ip_matches(const mbedtls_x509_crt *crt, const char *host)
  * signature hash, SHA-256 when that is MD5 or SHA-1 (or unknown). */
 static wp_status channel_binding(const mbedtls_x509_crt *crt, unsigned char out[64], size_t *len)
 {
-    mbedtls_md_type_t t = crt->sig_md;
-    if (t == MBEDTLS_MD_NONE || t == MBEDTLS_MD_MD5 || t == MBEDTLS_MD_SHA1 ||
-        t == MBEDTLS_MD_MD2 || t == MBEDTLS_MD_MD4 || t == MBEDTLS_MD_RIPEMD160)
+    mbedtls_md_type_t t = TLS_CRT_SIG_MD(crt);
+    if (t != MBEDTLS_MD_SHA224 && t != MBEDTLS_MD_SHA256 && t != MBEDTLS_MD_SHA384 &&
+        t != MBEDTLS_MD_SHA512)
         t = MBEDTLS_MD_SHA256;
     const mbedtls_md_info_t *md = mbedtls_md_info_from_type(t);
     if (!md || mbedtls_md_get_size(md) > 64 || mbedtls_md(md, crt->raw.p, crt->raw.len, out))
