@@ -130,6 +130,15 @@ static void conf_versions(mbedtls_ssl_config *c)
 #endif
 }
 
+const char *tls_library(void)
+{
+#if defined(MBEDTLS_SSL_PROTO_TLS1_3)
+    return "mbedTLS " MBEDTLS_VERSION_STRING " (TLS 1.2, TLS 1.3)";
+#else
+    return "mbedTLS " MBEDTLS_VERSION_STRING " (TLS 1.2)";
+#endif
+}
+
 /* --- BIO and polling -------------------------------------------------------------- */
 
 static int bio_send(void *ctx, const unsigned char *buf, size_t len)

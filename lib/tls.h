@@ -20,6 +20,10 @@
 #include "wp_error.h"
 
 typedef struct tls_server_ctx tls_server_ctx;
+
+/* The TLS library and the protocol versions this build speaks, for -version and logs:
+ * "mbedTLS 2.28.3 (TLS 1.2)" or "mbedTLS 3.6.6 (TLS 1.2, TLS 1.3)". */
+const char *tls_library(void);
 typedef struct ts_client ts_client;
 
 /* Builds the server context for one listener: loads cert_file/key_file when set.
