@@ -5,6 +5,7 @@
 #   scripts/debian13.sh check     build in build-debian13/ and run ctest there (make check-debian13)
 #   scripts/debian13.sh prepare   only make (or verify) the cached Debian 13 system
 #   scripts/debian13.sh shell [CMD...]   a root shell (or CMD) in it, source tree at /src
+#   scripts/debian13.sh remove    unmount and delete the cached system (the next run remakes it)
 #
 # The system is made once with debootstrap from Debian's archive (the mirror the machine's
 # own apt sources name; WP_DEBIAN_MIRROR overrides it) into $WP_CACHE/debian13/root
@@ -278,6 +279,9 @@ check_system() {
 
 # enter: mounts for a run, the checkout at /src, an empty /tmp.
 enter() {
+    # Under the lock nothing else uses the system: mounts or processes still there were
+    # left by a run that was killed outright (kill -9), so its trap never ran.
+    unmount_all "$ROOT"
     mount_all "$ROOT"
     bind "$SRC" "$ROOT/src"
     find "$ROOT/tmp" -mindepth 1 -xdev -delete 2>/dev/null || true
@@ -325,7 +329,12 @@ shell)
         in_root "$ROOT" bash -l
     fi
     ;;
+remove)
+    safe_rm "$NEW"
+    safe_rm "$ROOT"
+    say "removed the Debian 13 system in $CACHE"
+    ;;
 *)
-    die "usage: $0 [check|prepare|shell [CMD...]]"
+    die "usage: $0 [check|prepare|shell [CMD...]|remove]"
     ;;
 esac
