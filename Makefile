@@ -79,8 +79,10 @@ demo: build
 fuzz: deps
 	FUZZ_SECONDS=$(FUZZ_SECONDS) ./scripts/fuzz.sh
 
+# Also builds the mbedTLS 3.6 Waypoint, for the TLS rows (2.28 and 3.6 side by side).
 bench: build
-	./bench/run.sh $(BUILD)
+	$(if $(MBEDTLS_SUFFIX),,$(MAKE) --no-print-directory build MBEDTLS=3.6 PG_VERSIONS="$(PG_VERSIONS)")
+	BENCH_WAYPOINT36=$(abspath build-mbedtls36)/waypoint ./bench/run.sh $(BUILD)
 
 format:
 	clang-format -i cmd/waypoint/*.c lib/*.c lib/*.h test/unit/*.c test/integration/*.c test/support/*.c test/support/*.h

@@ -43,6 +43,7 @@
 #include <mbedtls/ecdsa.h>
 #include <mbedtls/entropy.h>
 #include <mbedtls/error.h>
+#include <mbedtls/md.h>
 #include <mbedtls/oid.h>
 #include <mbedtls/platform_util.h>
 #include <mbedtls/version.h>
@@ -243,6 +244,12 @@ static wp_status pair_finish(certs_pair *p, const char *what, wp_error *err)
     if (rc != 0) {
         set_mbed_error(err, rc, what, "cannot prepare the EC private key");
         return WP_ERR_CONFIG;
+    }
+    const mbedtls_md_info_t *sha256 = mbedtls_md_info_from_type(MBEDTLS_MD_SHA256);
+    rc = sha256 ? mbedtls_md(sha256, p->chain.raw.p, p->chain.raw.len, p->fp) : -1;
+    if (rc != 0) {
+        set_mbed_error(err, rc, what, "cannot fingerprint the certificate");
+        return WP_ERR_INTERNAL;
     }
     p->not_before = x509_time_to_unix(&p->chain.valid_from);
     p->not_after = x509_time_to_unix(&p->chain.valid_to);

@@ -42,6 +42,7 @@ typedef struct certs_pair {
     mbedtls_pk_context key;
     int64_t not_before; /* leaf validity, Unix seconds */
     int64_t not_after;
+    unsigned char fp[32]; /* SHA-256 of the leaf (DER): what a resumed session is bound to */
 } certs_pair;
 
 typedef enum {

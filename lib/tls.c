@@ -46,7 +46,11 @@
 #include <mbedtls/md.h>
 #include <mbedtls/net_sockets.h>
 #include <mbedtls/oid.h>
+#include <mbedtls/platform_util.h>
+#include <mbedtls/constant_time.h>
 #include <mbedtls/ssl.h>
+#include <mbedtls/ssl_cache.h>
+#include <mbedtls/ssl_ticket.h>
 #include <mbedtls/version.h>
 
 #include "certs.h"
@@ -61,7 +65,9 @@
  * version and curve set-up, and needs psa_crypto_init() (certs_lib_init) first. */
 #if MBEDTLS_VERSION_NUMBER >= 0x03000000
 #define TLS_MBEDTLS3 1
-#define TLS_HS_OVER(ssl) mbedtls_ssl_is_handshake_over(ssl)
+/* Not mbedtls_ssl_is_handshake_over(): a TLS 1.3 server's NewSessionTicket states come
+ * after HANDSHAKE_OVER in the enum, and stopping there would never send the ticket. */
+#define TLS_HS_OVER(ssl) ((ssl)->MBEDTLS_PRIVATE(state) == MBEDTLS_SSL_HANDSHAKE_OVER)
 #define TLS_HS_STATE(ssl) ((ssl)->MBEDTLS_PRIVATE(state))
 #define TLS_CRT_SIG_MD(crt) ((crt)->MBEDTLS_PRIVATE(sig_md))
 #else
@@ -79,6 +85,13 @@ struct tls_server_ctx {
     certs_store *certs;
     char listener[128];
     atomic_int can_serve; /* last certs_has_source answer, for log-once-per-change */
+    /* Resumption (see "session resumption" below). Both are locked internally by mbedTLS
+     * (MBEDTLS_THREADING_C), so every worker thread of the listener shares them. */
+    int tickets_on;
+    mbedtls_ssl_ticket_context ticket;
+    int cache_on;
+    mbedtls_ssl_cache_context cache;
+    unsigned char bind_key[32]; /* random per context: binds sessions to a certificate */
 };
 
 typedef struct tls_conn {
@@ -91,8 +104,10 @@ typedef struct tls_conn {
     mbedtls_ssl_config cconf; /* client side; server side when own_conf */
     mbedtls_x509_crt ca;
     int client;
-    int own_conf;               /* server side: cconf carries the no-SNI default cert */
-    const certs_pair *def_cert; /* that certificate (referenced) */
+    int own_conf;                  /* server side: cconf carries the no-SNI default cert */
+    const certs_pair *def_cert;    /* that certificate (referenced) */
+    int resumed;                   /* server side: a ticket or the cache resumed the session */
+    const unsigned char *bound_fp; /* the certificate the resumed session was bound to */
 } tls_conn;
 
 static const char *tls_alpn_list[] = {"postgresql", NULL};
@@ -138,6 +153,8 @@ const char *tls_library(void)
     return "mbedTLS " MBEDTLS_VERSION_STRING " (TLS 1.2)";
 #endif
 }
+
+static wp_status mbed_fail(wp_error *err, const char *sqlstate, const char *what, int rc);
 
 /* --- BIO and polling -------------------------------------------------------------- */
 
@@ -242,6 +259,11 @@ static void server_unref(tls_server_ctx *s)
     if (!s || atomic_fetch_sub(&s->refs, 1) != 1)
         return;
     mbedtls_ssl_config_free(&s->conf);
+    if (s->tickets_on)
+        mbedtls_ssl_ticket_free(&s->ticket);
+    if (s->cache_on)
+        mbedtls_ssl_cache_free(&s->cache);
+    mbedtls_platform_zeroize(s->bind_key, sizeof(s->bind_key));
     mbedtls_ctr_drbg_free(&s->drbg);
     mbedtls_entropy_free(&s->entropy);
     certs_free(s->certs);
@@ -276,6 +298,13 @@ static int sni_callback(void *arg, mbedtls_ssl_context *ssl, const unsigned char
     }
     certs_release(s->certs, c->cert); /* a second SNI callback cannot happen, but be tidy */
     c->cert = p;
+    /* A TLS 1.2 ticket parsed before this extension was checked against the default
+     * certificate: a session never resumes under another certificate (fail closed). */
+    if (c->resumed && c->bound_fp && memcmp(c->bound_fp, p->fp, sizeof(p->fp)) != 0) {
+        log_kv(WP_LOG_WARN, "tls_resumption_refused", "listener", s->listener, "sni", c->sni,
+               "reason", "session ticket bound to another certificate", (char *)NULL);
+        return -1;
+    }
     return 0;
 }
 
@@ -289,6 +318,202 @@ static wp_status rng_seed(mbedtls_entropy_context *e, mbedtls_ctr_drbg_context *
         return WP_ERR_INTERNAL;
     }
     return WP_OK;
+}
+
+/* --- session resumption ------------------------------------------------------------
+ * Toward clients only (the backend side never resumes). Two mechanisms, per listener
+ * context, so a session never crosses listeners, and rebuilt with the context on every
+ * SIGHUP, so a reload (new certificates) starts both afresh:
+ *   - session tickets (RFC 5077; TLS 1.3 tickets on 3.6): mbedTLS's ticket module,
+ *     AES-256-GCM, whose key rotates every tls_ticket_lifetime; a ticket is accepted for
+ *     one lifetime after it was issued, so a key lives at most two lifetimes;
+ *   - a session-ID cache of tls_session_cache_size entries (TLS 1.2 clients without
+ *     tickets), entries expiring after tls_ticket_lifetime (1h when tickets are off).
+ * A listener serves several certificates (file, Tailscale by SNI), so each session is
+ * bound to the certificate of the handshake that created it: tickets carry a 16-byte
+ * HMAC over (certificate fingerprint, ticket) under bind_key, and cache entries are keyed
+ * by HMAC(bind_key, fingerprint || session ID). A session offered under another
+ * certificate fails that check and the client gets a full handshake.
+ *
+ * mbedTLS hands these callbacks the listener's context only, not the connection, so the
+ * connection whose handshake a worker thread is driving is kept in a thread-local: each
+ * thread drives one handshake at a time, and no other thread ever reads it. */
+#define TLS_BIND_LEN 16
+
+static _Thread_local tls_conn *tls_cur;
+
+/* The certificate this connection serves so far: SNI's choice, else the default one. */
+static const unsigned char *conn_fp(const tls_conn *c)
+{
+    const certs_pair *p = c->cert       ? c->cert
+                          : c->def_cert ? c->def_cert
+                          : c->srv      ? certs_file_pair(c->srv->certs)
+                                        : NULL;
+    return p ? p->fp : NULL;
+}
+
+/* HMAC-SHA-256(bind_key, fp || data), truncated to outlen. */
+static int bind_mac(const tls_server_ctx *s, const unsigned char *fp, const unsigned char *data,
+                    size_t len, unsigned char *out, size_t outlen)
+{
+    unsigned char mac[32];
+    mbedtls_md_context_t md;
+    mbedtls_md_init(&md);
+    int rc = mbedtls_md_setup(&md, mbedtls_md_info_from_type(MBEDTLS_MD_SHA256), 1);
+    if (rc == 0)
+        rc = mbedtls_md_hmac_starts(&md, s->bind_key, sizeof(s->bind_key));
+    if (rc == 0)
+        rc = mbedtls_md_hmac_update(&md, fp, 32);
+    if (rc == 0)
+        rc = mbedtls_md_hmac_update(&md, data, len);
+    if (rc == 0)
+        rc = mbedtls_md_hmac_finish(&md, mac);
+    mbedtls_md_free(&md);
+    if (rc == 0)
+        memcpy(out, mac, outlen);
+    return rc;
+}
+
+static int ticket_write(void *p, const mbedtls_ssl_session *session, unsigned char *start,
+                        const unsigned char *end, size_t *tlen, uint32_t *lifetime)
+{
+    tls_server_ctx *s = p;
+    const unsigned char *fp = tls_cur ? conn_fp(tls_cur) : NULL;
+    if (!fp)
+        return MBEDTLS_ERR_SSL_INTERNAL_ERROR;
+    if (end - start < TLS_BIND_LEN)
+        return MBEDTLS_ERR_SSL_BUFFER_TOO_SMALL;
+    int rc =
+        mbedtls_ssl_ticket_write(&s->ticket, session, start + TLS_BIND_LEN, end, tlen, lifetime);
+    if (rc == 0)
+        rc = bind_mac(s, fp, start + TLS_BIND_LEN, *tlen, start, TLS_BIND_LEN);
+    if (rc == 0)
+        *tlen += TLS_BIND_LEN;
+    return rc;
+}
+
+static int ticket_parse(void *p, mbedtls_ssl_session *session, unsigned char *buf, size_t len)
+{
+    tls_server_ctx *s = p;
+    tls_conn *c = tls_cur;
+    const unsigned char *fp = c ? conn_fp(c) : NULL;
+    unsigned char mac[TLS_BIND_LEN];
+    if (!fp || len <= TLS_BIND_LEN ||
+        bind_mac(s, fp, buf + TLS_BIND_LEN, len - TLS_BIND_LEN, mac, sizeof(mac)) != 0 ||
+        mbedtls_ct_memcmp(mac, buf, TLS_BIND_LEN) != 0)
+        return MBEDTLS_ERR_SSL_INVALID_MAC; /* another certificate or listener: full handshake */
+    int rc = mbedtls_ssl_ticket_parse(&s->ticket, session, buf + TLS_BIND_LEN, len - TLS_BIND_LEN);
+    if (rc == 0) {
+        c->resumed = 1;
+        c->bound_fp = fp;
+    }
+    return rc;
+}
+
+/* The cache key of a session ID under this connection's certificate. */
+static int cache_key(tls_server_ctx *s, const unsigned char *id, size_t id_len,
+                     unsigned char key[32])
+{
+    const unsigned char *fp = tls_cur ? conn_fp(tls_cur) : NULL;
+    if (!fp || id_len == 0 || id_len > 32)
+        return -1;
+    return bind_mac(s, fp, id, id_len, key, 32);
+}
+
+#if TLS_MBEDTLS3
+static int cache_get(void *p, const unsigned char *id, size_t id_len, mbedtls_ssl_session *session)
+{
+    tls_server_ctx *s = p;
+    unsigned char key[32];
+    if (cache_key(s, id, id_len, key) != 0)
+        return -1;
+    int rc = mbedtls_ssl_cache_get(&s->cache, key, sizeof(key), session);
+    if (rc == 0) {
+        tls_cur->resumed = 1;
+        tls_cur->bound_fp = conn_fp(tls_cur);
+    }
+    return rc;
+}
+
+static int cache_set(void *p, const unsigned char *id, size_t id_len,
+                     const mbedtls_ssl_session *session)
+{
+    tls_server_ctx *s = p;
+    unsigned char key[32];
+    if (cache_key(s, id, id_len, key) != 0)
+        return -1;
+    return mbedtls_ssl_cache_set(&s->cache, key, sizeof(key), session);
+}
+#else
+/* 2.28 looks the session up by session->id: swap in the bound key for the lookup and put
+ * the client's ID back (the ServerHello echoes it). */
+static int cache_get(void *p, mbedtls_ssl_session *session)
+{
+    tls_server_ctx *s = p;
+    unsigned char id[32], key[32];
+    size_t id_len = session->id_len;
+    if (id_len > sizeof(id) || cache_key(s, session->id, id_len, key) != 0)
+        return -1;
+    memcpy(id, session->id, id_len);
+    memcpy(session->id, key, sizeof(key));
+    session->id_len = sizeof(key);
+    int rc = mbedtls_ssl_cache_get(&s->cache, session);
+    memcpy(session->id, id, id_len);
+    session->id_len = id_len;
+    if (rc == 0) {
+        tls_cur->resumed = 1;
+        tls_cur->bound_fp = conn_fp(tls_cur);
+    }
+    return rc;
+}
+
+static int cache_set(void *p, const mbedtls_ssl_session *session)
+{
+    tls_server_ctx *s = p;
+    mbedtls_ssl_session keyed = *session; /* shallow: mbedtls_ssl_cache_set deep-copies it */
+    if (cache_key(s, session->id, session->id_len, keyed.id) != 0)
+        return -1;
+    keyed.id_len = 32;
+    return mbedtls_ssl_cache_set(&s->cache, &keyed);
+}
+#endif
+
+/* Sets up tickets and cache for a listener per its configuration. */
+static wp_status resumption_setup(tls_server_ctx *s, const cfg_listener *l, wp_error *err)
+{
+    if (mbedtls_ctr_drbg_random(&s->drbg, s->bind_key, sizeof(s->bind_key)) != 0) {
+        wp_error_set(err, WP_SQLSTATE_INTERNAL, "TLS: cannot draw the session binding key");
+        return WP_ERR_INTERNAL;
+    }
+    int64_t life_s = (l->tls_ticket_lifetime_ms + 999) / 1000;
+    if (life_s > 0) {
+        mbedtls_ssl_ticket_init(&s->ticket);
+        s->tickets_on = 1;
+        int rc = mbedtls_ssl_ticket_setup(&s->ticket, mbedtls_ctr_drbg_random, &s->drbg,
+                                          MBEDTLS_CIPHER_AES_256_GCM, (uint32_t)life_s);
+        if (rc != 0)
+            return mbed_fail(err, WP_SQLSTATE_INTERNAL, "TLS: session tickets", rc);
+    }
+    if (l->tls_session_cache_size > 0) {
+        mbedtls_ssl_cache_init(&s->cache);
+        s->cache_on = 1;
+        mbedtls_ssl_cache_set_max_entries(&s->cache, (int)l->tls_session_cache_size);
+        mbedtls_ssl_cache_set_timeout(&s->cache, life_s > 0 ? life_s : 3600);
+    }
+    return WP_OK;
+}
+
+static void conf_resumption(mbedtls_ssl_config *c, tls_server_ctx *s)
+{
+    if (s->tickets_on)
+        mbedtls_ssl_conf_session_tickets_cb(c, ticket_write, ticket_parse, s);
+    if (s->cache_on)
+        mbedtls_ssl_conf_session_cache(c, s, cache_get, cache_set);
+}
+
+int tls_io_resumed(const wp_io *io)
+{
+    return io && io->ops == &tls_ops && ((const tls_conn *)io->impl)->resumed;
 }
 
 /* A server config on c: the listener's shared one (own = the file certificate), or a
@@ -306,6 +531,7 @@ static wp_status conf_setup(mbedtls_ssl_config *c, tls_server_ctx *s, const cert
     mbedtls_ssl_conf_renegotiation(c, MBEDTLS_SSL_RENEGOTIATION_DISABLED);
     mbedtls_ssl_conf_rng(c, mbedtls_ctr_drbg_random, &s->drbg);
     mbedtls_ssl_conf_sni(c, sni_callback, s);
+    conf_resumption(c, s);
     /* Without SNI mbedTLS uses the config's own certificate (an SNI callback's choice
      * takes precedence over it). */
     if (own && mbedtls_ssl_conf_own_cert(c, (mbedtls_x509_crt *)&own->chain,
@@ -359,6 +585,8 @@ wp_status tls_server_new_srcs(const cfg_listener *l, certs_fetch_fn fetch, certs
         st = certs_new(&o, &s->certs, err);
     if (st == WP_OK)
         st = rng_seed(&s->entropy, &s->drbg, "waypoint-tls-server", err);
+    if (st == WP_OK)
+        st = resumption_setup(s, l, err);
     if (st == WP_OK)
         st = conf_setup(&s->conf, s, certs_file_pair(s->certs), err);
     if (st != WP_OK) {
@@ -503,8 +731,10 @@ wp_status tls_server_accept(tls_server_ctx *s, int fd, int require_alpn, int64_t
         return mbed_fail(err, WP_SQLSTATE_INTERNAL, "TLS setup", rc);
     }
     mbedtls_ssl_set_bio(&c->ssl, c, bio_send, bio_recv, NULL);
+    tls_cur = c; /* for the resumption callbacks */
     wp_status st =
         handshake(c, require_alpn, deadline_ms, "TLS handshake", WP_SQLSTATE_PROTOCOL, err);
+    tls_cur = NULL;
     if (st != WP_OK) {
         conn_free(c);
         return st;

@@ -52,6 +52,9 @@ wp_status tls_server_accept(tls_server_ctx *s, int fd, int require_alpn, int64_t
                             wp_io *io, wp_error *err);
 /* Server name the client sent (SNI) or NULL; valid until tls_io_free. */
 const char *tls_io_sni(const wp_io *io);
+/* 1 when the client resumed an earlier session (ticket or session cache), 0 for a full
+ * handshake or a non-TLS io. */
+int tls_io_resumed(const wp_io *io);
 void tls_io_free(wp_io *io);
 
 /* Backend side: sends SSLRequest on fd per mode; on 'S' does the TLS handshake and
