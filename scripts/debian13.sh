@@ -10,7 +10,8 @@
 # The system is made once with debootstrap from Debian's archive (the mirror the machine's
 # own apt sources name; WP_DEBIAN_MIRROR overrides it) into $WP_CACHE/debian13/root
 # (default /var/cache/waypoint), then the packages below are installed into it with its
-# own apt, from trixie, trixie-updates and trixie-security. The machine's apt sources are
+# own apt, from trixie, trixie-updates and trixie-security (and the base system upgraded
+# from them, as a maintained Debian 13 would be). The machine's apt sources are
 # never touched. A stamp (a hash of the suite, the mirrors and the package list) marks a
 # finished system: a later run with the same stamp reuses it without the network, a
 # changed list or an unfinished one is made again from scratch.
@@ -90,7 +91,7 @@ MIRROR=${MIRROR:-http://deb.debian.org/debian}
 SECURITY=${WP_DEBIAN_SECURITY_MIRROR:-$(mirror_for "$(host_codename)-security" | head -n 1)}
 SECURITY=${SECURITY:-http://deb.debian.org/debian-security}
 # Bump when the way the system is set up changes, so old caches are remade.
-LAYOUT=1
+LAYOUT=2
 STAMP=$(printf '%s\n' "$LAYOUT" "$SUITE" "$MIRROR" "$SECURITY" $PKGS | sha256sum | cut -c1-16)
 
 # ------------------------------------------------------------------ mounts ----
@@ -242,6 +243,7 @@ EOF
     # shellcheck disable=SC2086
     { in_root_bg "$NEW" apt-get update -q &&
         in_root_bg "$NEW" apt-get install -y -q -o Dpkg::Options::=--force-confold $PKGS &&
+        in_root_bg "$NEW" apt-get dist-upgrade -y -q -o Dpkg::Options::=--force-confold &&
         in_root_bg "$NEW" apt-get clean; } >"$CACHE/install.log" 2>&1 || {
         tail -n 40 "$CACHE/install.log" >&2
         die "package install failed (log: $CACHE/install.log)"
