@@ -26,10 +26,14 @@
 # deleted only once nothing is mounted under it (rm --one-file-system besides).
 #
 # Environment: WP_CACHE, WP_DEBIAN_MIRROR, WP_DEBIAN_SECURITY_MIRROR, JOBS (default
-# nproc), CTEST_ARGS (extra ctest arguments, e.g. "-L unit"), BUILD (default
-# build-debian13). docs/testing.md ("Debian 13").
+# nproc), CTEST_ARGS (extra ctest arguments, e.g. "-L unit"), WP_DEBIAN13_BUILD (the
+# build dir in the checkout, default build-debian13). docs/testing.md ("Debian 13").
 set -euo pipefail
 
+[ "$(id -u)" -eq 0 ] || {
+    echo "debian13: must run as root (debootstrap, mount and chroot need it)" >&2
+    exit 1
+}
 SRC=$(cd "$(dirname "$0")/.." && pwd)
 mkdir -p "${WP_CACHE:-/var/cache/waypoint}/debian13"
 # Resolved: kill_inside compares it with /proc/PID/root.
@@ -37,7 +41,7 @@ CACHE=$(realpath "${WP_CACHE:-/var/cache/waypoint}/debian13")
 ROOT=$CACHE/root
 NEW=$CACHE/root.new
 SUITE=trixie
-BUILD=${BUILD:-build-debian13}
+BUILD=${WP_DEBIAN13_BUILD:-build-debian13}
 JOBS=${JOBS:-$(nproc)}
 CTEST_ARGS=${CTEST_ARGS:-}
 PG_MAJOR=17
@@ -56,8 +60,6 @@ die() {
     say "$*"
     exit 1
 }
-
-[ "$(id -u)" -eq 0 ] || die "must run as root (debootstrap, mount and chroot need it)"
 
 # mirror_for SUITE: the URI of the machine's apt source for SUITE (deb822 .sources or
 # one-line .list), so Debian 13 comes from the same mirror as Debian 12's packages.
