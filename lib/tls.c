@@ -1,5 +1,7 @@
 /*
- * tls: mbedTLS 2.28 (TLS 1.2) for both sides of the proxy, exposed as a wp_io.
+ * tls: mbedTLS for both sides of the proxy, exposed as a wp_io. Builds against 2.28
+ * (Debian 12: TLS 1.2) and 3.6 LTS (Debian 13: TLS 1.2 and 1.3); see the compatibility
+ * block below and docs/tls.md.
  *
  * Server side. A tls_server_ctx is built per listener (and again on every reload): one
  * read-only mbedtls_ssl_config, its own CTR_DRBG, and a certs_store (certs.c) that
