@@ -1,5 +1,7 @@
 /*
- * tls: mbedTLS 2.28 (TLS 1.2) for both sides of the proxy, exposed as a wp_io.
+ * tls: mbedTLS for both sides of the proxy, exposed as a wp_io. Builds against 2.28
+ * (Debian 12: TLS 1.2) and 3.6 LTS (Debian 13: TLS 1.2 and 1.3); see the compatibility
+ * block below and docs/tls.md.
  *
  * Server side. A tls_server_ctx is built per listener (and again on every reload): one
  * read-only mbedtls_ssl_config, its own CTR_DRBG, and a certs_store (certs.c) that
@@ -111,17 +113,22 @@ typedef struct tls_conn {
 } tls_conn;
 
 static const char *tls_alpn_list[] = {"postgresql", NULL};
-/* Key exchange groups in the server's order of preference (for TLS 1.2 mbedTLS picks
- * the first of these the client offers; for TLS 1.3 it takes the client's key share when
- * its group is listed here). mbedTLS's default order starts with secp521r1, which libpq
- * also offers, and that ECDHE dominated a TLS connect (about 200M instructions of 330M
- * in callgrind). On 2.28 X25519 is the cheapest; on 3.6 P-256 is (16.9M instructions
- * per full TLS 1.2 handshake against 21.3M with X25519, docs/performance.md). */
+/* Key exchange groups in the server's order of preference. For TLS 1.2 mbedTLS picks the
+ * first of these the client offers; for TLS 1.3 it takes the client's key share when
+ * that group is listed here, and otherwise asks for one (HelloRetryRequest). mbedTLS's
+ * default order starts with secp521r1, which libpq also offers, and that ECDHE dominated
+ * a TLS connect (about 200M instructions of 330M in callgrind). On 2.28 X25519 is the
+ * cheapest. On 3.6 P-256 is (callgrind, docs/performance.md: a full handshake costs
+ * 17.0 M instructions with P-256 against 22.1 M with X25519), and every TLS 1.3
+ * handshake pays for ECDHE, resumed ones too (clients offer only psk_dhe_ke): so the 3.6
+ * list leaves X25519 out. A TLS 1.3 client that sent only an X25519 share (libpq, Go,
+ * Java, Node) is asked for P-256 instead; that costs the round trip TLS 1.3 saves, so
+ * the handshake takes as many round trips as TLS 1.2's and less CPU than either. The
+ * backend side uses the same list: its first entry is the share mbedTLS sends. */
 #if TLS_MBEDTLS3
 static const uint16_t tls_groups[] = {
-    MBEDTLS_SSL_IANA_TLS_GROUP_SECP256R1, MBEDTLS_SSL_IANA_TLS_GROUP_X25519,
-    MBEDTLS_SSL_IANA_TLS_GROUP_SECP384R1, MBEDTLS_SSL_IANA_TLS_GROUP_SECP521R1,
-    MBEDTLS_SSL_IANA_TLS_GROUP_NONE};
+    MBEDTLS_SSL_IANA_TLS_GROUP_SECP256R1, MBEDTLS_SSL_IANA_TLS_GROUP_SECP384R1,
+    MBEDTLS_SSL_IANA_TLS_GROUP_SECP521R1, MBEDTLS_SSL_IANA_TLS_GROUP_NONE};
 #else
 static const mbedtls_ecp_group_id tls_curves[] = {
     MBEDTLS_ECP_DP_CURVE25519, MBEDTLS_ECP_DP_SECP256R1, MBEDTLS_ECP_DP_SECP384R1,

@@ -1,5 +1,6 @@
 /*
- * tls: mbedTLS 2.28 (TLS 1.2) on both sides of the proxy (spec section 8).
+ * tls: mbedTLS (2.28: TLS 1.2; 3.6: TLS 1.2 and 1.3) on both sides of the proxy (spec
+ * section 8), with session resumption toward clients.
  *
  * Server side: tls_server_ctx holds the shared, read-only mbedTLS config plus the
  * certificate sources (certs.c); each client connection gets its own mbedtls_ssl_context
