@@ -152,6 +152,7 @@ mount_all() {
     MOUNTED=$dir
     mount -t proc proc "$dir/proc"
     bind /sys "$dir/sys"
+    mount -o remount,bind,ro "$dir/sys" # nothing in the chroot has to change the machine
     bind /dev "$dir/dev"
     bind /dev/pts "$dir/dev/pts"
     mkdir -p "$dir/dev/shm"
