@@ -83,8 +83,9 @@ typedef struct sess {
     char role[ID_ROLE_MAX + 1];
     up_conn up;
     int up_open;
-    uint32_t wp_pid;  /* cancel key given to the client; 0 = none */
-    cancel_target bk; /* the backend's own key (pid 0: none yet) */
+    int keyed;                          /* the client was given a cancel key */
+    unsigned char wp_key[CANCEL_KEY_LEN]; /* its secret (the pid is bk.backend_pid) */
+    cancel_target bk;                   /* the backend's own key (pid 0: none yet) */
     pool_session ps;  /* the backend session's reuse state (pool.c) */
     pool_key pk;      /* its pool key; pk.owner NULL when reuse is off */
     int reused;
@@ -752,7 +753,7 @@ static wp_status sess_give_key(sess *s);
 /* BackendKeyData: remember the backend's key, give the client one of ours. */
 static wp_status sess_remap_key(sess *s)
 {
-    if (s->msg.len < 8 || s->msg.len - 4 > PGW_CANCEL_KEY_MAX || s->wp_pid != 0)
+    if (s->msg.len < 8 || s->msg.len - 4 > PGW_CANCEL_KEY_MAX || s->keyed)
         return WP_ERR_PROTOCOL;
     s->ps.backend_pid = pgw_get32(s->msg.data);
     s->ps.backend_key_len = s->msg.len - 4;
@@ -760,7 +761,8 @@ static wp_status sess_remap_key(sess *s)
     return sess_give_key(s);
 }
 
-/* A fresh Waypoint cancel key for the backend key in s->ps, to the client. */
+/* The client's cancel key for the backend key in s->ps: the backend's real pid (spec
+ * 7.4) and a secret issued to this client alone. */
 static wp_status sess_give_key(sess *s)
 {
     cancel_target t;
@@ -772,12 +774,12 @@ static wp_status sess_give_key(sess *s)
     t.port = s->lc->backend_port;
     snprintf(t.login, sizeof(t.login), "%s", s->id->login_name);
     snprintf(t.node_id, sizeof(t.node_id), "%s", s->id->stable_id);
-    unsigned char key[CANCEL_KEY_LEN];
     s->bk = t;
-    wp_status st = cancel_register(s->env->cancel, &t, &s->wp_pid, key);
-    if (st == WP_OK)
-        st = pgw_build_backend_key(&s->out, s->wp_pid, key, sizeof(key));
-    return st;
+    wp_status st = cancel_register(s->env->cancel, &t, s->wp_key);
+    if (st != WP_OK)
+        return st;
+    s->keyed = 1;
+    return pgw_build_backend_key(&s->out, t.backend_pid, s->wp_key, sizeof(s->wp_key));
 }
 
 static int sess_finish_startup(sess *s)
@@ -1157,9 +1159,9 @@ static void sess_end(sess *s, int relayed)
 {
     /* The client's cancel key goes before the backend can be parked: once parked, the
      * backend may serve another connection, which the old key must not reach. */
-    if (s->wp_pid)
-        cancel_unregister(s->env->cancel, s->wp_pid);
-    s->wp_pid = 0;
+    if (s->keyed)
+        cancel_unregister(s->env->cancel, s->bk.backend_pid, s->wp_key);
+    s->keyed = 0;
     if (relayed) {
         sess_touch_if_due(s, wp_now_ms()); /* before parking: the entry carries the time */
         sess_park(s);

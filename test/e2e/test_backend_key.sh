@@ -66,7 +66,7 @@ c1 = pgraw.Conn("127.0.0.1", port)
 real = int(c1.scalar("SELECT pg_backend_pid()"))
 check(c1.pid == real, "BackendKeyData pid %d is pg_backend_pid() %d" % (c1.pid, real))
 check(superuser("SELECT usename FROM pg_stat_activity WHERE pid = %d" % c1.pid)
-      == "wp_alice_laptop_appdb", "pg_stat_activity lists the key's pid as alice's role")
+      == "wp_alice_alice_appdb", "pg_stat_activity lists the key's pid as alice's role (%s)" % superuser("SELECT usename FROM pg_stat_activity WHERE pid = %d" % c1.pid))
 c1.query("LISTEN wp_key")
 c1.send_query("NOTIFY wp_key")
 notify_pid = None
