@@ -26,7 +26,9 @@
 #include "session.h"
 
 #include <arpa/inet.h>
+#include <errno.h>
 #include <netinet/in.h>
+#include <poll.h>
 #include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -54,6 +56,9 @@
 #define SESS_FLUSH_AT (64 * 1024)
 #define SESS_WHOIS_FRESH_MS 1000 /* how long the WhoIs made at accept may stand in */
 #define SESS_RESET_WAIT_MS 2000  /* time for DISCARD ALL before parking a backend session */
+#define SESS_STOP_TRIES 3        /* attempts to have a backend confirmed gone */
+#define SESS_LINGER_MS 2000      /* after a FATAL: reading what the client still sends */
+#define SESS_LINGER_MAX (1 << 20) /* ... and at most this much of it */
 
 typedef struct sess {
     const sess_env *env;
@@ -89,6 +94,8 @@ typedef struct sess {
     pool_session ps;  /* the backend session's reuse state (pool.c) */
     pool_key pk;      /* its pool key; pk.owner NULL when reuse is off */
     int reused;
+    int reset_failed; /* DISCARD ALL before parking did not come back */
+    int told;         /* an ErrorResponse was sent: close with sess_linger() */
 
     pgw_buf out; /* bytes for the client, flushed in batches */
     pgw_buf msg;
@@ -221,8 +228,10 @@ static int sess_refuse(sess *s, const wp_error *e, const char *reason)
             snprintf(sent.sqlstate, sizeof(sent.sqlstate), "%s", WP_SQLSTATE_INTERNAL);
         if (!sent.message[0])
             snprintf(sent.message, sizeof(sent.message), "connection refused");
-        if (pgw_build_error(&s->out, &sent) == WP_OK)
+        if (pgw_build_error(&s->out, &sent) == WP_OK) {
+            s->told = 1;
             (void)sess_flush(s);
+        }
         sess_log_refusal(s, &sent, reason);
     } else {
         sess_log_refusal(s, NULL, reason);
@@ -808,6 +817,7 @@ static int sess_finish_startup(sess *s)
             wp_error e;
             wp_error_clear(&e);
             (void)pgw_parse_error(s->msg.data, s->msg.len, &e);
+            s->told = 1;
             (void)sess_flush(s);
             sess_log_refusal(s, &e, "backend refused the session");
             return 0;
@@ -923,19 +933,21 @@ static int sess_reuse(sess *s)
 
 /* After the relay: a backend session whose client ended with Terminate, sent as its
  * only message after an idle ReadyForQuery and with both streams on message boundaries,
- * is reset and parked. Anything else (an error or transaction state, COPY, a client
- * that just vanished, a message in flight) is closed. */
-static void sess_park(sess *s)
+ * is reset and parked. Returns 1 when parked (or closed idle because the pool is full);
+ * 0 leaves the backend connection with the worker for sess_settle_backend(). */
+static int sess_park(sess *s)
 {
     const relay_result *r = &s->rr;
     if (!s->up_open || r->end != RELAY_CLIENT_TERMINATE)
-        return;
+        return 0;
+    int clean = s->pk.owner && r->backend_status == 'I' && r->backend_boundary &&
+                r->backend_last == PGW_MSG_READY && r->client_after_ready == 1;
+    if (!clean)
+        return 0;
     s->ps.up = s->up;
     s->ps.open = 1;
     s->up_open = 0;
     snprintf(s->ps.role, sizeof(s->ps.role), "%s", s->role);
-    int clean = s->pk.owner && r->backend_status == 'I' && r->backend_boundary &&
-                r->backend_last == PGW_MSG_READY && r->client_after_ready == 1;
     int64_t life = s->env->cfg->pool_idle_timeout_ms, reval = s->env->cfg->revalidation_interval_ms;
     if (reval > 0 && reval < life)
         life = reval; /* a parked session is never older than a live one's last check */
@@ -944,12 +956,56 @@ static void sess_park(sess *s)
     pool_limits lim = {.lifetime_ms = life,
                        .max_per_role = s->env->cfg->pool_max_per_role,
                        .max_total = s->env->cfg->pool_max_total};
-    if (clean) {
-        if (pool_reset(&s->ps, wp_now_ms() + SESS_RESET_WAIT_MS) == WP_OK &&
-            pool_park(s->env->pool, &s->pk, &s->ps, &lim))
-            return;
+    if (pool_reset(&s->ps, wp_now_ms() + SESS_RESET_WAIT_MS) != WP_OK) {
+        /* DISCARD ALL did not come back: whatever the backend is doing, it is stopped */
+        s->up = s->ps.up;
+        s->up_open = 1;
+        s->ps.open = 0;
+        s->reset_failed = 1;
+        return 0;
     }
-    pool_session_close(&s->ps); /* forwards the Terminate the relay held back */
+    if (!pool_park(s->env->pool, &s->pk, &s->ps, &lim))
+        pool_session_close(&s->ps); /* idle and reset: the held Terminate ends it */
+    return 1;
+}
+
+static int sess_stop_backend(void *arg, relay_end why);
+
+/* Stops the backend (sess_stop_backend, as an end by authority does) and tries again
+ * while it is not confirmed gone, a bounded number of times. */
+static void sess_stop_until_gone(sess *s, relay_end why, int tries)
+{
+    for (int i = 0; i < tries; i++)
+        if (sess_stop_backend(s, why))
+            return;
+    log_kv(WP_LOG_ERROR, "backend_not_stopped", "listener", s->lc->name, "user", sess_login(s),
+           "role", s->role, "database", s->database, "reason", relay_end_str(why), (char *)NULL);
+}
+
+/* Spec 7.6: every backend session Waypoint opened ends parked after a clean reset or
+ * gone. A backend that was idle goes by itself once it reads the Terminate (forwarded
+ * here when the relay held it back) or the end of its stream. One that may still be
+ * running a statement (its client vanished or sent Terminate in the middle of it, a
+ * pipelined Execute, COPY, a reset that did not come back) would run on unseen,
+ * PostgreSQL noticing a vanished client only when it next writes to it: it is stopped
+ * like an end by authority, while this session is still listed, killable and counted. */
+static void sess_settle_backend(sess *s)
+{
+    if (!s->up_open)
+        return;
+    const relay_result *r = &s->rr;
+    if (relay_end_by_authority(r->end)) {
+        if (!r->backend_stopped) /* the relay's attempt failed */
+            sess_stop_until_gone(s, r->end, SESS_STOP_TRIES - 1);
+    } else if (!r->backend_eof && (!r->backend_idle || s->reset_failed)) {
+        sess_stop_until_gone(s, r->end, SESS_STOP_TRIES);
+    }
+    if (r->end == RELAY_CLIENT_TERMINATE && !s->reset_failed) {
+        static const unsigned char x[5] = {PGW_MSG_TERMINATE, 0, 0, 0, 4};
+        (void)io_write_all(&s->up.io, x, sizeof(x), wp_now_ms() + SESS_FINISH_WAIT_MS);
+    }
+    up_close(&s->up);
+    s->up_open = 0;
 }
 
 /* ---------------------------------------------------------- 7. relay ---- */
@@ -1122,8 +1178,10 @@ static void sess_relay(sess *s)
     wp_error_clear(&e);
     if (relay_end_by_authority(s->rr.end))
         sess_end_message(s, &e);
-    if (e.sqlstate[0] && s->rr.at_boundary && pgw_build_error(&s->out, &e) == WP_OK)
+    if (e.sqlstate[0] && s->rr.at_boundary && pgw_build_error(&s->out, &e) == WP_OK) {
+        s->told = 1;
         (void)sess_flush(s);
+    }
 }
 
 /* ------------------------------------------------------------- 8. end ---- */
@@ -1155,6 +1213,32 @@ static void sess_log_end(sess *s)
     sess_obs_ended(s, sess_outcome(s));
 }
 
+/* After a FATAL: closing a socket that still holds unread client input makes the kernel
+ * answer with a reset, and a client that is still sending then fails its next write (or
+ * loses what it had not read) instead of reading why its session ended. So the write
+ * side is shut down first (a FIN after the FATAL) and whatever the client still sends is
+ * read and thrown away until it closes, for a short bounded time. */
+static void sess_linger(sess *s)
+{
+    if (shutdown(s->fd, SHUT_WR) != 0)
+        return;
+    int64_t deadline = wp_now_ms() + SESS_LINGER_MS;
+    char sink[4096];
+    for (size_t total = 0; total < SESS_LINGER_MAX;) {
+        if (io_wait_fd(s->fd, POLLIN, deadline) != WP_OK)
+            return;
+        ssize_t n = recv(s->fd, sink, sizeof(sink), MSG_DONTWAIT);
+        if (n == 0)
+            return;
+        if (n < 0) {
+            if (errno == EAGAIN || errno == EWOULDBLOCK || errno == EINTR)
+                continue;
+            return;
+        }
+        total += (size_t)n;
+    }
+}
+
 static void sess_end(sess *s, int relayed)
 {
     /* The client's cancel key goes before the backend can be parked: once parked, the
@@ -1164,7 +1248,8 @@ static void sess_end(sess *s, int relayed)
     s->keyed = 0;
     if (relayed) {
         sess_touch_if_due(s, wp_now_ms()); /* before parking: the entry carries the time */
-        sess_park(s);
+        if (!sess_park(s))
+            sess_settle_backend(s);
         sess_log_end(s);
     }
     sessreg_remove(obs_sessions(s->env->obs), s->reg);
@@ -1174,10 +1259,12 @@ static void sess_end(sess *s, int relayed)
         sess_users_release(s->env->users, sess_user_key(s->id));
     if (s->up_open)
         up_close(&s->up);
-    if (s->tls) {
+    if (s->tls)
         io_shutdown(&s->cio);
+    if (s->told)
+        sess_linger(s);
+    if (s->tls)
         tls_io_free(&s->cio);
-    }
     close(s->fd);
     pool_session_clear(&s->ps);
     sess_pool_key_free(s);
