@@ -127,6 +127,7 @@ static const key_spec keys[] = {
     {SEC_PROVISIONING, "allow_raw_sql", V_BOOL, G(allow_raw_sql), 0},
     {SEC_PROVISIONING, "cleanup_interval", V_DUR, G(cleanup_interval_ms), 0},
     {SEC_REVALIDATION, "interval", V_DUR, G(revalidation_interval_ms), 0},
+    {SEC_REVALIDATION, "grace", V_DUR, G(revalidation_grace_ms), 0},
     {SEC_LIMITS, "max_conns_per_user", V_INT, G(default_limits.max_conns_per_user), 0},
     {SEC_LIMITS, "max_conn_duration", V_DUR, G(default_limits.max_conn_duration_ms), 0},
     {SEC_LIMITS, "max_bytes_per_conn", V_SIZE, G(default_limits.max_bytes_per_conn), 0},
@@ -1296,6 +1297,7 @@ static wp_config *config_new(const char *path)
     c->whois_timeout_ms = 2 * MS_PER_S;
     c->cleanup_interval_ms = 10 * MS_PER_M;
     c->revalidation_interval_ms = 1 * MS_PER_M;
+    c->revalidation_grace_ms = 5 * MS_PER_M;
     c->startup_timeout_ms = 10 * MS_PER_S;
     c->drain_timeout_ms = 30 * MS_PER_S;
     c->pool_enabled = true;
@@ -1589,6 +1591,7 @@ void cfg_print(const wp_config *cfg, FILE *out)
     print_duration(out, "cleanup_interval", cfg->cleanup_interval_ms);
     fputs("\n[revalidation]\n", out);
     print_duration(out, "interval", cfg->revalidation_interval_ms);
+    print_duration(out, "grace", cfg->revalidation_grace_ms);
     fprintf(out, "\n[defaults.limits]\nmax_conns_per_user = %" PRId64 "\n",
             cfg->default_limits.max_conns_per_user);
     print_duration(out, "max_conn_duration", cfg->default_limits.max_conn_duration_ms);

@@ -71,6 +71,8 @@ typedef struct wp_config {
 
     /* [revalidation] */
     int64_t revalidation_interval_ms; /* default 1m; 0 disables */
+    int64_t revalidation_grace_ms;    /* default 5m: sessions whose identity could not be
+                                         confirmed for this long end; 0 = never */
 
     /* [defaults.limits] */
     cfg_limits default_limits;

@@ -337,6 +337,11 @@ prov_dialect prov_get_dialect(const prov_ctx *p)
     return p->dialect;
 }
 
+bool prov_groups_settable(const prov_ctx *p)
+{
+    return !p->member_opts;
+}
+
 /* The one "retry once on a dead admin connection": a pooled connection may have died
  * with a backend restart since it was last used, and only a query tells. Call after a
  * failed attempt number `attempt` on *c: when it was the first and *c is broken, *c is

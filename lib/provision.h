@@ -43,6 +43,10 @@ typedef struct prov_lease prov_lease;
 wp_status prov_create(const prov_settings *s, prov_ctx **out, wp_error *err);
 void prov_destroy(prov_ctx *p);
 prov_dialect prov_get_dialect(const prov_ctx *p);
+/* True when the backend cannot keep a caller from SET ROLE to its group roles
+ * (PostgreSQL before 16 has no membership SET option; CockroachDB): a session there may
+ * hold a group's rights beyond its role's current grants. */
+bool prov_groups_settable(const prov_ctx *p);
 
 /* Ensures the role for (id, database, grant); the scope (full grant or downgrade preset)
  * comes from g->downgrade. Errors go to err with the client-facing SQLSTATE:

@@ -95,6 +95,9 @@ typedef struct sess {
     pool_key pk;      /* its pool key; pk.owner NULL when reuse is off */
     int reused;
     int reset_failed; /* DISCARD ALL before parking did not come back */
+    int64_t confirmed_ms;  /* last time tailscaled confirmed the caller (identify, ticks) */
+    const char *tick_end;  /* why revalidation ended the session: revoked, narrowed,
+                              unconfirmed (the outcome word) */
     int told;         /* an ErrorResponse was sent: close with sess_linger() */
 
     pgw_buf out; /* bytes for the client, flushed in batches */
@@ -596,6 +599,7 @@ static int sess_identify(sess *s)
     int64_t t0 = obs_now_us();
     wp_status st = sess_whois(s, &s->id, &e);
     s->stage = st == WP_OK ? "identify" : st == WP_ERR_NOT_FOUND ? "not_on_tailnet" : "tailscale";
+    s->confirmed_ms = wp_now_ms();
     obs_observe(s->env->obs, OBS_H_WHOIS, s->lc->name,
                 st == WP_OK              ? "ok"
                 : st == WP_ERR_NOT_FOUND ? "not_found"
@@ -1024,10 +1028,36 @@ static int sess_same_grant(const grant_effective *a, const grant_effective *b)
     return 1;
 }
 
+/* tailscaled could not be asked at a tick. The session goes on (the caller was authorised
+ * at connect time and the next tick checks again) until the identity has gone
+ * unconfirmed for [revalidation] grace: then it ends, failing closed. */
+static int sess_unconfirmed(sess *s, wp_status st, const wp_error *e, wp_error *err)
+{
+    int64_t grace = s->env->cfg->revalidation_grace_ms;
+    int64_t since = wp_now_ms() - s->confirmed_ms;
+    int ending = grace > 0 && since >= grace;
+    char ms[24];
+    snprintf(ms, sizeof(ms), "%lld", (long long)since);
+    log_kv(WP_LOG_WARN, "revalidation_failed", "listener", s->lc->name, "peer", s->peer, "user",
+           sess_login(s), "reason", e->detail[0] ? e->detail : wp_status_str(st), "unconfirmed_ms",
+           ms, "ending", ending ? "yes" : "no", (char *)NULL);
+    obs_revalidation(s->env->obs, s->lc->name, ending ? "unconfirmed" : "tailscale_error");
+    if (!ending)
+        return 0;
+    s->tick_end = "unconfirmed";
+    wp_error_set(err, WP_SQLSTATE_INVALID_AUTH,
+                 "terminating connection: the caller's identity could not be confirmed with "
+                 "tailscaled for %lld s ([revalidation] grace)",
+                 (long long)(since / 1000));
+    return 1;
+}
+
 /* Revalidation tick: WhoIs again and re-resolve the grant. A vanished node, a changed
  * identity or a removed grant ends the session; a changed grant is applied to the role
- * at once. A tailscaled hiccup (error, timeout) is logged and the session goes on: the
- * caller was authorised at connect time and the next tick checks again. */
+ * at once, except that a narrowing on a server that cannot forbid SET ROLE to the
+ * caller's groups (PostgreSQL 14/15) ends the session: it may be acting as a group whose
+ * rights the new grant no longer gives, and nothing Waypoint can do to the role takes
+ * that back. A tailscaled hiccup is sess_unconfirmed()'s. */
 static int sess_revalidate(void *arg, wp_error *err)
 {
     sess *s = arg;
@@ -1035,19 +1065,20 @@ static int sess_revalidate(void *arg, wp_error *err)
     wp_error e;
     wp_error_clear(&e);
     wp_status st = ts_whois(s->env->ts, s->peer, &id, &e);
-    if (st != WP_OK && st != WP_ERR_NOT_FOUND) {
-        log_kv(WP_LOG_WARN, "revalidation_failed", "listener", s->lc->name, "peer", s->peer, "user",
-               sess_login(s), "reason", e.detail[0] ? e.detail : wp_status_str(st), (char *)NULL);
-        obs_revalidation(s->env->obs, s->lc->name, "tailscale_error");
-        return 0;
-    }
+    if (st != WP_OK && st != WP_ERR_NOT_FOUND)
+        return sess_unconfirmed(s, st, &e, err);
+    s->confirmed_ms = wp_now_ms();
     grant_effective *g = NULL;
     const char *result = "unchanged";
     int revoked = st == WP_ERR_NOT_FOUND || strcmp(id->stable_id, s->id->stable_id) != 0 ||
                   strcmp(id->login_name, s->id->login_name) != 0 ||
                   grant_resolve(id->cap_rules, s->lc->name, s->database,
                                 &s->env->cfg->default_limits, s->downgrade, &g, &e) != WP_OK;
-    if (!revoked && !sess_same_grant(g, s->grant)) {
+    int narrowed = !revoked && !sess_same_grant(g, s->grant) && grant_narrows(s->grant, g) &&
+                   prov_groups_settable(s->lsn->prov);
+    if (narrowed) {
+        result = "narrowed";
+    } else if (!revoked && !sess_same_grant(g, s->grant)) {
         prov_lease *lease = NULL;
         if (prov_ensure_role(s->lsn->prov, s->id, s->database, g, &lease, &e) == WP_OK) {
             prov_lease_release(lease);
@@ -1065,19 +1096,28 @@ static int sess_revalidate(void *arg, wp_error *err)
     id_free(id);
     obs_revalidation(s->env->obs, s->lc->name, revoked ? "revoked" : result);
     if (revoked) {
+        s->tick_end = "revoked";
         sess_pool_forget(s); /* the caller's parked sessions go with the grant */
         wp_error_set(err, WP_SQLSTATE_INVALID_AUTH, "%s",
                      "terminating connection: access through Waypoint was revoked");
+    } else if (narrowed) {
+        s->tick_end = "narrowed";
+        log_kv(WP_LOG_INFO, "grant_narrowed", "listener", s->lc->name, "user", sess_login(s),
+               "role", s->role, "action", "session ended: this server allows SET ROLE to groups",
+               (char *)NULL);
+        wp_error_set(err, WP_SQLSTATE_INVALID_AUTH, "%s",
+                     "terminating connection: the Waypoint grant was narrowed; reconnect to "
+                     "continue with the new grant");
     }
-    return revoked;
+    return revoked || narrowed;
 }
 
 /* Whether an end by authority also takes the role's own access away (until the
- * caller's next authorized connect): when access was withdrawn, not when a limit or the
- * drain ended the session. */
-static int sess_end_locks_out(relay_end why)
+ * caller's next authorized connect): when access was withdrawn, not when a limit, the
+ * drain, a narrowing or an unreachable tailscaled ended the session. */
+static int sess_end_locks_out(const sess *s, relay_end why)
 {
-    return why == RELAY_TICK_STOP;
+    return why == RELAY_TICK_STOP && s->tick_end && strcmp(s->tick_end, "revoked") == 0;
 }
 
 /* Waypoint's end of the backend connection, as the backend sees its client. */
@@ -1112,7 +1152,7 @@ static int sess_stop_backend(void *arg, relay_end why)
     wp_error_clear(&le);
     wp_status st = prov_stop_backend(s->lsn->prov, s->role, s->database, &ref, deadline, &e);
     const char *locked = "no";
-    if (sess_end_locks_out(why))
+    if (sess_end_locks_out(s, why))
         locked =
             prov_lock_out_role(s->lsn->prov, s->role, s->database, &le) == WP_OK ? "yes" : "failed";
     log_kv(st == WP_OK && strcmp(locked, "failed") != 0 ? WP_LOG_INFO : WP_LOG_WARN,
@@ -1194,6 +1234,8 @@ static const char *sess_outcome(const sess *s)
         (s->rr.end == RELAY_CLIENT_CLOSED || s->rr.end == RELAY_BACKEND_CLOSED ||
          s->rr.end == RELAY_CLIENT_TERMINATE))
         return "ok";
+    if (s->rr.end == RELAY_TICK_STOP && s->tick_end)
+        return s->tick_end;
     return relay_end_str(s->rr.end);
 }
 
