@@ -40,9 +40,9 @@ typedef struct cfg_listener {
     bool use_tailscale_tls; /* default true */
     char *cert_file;        /* NULL when unset; set together with key_file */
     char *key_file;
-    cfg_backend_tls backend_tls; /* default prefer */
-    char *backend_ca_file;       /* NULL when unset */
-    int64_t max_connections;     /* concurrent client connections; default 1000 */
+    cfg_backend_tls backend_tls;    /* default prefer */
+    char *backend_ca_file;          /* NULL when unset */
+    int64_t max_connections;        /* concurrent client connections; default 1000 */
     int64_t max_unstarted_per_peer; /* per node (or address) before startup; 0 = off */
 
     /* [listeners.postgres] */

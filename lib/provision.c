@@ -518,8 +518,7 @@ static wp_status pipelined_lock_read(prov_ctx *p, PGconn *c, const char *key, co
     const char *kv[1] = {key}, *vals[3] = {role, p->ttl_ms, schemas ? schemas : "[]"};
     bool sent = PQenterPipelineMode(c) &&
                 PQsendQueryParams(c, prov_sql_lock(p->dialect), 1, NULL, kv, NULL, NULL, 0) &&
-                PQpipelineSync(c) &&
-                PQsendQueryPrepared(c, PREP_STATE, 3, vals, NULL, NULL, 0) &&
+                PQpipelineSync(c) && PQsendQueryPrepared(c, PREP_STATE, 3, vals, NULL, NULL, 0) &&
                 PQpipelineSync(c);
     PGresult *lr = sent ? pipeline_take(c) : NULL;
     PGresult *sr = sent ? pipeline_take(c) : NULL;

@@ -54,10 +54,10 @@
 #define SESS_STOP_CANCEL_MS 1000 /* of which at most this for the CancelRequest */
 #define SESS_STARTUP_ROUNDS 4    /* SSLRequest, GSSENCRequest, ... before StartupMessage */
 #define SESS_FLUSH_AT (64 * 1024)
-#define SESS_WHOIS_FRESH_MS 1000 /* how long the WhoIs made at accept may stand in */
-#define SESS_RESET_WAIT_MS 2000  /* time for DISCARD ALL before parking a backend session */
-#define SESS_STOP_TRIES 3        /* attempts to have a backend confirmed gone */
-#define SESS_LINGER_MS 2000      /* after a FATAL: reading what the client still sends */
+#define SESS_WHOIS_FRESH_MS 1000  /* how long the WhoIs made at accept may stand in */
+#define SESS_RESET_WAIT_MS 2000   /* time for DISCARD ALL before parking a backend session */
+#define SESS_STOP_TRIES 3         /* attempts to have a backend confirmed gone */
+#define SESS_LINGER_MS 2000       /* after a FATAL: reading what the client still sends */
 #define SESS_LINGER_MAX (1 << 20) /* ... and at most this much of it */
 
 typedef struct sess {
@@ -88,17 +88,17 @@ typedef struct sess {
     char role[ID_ROLE_MAX + 1];
     up_conn up;
     int up_open;
-    int keyed;                          /* the client was given a cancel key */
+    int keyed;                            /* the client was given a cancel key */
     unsigned char wp_key[CANCEL_KEY_LEN]; /* its secret (the pid is bk.backend_pid) */
-    cancel_target bk;                   /* the backend's own key (pid 0: none yet) */
-    pool_session ps;  /* the backend session's reuse state (pool.c) */
-    pool_key pk;      /* its pool key; pk.owner NULL when reuse is off */
+    cancel_target bk;                     /* the backend's own key (pid 0: none yet) */
+    pool_session ps;                      /* the backend session's reuse state (pool.c) */
+    pool_key pk;                          /* its pool key; pk.owner NULL when reuse is off */
     int reused;
-    int reset_failed; /* DISCARD ALL before parking did not come back */
-    int64_t confirmed_ms;  /* last time tailscaled confirmed the caller (identify, ticks) */
-    const char *tick_end;  /* why revalidation ended the session: revoked, narrowed,
-                              unconfirmed (the outcome word) */
-    int told;         /* an ErrorResponse was sent: close with sess_linger() */
+    int reset_failed;     /* DISCARD ALL before parking did not come back */
+    int64_t confirmed_ms; /* last time tailscaled confirmed the caller (identify, ticks) */
+    const char *tick_end; /* why revalidation ended the session: revoked, narrowed,
+                             unconfirmed (the outcome word) */
+    int told;             /* an ErrorResponse was sent: close with sess_linger() */
 
     pgw_buf out; /* bytes for the client, flushed in batches */
     pgw_buf msg;

@@ -94,12 +94,12 @@ static void test_reused_backend(void **state)
     cancel_unregister(m, 31337, first);
     assert_int_equal(cancel_register(m, &t, second), WP_OK);
     assert_memory_not_equal(first, second, CANCEL_KEY_LEN);
-    assert_int_equal(cancel_lookup(m, 31337, first, sizeof(first), "alice@example.com", "nALICE",
-                                   &got),
-                     WP_ERR_NOT_FOUND);
-    assert_int_equal(cancel_lookup(m, 31337, second, sizeof(second), "alice@example.com",
-                                   "nALICE", &got),
-                     WP_OK);
+    assert_int_equal(
+        cancel_lookup(m, 31337, first, sizeof(first), "alice@example.com", "nALICE", &got),
+        WP_ERR_NOT_FOUND);
+    assert_int_equal(
+        cancel_lookup(m, 31337, second, sizeof(second), "alice@example.com", "nALICE", &got),
+        WP_OK);
     cancel_map_free(m);
 }
 
@@ -171,10 +171,8 @@ static void test_concurrent(void **state)
 int main(void)
 {
     const struct CMUnitTest tests[] = {
-        cmocka_unit_test(test_register_lookup),
-        cmocka_unit_test(test_lookup_refuses_mismatch),
-        cmocka_unit_test(test_reused_backend),
-        cmocka_unit_test(test_keys_unique),
+        cmocka_unit_test(test_register_lookup), cmocka_unit_test(test_lookup_refuses_mismatch),
+        cmocka_unit_test(test_reused_backend),  cmocka_unit_test(test_keys_unique),
         cmocka_unit_test(test_concurrent),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
