@@ -139,7 +139,8 @@ int main(int argc, char **argv)
     static struct sockaddr_storage srcs[FLOOD_SOURCES_MAX];
     int nsrc = flood_sources(dst, srcs, FLOOD_SOURCES_MAX);
     if (nsrc < 0) {
-        fprintf(stderr, "wp_flood: WP_FLOOD_SOURCES must list at most %d addresses of %s's family\n",
+        fprintf(stderr,
+                "wp_flood: WP_FLOOD_SOURCES must list at most %d addresses of %s's family\n",
                 FLOOD_SOURCES_MAX, argv[1]);
         return 2;
     }
@@ -151,7 +152,7 @@ int main(int argc, char **argv)
         socklen_t sl = sizeof(ss);
         fds[i] = socket(src->ai_family, SOCK_STREAM, 0);
         const struct sockaddr *sa = nsrc ? (const struct sockaddr *)&srcs[i % nsrc] : src->ai_addr;
-        socklen_t salen = !nsrc                          ? src->ai_addrlen
+        socklen_t salen = !nsrc                       ? src->ai_addrlen
                           : dst->ai_family == AF_INET ? (socklen_t)sizeof(struct sockaddr_in)
                                                       : (socklen_t)sizeof(struct sockaddr_in6);
         if (fds[i] < 0 || bind(fds[i], sa, salen) != 0 ||
