@@ -191,7 +191,8 @@ typedef struct loader {
     const char *name;
     cfg_diag *diag;
     wp_config *cfg;
-    bool failed; /* set with every error, even one we had no memory to record */
+    bool failed;     /* set with every error, even one we had no memory to record */
+    bool admin_only; /* cfg_admin_socket: store [admin] socket, skip every other key */
 
     sec_rec *secs;
     size_t nsecs, capsecs;
@@ -1043,6 +1044,8 @@ static int on_key(void *user, const char *section, const char *name, const char 
     }
     sec_rec *s = &ld->secs[strtoul(section + 1, NULL, 10)];
     s->nkeys++;
+    if (ld->admin_only && !(s->kind == SEC_ADMIN && strcmp(name, "socket") == 0))
+        return 1; /* not even expanded: the admin CLI must not need the secrets */
     if (s->kind == SEC_INVALID)
         return 1;
     if (s->kind == SEC_IGNORED) {
@@ -1235,6 +1238,16 @@ int cfg_host_is_loopback(const char *host)
 
 /* The metrics endpoint tells anyone who can reach it how busy each listener is and why
  * callers are refused: loopback unless the operator says otherwise. */
+static void check_admin(loader *ld)
+{
+    const char *sock = ld->cfg->admin_socket;
+    if (sock && !*sock)
+        err(ld, ld->glines[key_index(SEC_ADMIN, "socket")], "socket", "must not be empty");
+    if (sock && strlen(sock) >= 108)
+        err(ld, ld->glines[key_index(SEC_ADMIN, "socket")], "socket",
+            "path too long for a unix socket (at most 107 bytes)");
+}
+
 static void check_metrics(loader *ld)
 {
     wp_config *c = ld->cfg;
@@ -1244,11 +1257,7 @@ static void check_metrics(loader *ld)
             "not a loopback address (got '%s:%d'); set allow_remote = true in [metrics] to "
             "serve metrics beyond this machine",
             c->metrics_listen_host, c->metrics_listen_port);
-    if (c->admin_socket && !*c->admin_socket)
-        err(ld, ld->glines[key_index(SEC_ADMIN, "socket")], "socket", "must not be empty");
-    if (c->admin_socket && strlen(c->admin_socket) >= 108)
-        err(ld, ld->glines[key_index(SEC_ADMIN, "socket")], "socket",
-            "path too long for a unix socket (at most 107 bytes)");
+    check_admin(ld);
     if (c->audit_file && !*c->audit_file)
         err(ld, ld->glines[key_index(SEC_AUDIT, "file")], "file", "must not be empty");
 }
@@ -1390,12 +1399,14 @@ static void sort_by_line(char **msgs, size_t from, size_t n, size_t namelen)
     }
 }
 
-static wp_config *load_text(const char *text, size_t len, const char *name, cfg_diag *diag)
+static wp_config *load_text(const char *text, size_t len, const char *name, cfg_diag *diag,
+                            bool admin_only)
 {
     loader ld;
     memset(&ld, 0, sizeof(ld));
     ld.name = name;
     ld.diag = diag;
+    ld.admin_only = admin_only;
     size_t e0 = diag->nerrors, w0 = diag->nwarnings;
     if (!(ld.cfg = config_new(name))) {
         err(&ld, 0, NULL, "out of memory");
@@ -1408,7 +1419,10 @@ static wp_config *load_text(const char *text, size_t len, const char *name, cfg_
         if (rc != 0)
             err(&ld, rc > 0 ? rc : 0, NULL, "inih could not parse this line (internal error)");
     }
-    validate(&ld);
+    if (admin_only)
+        check_admin(&ld);
+    else
+        validate(&ld);
     loader_free(&ld);
     sort_by_line(diag->errors, e0, diag->nerrors, strlen(name));
     sort_by_line(diag->warnings, w0, diag->nwarnings, strlen(name));
@@ -1423,7 +1437,7 @@ wp_config *cfg_load_string(const char *text, const char *name, cfg_diag *diag)
 {
     cfg_diag local = {0};
     wp_config *c = load_text(text ? text : "", text ? strlen(text) : 0, name ? name : "<string>",
-                             diag ? diag : &local);
+                             diag ? diag : &local, false);
     cfg_diag_free(&local);
     return c;
 }
@@ -1446,7 +1460,7 @@ static char *read_file(const char *path, size_t *len, const char **why)
     return buf;
 }
 
-wp_config *cfg_load(const char *path, cfg_diag *diag)
+static wp_config *load_file(const char *path, cfg_diag *diag, bool admin_only)
 {
     cfg_diag local = {0};
     const char *why = NULL;
@@ -1456,7 +1470,7 @@ wp_config *cfg_load(const char *path, cfg_diag *diag)
     if (!diag)
         diag = &local;
     if (text) {
-        c = load_text(text, len, path, diag);
+        c = load_text(text, len, path, diag, admin_only);
         explicit_bzero(text, len);
         free(text);
     } else {
@@ -1465,6 +1479,29 @@ wp_config *cfg_load(const char *path, cfg_diag *diag)
     }
     cfg_diag_free(&local);
     return c;
+}
+
+wp_config *cfg_load(const char *path, cfg_diag *diag)
+{
+    return load_file(path, diag, false);
+}
+
+int cfg_admin_socket(const char *path, char **socket, cfg_diag *diag)
+{
+    *socket = NULL;
+    wp_config *c = load_file(path, diag, true);
+    if (!c)
+        return -1;
+    int rc = 0;
+    if (c->admin_socket && !(*socket = strdup(c->admin_socket))) {
+        cfg_diag local = {0};
+        loader ld = {.name = path, .diag = diag ? diag : &local};
+        err(&ld, 0, NULL, "out of memory");
+        cfg_diag_free(&local);
+        rc = -1;
+    }
+    cfg_unref(c);
+    return rc;
 }
 
 bool cfg_listener_allow_raw_sql(const wp_config *cfg, const cfg_listener *l)

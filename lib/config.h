@@ -114,7 +114,13 @@ typedef struct cfg_diag {
 /* Loads and validates path. Returns NULL when there is any error (all of them are in
  * diag). Warnings (ignored tsnet-edition keys) do not fail the load. */
 wp_config *cfg_load(const char *path, cfg_diag *diag);
-/* Same, from a string (unit tests); name is used in messages in place of a path. */
+/* Reads only [admin] socket from path, for the admin CLI (`waypoint sessions`, `kill`):
+ * the file's syntax is checked, but no other key is expanded, converted or required, so
+ * it works without the secrets' ${VAR}s in the environment. 0 with *socket set (NULL
+ * when the file has no [admin] socket; free it), -1 on an error (in diag). */
+int cfg_admin_socket(const char *path, char **socket, cfg_diag *diag);
+/* Same as cfg_load, from a string (unit tests); name is used in messages in place of a
+ * path. */
 wp_config *cfg_load_string(const char *text, const char *name, cfg_diag *diag);
 void cfg_diag_free(cfg_diag *diag);
 /* cfg_load for the daemon (start and SIGHUP reload): every warning and error becomes a

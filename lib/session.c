@@ -400,13 +400,10 @@ static int sess_admit(sess *s)
         s->early_id = NULL;
     s->early = 1;
     s->early_ms = wp_now_ms();
-    if (s->early_id) {
+    if (s->early_id)
         snprintf(s->adm_key, sizeof(s->adm_key), "node:%s", s->early_id->stable_id);
-    } else { /* the address without the port */
-        const char *ip = s->peer[0] == '[' ? s->peer + 1 : s->peer;
-        size_t n = strcspn(ip, s->peer[0] == '[' ? "]" : ":");
-        snprintf(s->adm_key, sizeof(s->adm_key), "addr:%.*s", (int)n, ip);
-    }
+    else /* loopback as one peer, IPv6 per /64 */
+        adm_peer_key(s->peer, s->adm_key, sizeof(s->adm_key));
     s->adm = adm_acquire(s->env->admit, s->lc->name, s->adm_key, s->lc->max_unstarted_per_peer);
     if (s->adm != ADM_DROP)
         return 1;

@@ -8,6 +8,11 @@
  * or -socket). Flags are Go-style like the daemon's (one or two dashes, value as the
  * next argument or after '='). Exit status: 0 done, 1 the request failed (no socket, an
  * error answer, or kill matched no session), 2 usage error.
+ *
+ * Only [admin] socket is read from the config (cfg_admin_socket): an operator's shell
+ * need not hold the secrets the daemon's ${VAR}s expand to. The table prints values a
+ * node's owner chooses (its name), so control characters are escaped before they reach
+ * the terminal; -json prints the daemon's answer as is (JSON escapes them itself).
  */
 #include "admin_cli.h"
 
@@ -90,20 +95,19 @@ static char *admin_socket_path(const admin_cli *c)
     if (c->socket)
         return strdup(c->socket);
     cfg_diag diag = {0};
-    wp_config *cfg = cfg_load(c->config, &diag);
-    for (size_t i = 0; !cfg && i < diag.nerrors; i++)
+    char *p = NULL;
+    int rc = cfg_admin_socket(c->config, &p, &diag);
+    for (size_t i = 0; rc != 0 && i < diag.nerrors; i++)
         fprintf(stderr, "%s\n", diag.errors[i]);
     cfg_diag_free(&diag);
-    if (!cfg) {
+    if (rc != 0) {
         fprintf(stderr, "waypoint: cannot read the admin socket path from %s (use -socket)\n",
                 c->config);
         return NULL;
     }
-    char *p = cfg->admin_socket ? strdup(cfg->admin_socket) : NULL;
-    if (!cfg->admin_socket)
+    if (!p)
         fprintf(stderr, "waypoint: %s has no [admin] socket; set it (and restart) or use -socket\n",
                 c->config);
-    cfg_unref(cfg);
     return p;
 }
 
@@ -113,6 +117,43 @@ static const char *jstr(const json_t *o, const char *k)
     return v && *v ? v : "-";
 }
 
+/* v with what a terminal would act on made visible: C0 controls and DEL as \n, \r, \t or
+ * \xNN, C1 controls (U+0080..U+009F, UTF-8 C2 80..C2 9F) as \u00NN, a backslash as \\
+ * (so an escape in the output always means one). Writes at most outsz - 1 bytes; a value
+ * cut short ends in "...". */
+static const char *term_safe(const char *v, char *out, size_t outsz)
+{
+    size_t o = 0;
+    for (const unsigned char *p = (const unsigned char *)v; *p; p++) {
+        char esc[8];
+        size_t n;
+        if (*p == '\\')
+            n = (size_t)snprintf(esc, sizeof(esc), "\\\\");
+        else if (*p == '\n' || *p == '\r' || *p == '\t')
+            n = (size_t)snprintf(esc, sizeof(esc), "\\%c",
+                                 *p == '\n'   ? 'n'
+                                 : *p == '\r' ? 'r'
+                                               : 't');
+        else if (*p < 0x20 || *p == 0x7f)
+            n = (size_t)snprintf(esc, sizeof(esc), "\\x%02x", *p);
+        else if (*p == 0xc2 && p[1] >= 0x80 && p[1] <= 0x9f)
+            n = (size_t)snprintf(esc, sizeof(esc), "\\u%04x", *++p);
+        else
+            esc[0] = (char)*p, n = 1;
+        if (o + n + 4 > outsz) {
+            snprintf(out + o, outsz - o, "...");
+            return out;
+        }
+        memcpy(out + o, esc, n);
+        o += n;
+    }
+    out[o] = '\0';
+    return out;
+}
+
+/* jstr() made safe for a terminal, in buf. */
+#define TSTR(o, k, buf) term_safe(jstr(o, k), buf, sizeof(buf))
+
 static void print_sessions(const json_t *list)
 {
     printf("%-6s %-28s %-30s %-28s %-14s %-24s %-3s %-20s %10s %10s %s\n", "ID", "LOGIN", "NODE",
@@ -121,12 +162,15 @@ static void print_sessions(const json_t *list)
     json_t *e;
     json_array_foreach(list, i, e)
     {
+        char login[1024], node[1024], role[256], db[512], presets[1024], since[64], st[64];
         printf("%-6lld %-28s %-30s %-28s %-14s %-24s %-3s %-20s %10lld %10lld %s\n",
-               (long long)json_integer_value(json_object_get(e, "id")), jstr(e, "login"),
-               jstr(e, "node"), jstr(e, "role"), jstr(e, "database"), jstr(e, "presets"),
-               json_is_true(json_object_get(e, "tls")) ? "yes" : "no", jstr(e, "since"),
+               (long long)json_integer_value(json_object_get(e, "id")),
+               TSTR(e, "login", login), TSTR(e, "node", node), TSTR(e, "role", role),
+               TSTR(e, "database", db), TSTR(e, "presets", presets),
+               json_is_true(json_object_get(e, "tls")) ? "yes" : "no", TSTR(e, "since", since),
                (long long)json_integer_value(json_object_get(e, "bytes_in")),
-               (long long)json_integer_value(json_object_get(e, "bytes_out")), jstr(e, "state"));
+               (long long)json_integer_value(json_object_get(e, "bytes_out")),
+               TSTR(e, "state", st));
     }
 }
 
@@ -155,7 +199,8 @@ static int admin_report(const admin_cli *c, bool kill, json_t *reply)
         free(s);
     }
     if (!json_is_true(json_object_get(reply, "ok"))) {
-        fprintf(stderr, "waypoint: %s\n", jstr(reply, "error"));
+        char why[1024];
+        fprintf(stderr, "waypoint: %s\n", TSTR(reply, "error", why));
         return 1;
     }
     if (!kill) {

@@ -1127,6 +1127,61 @@ static void test_load_file(void **state)
     free(dir);
 }
 
+/* The admin CLI's read: only [admin] socket, nothing expanded or required, so a shell
+ * without the admin password's variable (or with a file the daemon would refuse for
+ * other reasons) still finds the socket; the file's syntax and the socket's own checks
+ * still apply. */
+static void test_admin_socket_only(void **state)
+{
+    (void)state;
+    char *dir = make_tmpdir();
+    unsetenv("WP_TEST_UNSET_SECRET");
+    setenv("WP_TEST_SOCKDIR", "/run/wp", 1);
+    char *path = write_file(dir, "waypoint.toml",
+                            "[admin]\nsocket = \"${WP_TEST_SOCKDIR}/admin.sock\"\n"
+                            "[[listeners]]\nname = \"pg\"\nlisten = \"127.0.0.1:5432\"\n"
+                            "mode = \"postgres\"\nbackend = \"127.0.0.1:5433\"\n"
+                            "[listeners.postgres]\nadmin_user = \"wp_admin\"\n"
+                            "admin_password = \"${WP_TEST_UNSET_SECRET}\"\n"
+                            "admin_database = \"appdb\"\n");
+    cfg_diag d = {0};
+    assert_null(cfg_load(path, &d)); /* the daemon needs the secret */
+    assert_true(has_msg(d.errors, d.nerrors, "", "WP_TEST_UNSET_SECRET"));
+    cfg_diag_free(&d);
+    char *sock = NULL;
+    assert_int_equal(cfg_admin_socket(path, &sock, &d), 0);
+    assert_int_equal(d.nerrors, 0);
+    assert_string_equal(sock, "/run/wp/admin.sock");
+    free(sock);
+
+    /* No [admin] socket: 0 and NULL; no listener needed either. */
+    char *none = write_file(dir, "none.toml", "[server]\nlog_level = \"nope\"\n");
+    assert_int_equal(cfg_admin_socket(none, &sock, &d), 0);
+    assert_null(sock);
+    /* The socket's own checks and the file's syntax still count. */
+    char *empty = write_file(dir, "empty.toml", "[admin]\nsocket = \"\"\n");
+    assert_int_equal(cfg_admin_socket(empty, &sock, &d), -1);
+    assert_true(has_msg(d.errors, d.nerrors, "", "must not be empty"));
+    cfg_diag_free(&d);
+    char *broken = write_file(dir, "broken.toml", "[admin]\nsocket = \"/x\n");
+    assert_int_equal(cfg_admin_socket(broken, &sock, &d), -1);
+    assert_null(sock);
+    cfg_diag_free(&d);
+    char *unset = write_file(dir, "unset.toml", "[admin]\nsocket = \"${WP_TEST_UNSET_SECRET}\"\n");
+    assert_int_equal(cfg_admin_socket(unset, &sock, &d), -1);
+    assert_true(has_msg(d.errors, d.nerrors, "", "WP_TEST_UNSET_SECRET"));
+    cfg_diag_free(&d);
+
+    char *files[] = {path, none, empty, broken, unset};
+    for (size_t i = 0; i < 5; i++) {
+        unlink(files[i]);
+        free(files[i]);
+    }
+    assert_int_equal(rmdir(dir), 0);
+    free(dir);
+    unsetenv("WP_TEST_SOCKDIR");
+}
+
 static void test_example_file(void **state)
 {
     (void)state;
@@ -1251,6 +1306,7 @@ int main(void)
         cmocka_unit_test(test_refcount),
         cmocka_unit_test(test_print),
         cmocka_unit_test(test_load_file),
+        cmocka_unit_test(test_admin_socket_only),
         cmocka_unit_test(test_example_file),
         cmocka_unit_test(test_cli),
     };
