@@ -16,20 +16,25 @@
 #            mid-COPY (RST and FIN) and send Terminate mid-statement
 #   chaos    every SOAK_CHAOS_EVERY seconds, in turn: the grant revoked (restored 2 s
 #            later), every wp_ backend terminated (pg_terminate_backend, the admin's
-#            too), the configuration reloaded (SIGHUP), PostgreSQL restarted (fast)
+#            too), the configuration reloaded (SIGHUP), PostgreSQL restarted (fast);
+#            the last SOAK_CALM (5) seconds of a phase have load but no chaos, so what
+#            the vanished clients left behind is not cleaned up by a chaos step (a
+#            restart ends every backend) before the soak looks
 # After each phase the load stops and the soak waits (up to SOAK_SETTLE seconds) for
-# Waypoint to settle, then samples it. It passes when, after the last phase:
-#   - Waypoint's threads are back to the start (<=), and so are its fds, counting
-#     neither parked backend sessions (waypoint_parked_backend_sessions) nor admin
-#     connections (waypoint_admin_connections), which are kept on purpose;
+# Waypoint, then for the wp_ backends, to settle, and samples both. It passes when:
+#   - after the last phase, Waypoint's threads are back to the start (<=), and so are
+#     its fds, counting neither parked backend sessions
+#     (waypoint_parked_backend_sessions) nor admin connections
+#     (waypoint_admin_connections), which are kept on purpose, nor the LocalAPI
+#     client's idle handle cache (unix sockets, bounded);
 #   - RSS after phase 2 is within SOAK_RSS_SLACK_KB (default 4096) of RSS after phase 1:
 #     memory does not grow with the soak's length (phase 1 absorbs the warm-up:
 #     allocator arenas, pool, caches);
-#   - no backend of a wp_ role (other than the admin, wp_admin) is running, idle in a
-#     transaction, or holding a lock (pg_stat_activity, pg_locks), and no more are idle
-#     than Waypoint has parked.
+#   - after each phase, no backend of a wp_ role (other than the admin, wp_admin) is
+#     running, idle in a transaction, or holding a lock (pg_stat_activity, pg_locks),
+#     and no more are idle than Waypoint has parked.
 # Prints the numbers and "soak: PASS" or "soak: FAIL (reasons)"; exits 1 on FAIL.
-# Knobs: SOAK_SECONDS (240), SOAK_CHAOS_EVERY (4), SOAK_SETTLE (30),
+# Knobs: SOAK_SECONDS (240), SOAK_CHAOS_EVERY (4), SOAK_CALM (5), SOAK_SETTLE (30),
 # SOAK_RSS_SLACK_KB (4096), SOAK_PG (PostgreSQL major version: 15 is Debian's, others
 # from scripts/pg-versions.sh under /var/cache/waypoint/pg; default Debian's newest) or
 # WP_PG_BIN (a bin dir).
@@ -48,9 +53,10 @@ fi
 SOAK_SECONDS=${SOAK_SECONDS:-240}
 CHAOS_EVERY=${SOAK_CHAOS_EVERY:-4}
 SETTLE=${SOAK_SETTLE:-30}
+CALM=${SOAK_CALM:-5}
 RSS_SLACK=${SOAK_RSS_SLACK_KB:-4096}
 PHASE=$((SOAK_SECONDS / 2))
-[ "$PHASE" -ge 5 ] || { echo "soak: SOAK_SECONDS must be at least 10" >&2; exit 2; }
+[ "$PHASE" -gt "$CALM" ] || { echo "soak: SOAK_SECONDS must be more than 2 * SOAK_CALM" >&2; exit 2; }
 
 # shellcheck source=../test/e2e/lib.sh
 . "$SRC/test/e2e/lib.sh"
@@ -217,7 +223,7 @@ chaos_step() {
 }
 
 phase() {
-    local n=$1 end=$((SECONDS + PHASE)) pids=()
+    local n=$1 end=$((SECONDS + PHASE - CALM)) pids=()
     rm -f "$T/stop"
     storm &
     pids+=($!)
@@ -231,6 +237,7 @@ phase() {
         sleep "$CHAOS_EVERY" # pacing the trouble, not waiting for a condition
     done
     e2e_identity "$GRANT"
+    sleep "$CALM" # load without chaos: vanishing clients whose backends no restart ends
     touch "$T/stop"
     local p
     for p in "${pids[@]}"; do wait "$p" || true; done
@@ -271,10 +278,16 @@ BASE_THREADS=$THREADS BASE_ADJ=$ADJ BASE_UNIX=$FD_UNIX BASE_OTHER=$FD_OTHER BASE
 fd_list >"$T/fds.start"
 say "start: $(show)"
 
+pg_line() { echo "$PG_RUNNING running, $PG_IDLE idle ($PARKED parked), $PG_LOCKS locks"; }
+
 phase 1
 settle
 P1="$(show)" RSS1=$RSS
 say "after phase 1: $P1"
+pg_settle
+PG1="$(pg_line)" PG1_RUNNING=$PG_RUNNING PG1_LOCKS=$PG_LOCKS PG1_IDLE=$PG_IDLE PG1_PARKED=$PARKED
+PG1_WHAT=$PG_WHAT
+say "wp_ backends after phase 1: $PG1"
 
 phase 2
 settle
@@ -282,6 +295,8 @@ P2="$(show)" RSS2=$RSS END_THREADS=$THREADS END_ADJ=$ADJ END_ACTIVE=$ACTIVE
 END_UNIX=$FD_UNIX END_OTHER=$FD_OTHER
 say "after phase 2: $P2"
 pg_settle
+PG2="$(pg_line)"
+say "wp_ backends after phase 2: $PG2"
 fd_list >"$T/fds.end"
 
 # ----------------------------------------------------------------- verdict ----
@@ -298,19 +313,23 @@ why=()
 [ "$END_UNIX" -le $((BASE_UNIX + LOCALAPI_CACHE_FDS)) ] ||
     why+=("unix sockets: $END_UNIX > $BASE_UNIX at the start + $LOCALAPI_CACHE_FDS (LocalAPI handle cache)")
 [ "$GROWTH" -le "$RSS_SLACK" ] || why+=("RSS grew $GROWTH KiB from phase 1 to phase 2 (slack $RSS_SLACK)")
-[ "$PG_RUNNING" = 0 ] || why+=("$PG_RUNNING wp_ backends still running or in a transaction (first 5: $PG_WHAT)")
-[ "$PG_LOCKS" = 0 ] || why+=("$PG_LOCKS locks held by wp_ backends")
-[ "$PG_IDLE" -le "$PARKED" ] || why+=("$PG_IDLE idle wp_ backends but $PARKED parked")
+pg_verdict() { # PHASE RUNNING LOCKS IDLE PARKED WHAT
+    [ "$2" = 0 ] || why+=("after phase $1: $2 wp_ backends still running or in a transaction (first 5: $6)")
+    [ "$3" = 0 ] || why+=("after phase $1: $3 locks held by wp_ backends")
+    [ "$4" -le "$5" ] || why+=("after phase $1: $4 idle wp_ backends but $5 parked")
+}
+pg_verdict 1 "$PG1_RUNNING" "$PG1_LOCKS" "$PG1_IDLE" "$PG1_PARKED" "$PG1_WHAT"
+pg_verdict 2 "$PG_RUNNING" "$PG_LOCKS" "$PG_IDLE" "$PARKED" "$PG_WHAT"
 
 cat <<REPORT
-soak: PostgreSQL $PG_MAJOR, $SOAK_SECONDS s (2 phases of $PHASE s), chaos every $CHAOS_EVERY s
+soak: PostgreSQL $PG_MAJOR, $SOAK_SECONDS s (2 phases of $PHASE s), chaos every $CHAOS_EVERY s but the last $CALM s of each
 soak: load: storm $(sum "$T/storm.tx") connect+SELECT, steady $(sum "$T/steady.tx") INSERT, vanished clients: $(vanish)
 soak: chaos: revoke ${CHAOS[revoke]}, terminate ${CHAOS[terminate]}, reload ${CHAOS[reload]}, restart ${CHAOS[restart]}
 soak: start:         $BASE
 soak: after phase 1: $P1
 soak: after phase 2: $P2
 soak: RSS growth phase 1 -> 2: $GROWTH KiB (slack $RSS_SLACK KiB)
-soak: wp_ backends (waited up to ${SETTLE}s after the load): $PG_RUNNING running, $PG_IDLE idle ($PARKED parked), $PG_LOCKS locks
+soak: wp_ backends (waited up to ${SETTLE}s after the load): phase 1: $PG1; phase 2: $PG2
 REPORT
 if [ "${#why[@]}" -eq 0 ]; then
     echo "soak: PASS"

@@ -7,11 +7,15 @@ Each worker loops until STOPFILE exists: it opens a raw protocol-3.0 connection 
 Waypoint (no password: Waypoint authenticates by tailnet identity), waits for
 ReadyForQuery, starts a piece of work and then leaves without finishing it, in turn:
 
-  txn-rst     BEGIN; INSERT; pg_sleep(30), then closes with RST (SO_LINGER 0)
+  txn-rst     BEGIN; INSERT; pg_sleep(300), then closes with RST (SO_LINGER 0)
   txn-fin     the same, then a plain close (FIN, no Terminate)
   copy-rst    COPY soak_t FROM STDIN, a few rows of CopyData, then RST
   copy-fin    the same, then FIN
-  term-mid    pg_sleep(30), then Terminate in the middle of the statement, then FIN
+  term-mid    pg_sleep(300), then Terminate in the middle of the statement, then FIN
+
+The sleeps outlast the soak's wait for backends to settle: a backend left behind by a
+client that vanished is still there when the soak looks (PostgreSQL itself notices a
+gone client only when it next writes to it).
 
 A connect that fails (the grant revoked, the server restarting: the soak causes both)
 is counted as "refused"; nothing here is an error. On exit COUNTSFILE gets one
@@ -87,7 +91,7 @@ def one(host, port, kind):
         return "refused"
     try:
         if kind.startswith("txn"):
-            sock.sendall(query("BEGIN; INSERT INTO soak_t (v) VALUES (2); SELECT pg_sleep(30)"))
+            sock.sendall(query("BEGIN; INSERT INTO soak_t (v) VALUES (2); SELECT pg_sleep(300)"))
             time.sleep(random.uniform(0.1, 0.5))
         elif kind.startswith("copy"):
             sock.sendall(query("COPY soak_t (v) FROM STDIN"))
@@ -96,7 +100,7 @@ def one(host, port, kind):
                 sock.sendall(msg(b"d", b"3\n"))
             time.sleep(random.uniform(0.05, 0.3))
         else:
-            sock.sendall(query("SELECT pg_sleep(30)"))
+            sock.sendall(query("SELECT pg_sleep(300)"))
             time.sleep(random.uniform(0.1, 0.5))
             sock.sendall(msg(b"X", b""))
     except (OSError, ConnectionError):
