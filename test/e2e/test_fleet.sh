@@ -17,11 +17,16 @@ e2e_identity '{"appdb": {"permissions": ["readwrite"]}}' '{"max_conns": 2}'
 e2e_standin
 TTL_MS=3000
 
-# instance_config NAME: $T/NAME.toml on its own port (PORT_NAME) and admin socket.
+# instance_config NAME [PASSWORD]: $T/NAME.toml on its own port (PORT_NAME) and admin
+# socket; C also serves /metrics on METRICS_C.
+METRICS_C=$(free_port)
 instance_config() {
-    local name=$1 password=${2:-'${E2E_REDIS_PASSWORD}'}
+    local name=$1 password=${2:-'${E2E_REDIS_PASSWORD}'} metrics=""
     unset WP_PORT
-    E2E_TOP="[admin]
+    [ "$name" = c ] && metrics="[metrics]
+listen = \"127.0.0.1:$METRICS_C\""
+    E2E_TOP="$metrics
+[admin]
 socket = \"$T/$name.sock\"
 
 [redis]
@@ -134,6 +139,19 @@ echo "SELECT 'during-' || 2;" >&3
 e2e_wait 10 "the open session to answer while Redis is down" 'grep -q during-2 "$T/open.out"'
 pass "an open session keeps working while Redis is down"
 e2e_wait 10 "redis_unreachable logged" 'grep -q event=redis_unreachable "$T/c.log"'
+metric() { curl -sf "http://127.0.0.1:$METRICS_C/metrics" | awk -v k="$1" '$1 == k {print $2}'; }
+assert_eq 0 "$(metric waypoint_redis_up)" "metrics: waypoint_redis_up is 0 while Redis is down"
+[ "$(metric 'waypoint_fleet_limit_refusals_total{reason="redis_unavailable"}')" -ge 1 ] ||
+    fail "metrics: no redis_unavailable refusal counted"
+[ "$(metric 'waypoint_fleet_limit_refusals_total{reason="over_limit"}')" -ge 2 ] ||
+    fail "metrics: the over-limit refusals on C were not counted"
+[ "$(metric 'waypoint_redis_errors_total{kind="connect"}')" -ge 1 ] ||
+    fail "metrics: no Redis connect error counted"
+[ "$(metric 'waypoint_redis_duration_seconds_count{command="acquire"}')" -ge 3 ] ||
+    fail "metrics: acquire round trips not in the latency histogram"
+pass "metrics: Redis down, errors by kind, fleet-limit refusals and round-trip latency"
+assert_contains "$(grep event=conn_refused "$T/c.log" | tail -n 1)" "reason=\"redis unreachable\"" \
+    "the refusal log line names the reason"
 
 # --- Redis back (empty): connects succeed, open sessions are counted again -----------
 e2e_redis --requirepass "$E2E_REDIS_PASSWORD"
