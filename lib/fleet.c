@@ -299,7 +299,7 @@ fleet_verdict fleet_acquire(fleet *f, const char *user, int64_t max, int64_t *co
     else if (r)
         fleet_saw(f, 1, "acquire", "");
     if (!r && max > 0)
-        log_kv(WP_LOG_WARN, "fleet_limit_unavailable", "instance", f->id, "error", err,
+        log_kv(WP_LOG_DEBUG, "fleet_limit_unavailable", "instance", f->id, "error", err,
                (char *)NULL);
     freeReplyObject(r);
     free(ukey);

@@ -138,6 +138,10 @@ expect_refused a 57P03 "shared state (Redis) is unreachable" "Redis down: new co
 echo "SELECT 'during-' || 2;" >&3
 e2e_wait 10 "the open session to answer while Redis is down" 'grep -q during-2 "$T/open.out"'
 pass "an open session keeps working while Redis is down"
+# A caller without a limit needs no decision: admitted, counted locally.
+e2e_identity '{"appdb": {"permissions": ["readwrite"]}}' '{}'
+assert_eq "no-limit" "$(on c "" -c "SELECT 'no-limit'")" "Redis down: a caller without a limit is admitted"
+e2e_identity '{"appdb": {"permissions": ["readwrite"]}}' '{"max_conns": 2}'
 e2e_wait 10 "redis_unreachable logged" 'grep -q event=redis_unreachable "$T/c.log"'
 metric() { curl -sf "http://127.0.0.1:$METRICS_C/metrics" | awk -v k="$1" '$1 == k {print $2}'; }
 assert_eq 0 "$(metric waypoint_redis_up)" "metrics: waypoint_redis_up is 0 while Redis is down"
