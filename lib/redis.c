@@ -30,8 +30,8 @@
 
 #define RDS_HOST_MAX 256
 
-static const char *const rds_err_names[RDS_ERR_COUNT] = {"ok", "connect", "auth",     "timeout",
-                                                         "io", "reply",   "protocol", "nomem"};
+static const char *const rds_err_names[RDS_ERR_COUNT] = {
+    "ok", "connect", "auth", "timeout", "io", "reply", "unavailable", "protocol", "nomem"};
 
 const char *rds_err_str(rds_err e)
 {
@@ -129,7 +129,7 @@ static void rds_metrics(rds_pool *p, obs *o)
                                     sizeof(rds_buckets) / sizeof(rds_buckets[0]));
     p->errors = metrics_family_add(r, METRICS_COUNTER, "waypoint_redis_errors_total",
                                    "Failed Redis round trips by kind (connect, auth, timeout, io, "
-                                   "reply, protocol, nomem).",
+                                   "reply, unavailable, protocol, nomem).",
                                    LBL("kind"), NULL, 0);
     p->up = metrics_family_add(r, METRICS_GAUGE, "waypoint_redis_up",
                                "1 when the last Redis round trip succeeded, 0 when it failed.",
@@ -356,6 +356,18 @@ static void rds_return(rds_pool *p, redisContext *c, int ok)
         redisFree(c);
 }
 
+/* Error replies that say this server cannot serve us now, whatever the command. */
+static int rds_unusable(const redisReply *r)
+{
+    static const char *const words[] = {"READONLY", "LOADING", "MASTERDOWN", "NOAUTH", "BUSY "};
+    if (r->type != REDIS_REPLY_ERROR || !r->str)
+        return 0;
+    for (size_t i = 0; i < sizeof(words) / sizeof(words[0]); i++)
+        if (strncmp(r->str, words[i], strlen(words[i])) == 0)
+            return 1;
+    return 0;
+}
+
 redisReply *rds_command(rds_pool *p, const char *what, int argc, const char **argv,
                         const size_t *lens, rds_err *kind, char *err, size_t errsz)
 {
@@ -364,6 +376,7 @@ redisReply *rds_command(rds_pool *p, const char *what, int argc, const char **ar
     *kind = RDS_OK;
     redisContext *c = rds_borrow(p, kind, err, errsz);
     redisReply *r = NULL;
+    int unusable = 0;
     if (c) {
         r = redisCommandArgv(c, argc, argv, lens);
         if (!r) {
@@ -371,11 +384,14 @@ redisReply *rds_command(rds_pool *p, const char *what, int argc, const char **ar
             snprintf(err, errsz, "Redis %s failed: %s", what,
                      *kind == RDS_ERR_TIMEOUT ? "no answer within command_timeout" : c->errstr);
         }
-        rds_return(p, c, r != NULL);
+        unusable = r && rds_unusable(r);
+        /* A server that became a replica stays one: reconnect, so that an address that
+         * follows the primary (Sentinel-aware DNS or proxy) reaches the new one. */
+        rds_return(p, c, r != NULL && !unusable);
     }
     int noscript = 0;
     if (r && r->type == REDIS_REPLY_ERROR) {
-        *kind = RDS_ERR_REPLY;
+        *kind = unusable ? RDS_ERR_UNAVAILABLE : RDS_ERR_REPLY;
         /* NOSCRIPT is part of the EVALSHA protocol (rds_eval sends EVAL), not a failure. */
         noscript = r->str && strncmp(r->str, "NOSCRIPT", 8) == 0;
         snprintf(err, errsz, "%s%.300s", noscript ? "" : "Redis error: ", r->str ? r->str : "");

@@ -21,11 +21,13 @@
 /* What kind of failure a round trip had: the label of waypoint_redis_errors_total. */
 typedef enum {
     RDS_OK = 0,
-    RDS_ERR_CONNECT, /* TCP/unix connect failed or timed out */
-    RDS_ERR_AUTH,    /* AUTH or SELECT refused */
-    RDS_ERR_TIMEOUT, /* no answer within command_timeout */
-    RDS_ERR_IO,      /* connection lost (reset, EOF) */
-    RDS_ERR_REPLY,   /* Redis answered with an error (script error, wrong type, ...) */
+    RDS_ERR_CONNECT,     /* TCP/unix connect failed or timed out */
+    RDS_ERR_AUTH,        /* AUTH or SELECT refused */
+    RDS_ERR_TIMEOUT,     /* no answer within command_timeout */
+    RDS_ERR_IO,          /* connection lost (reset, EOF) */
+    RDS_ERR_REPLY,       /* Redis answered with an error (script error, wrong type, ...) */
+    RDS_ERR_UNAVAILABLE, /* it answered that it cannot serve: READONLY (a replica, e.g.
+                          * after a failover), LOADING, MASTERDOWN, NOAUTH, BUSY */
     RDS_ERR_PROTOCOL,
     RDS_ERR_NOMEM,
     RDS_ERR_COUNT

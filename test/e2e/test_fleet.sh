@@ -176,6 +176,15 @@ exec 3>&-
 wait "$open_client" 2>/dev/null || true
 e2e_wait 20 "every session closed" '[ "$(sleepers)" = 0 ] && [ "$(fleet_count)" = 0 ]'
 
+# --- Redis turned replica (a failover left the address on the old primary) -------------
+redis_cli REPLICAOF 127.0.0.1 1 >/dev/null # a primary that does not exist: READONLY
+expect_refused c 57P03 "shared state (Redis) is unreachable" "Redis is a replica (READONLY)"
+[ "$(metric 'waypoint_redis_errors_total{kind="unavailable"}')" -ge 1 ] ||
+    fail "metrics: READONLY not counted as kind=unavailable"
+redis_cli REPLICAOF NO ONE >/dev/null
+e2e_wait 10 "C to admit alice once Redis is a primary again" '[ "$(on c "" -c "SELECT 1")" = 1 ]'
+pass "READONLY is refused (57P03) and recovered from without a restart"
+
 # --- sessions -fleet and kill -fleet ---------------------------------------------------
 e2e_identity '{"appdb": {"permissions": ["readwrite"]}}' '{"max_conns": 10}'
 on_bg a "$T/ka.out" -c "SELECT pg_sleep(60)"
