@@ -1025,10 +1025,10 @@ static void test_tsnet_keys_warn(void **state)
         int line;
         const char *key, *what;
     } want[] = {
-        {2, "hostname", "[tailscale] hostname"},   {3, "state_dir", "[tailscale] state_dir"},
-        {4, "auth_key", "[tailscale] auth_key"},   {5, "control_url", "[tailscale] control_url"},
-        {6, "ephemeral", "[tailscale] ephemeral"}, {8, "addr", "[redis.sentinel] addr"},
-        {9, "password", "[redis.sentinel] password"},       {14, "endpoint", "[otel] endpoint"},
+        {2, "hostname", "[tailscale] hostname"},      {3, "state_dir", "[tailscale] state_dir"},
+        {4, "auth_key", "[tailscale] auth_key"},      {5, "control_url", "[tailscale] control_url"},
+        {6, "ephemeral", "[tailscale] ephemeral"},    {8, "addr", "[redis.sentinel] addr"},
+        {9, "password", "[redis.sentinel] password"}, {14, "endpoint", "[otel] endpoint"},
         {16, "path", "[metrics.prometheus] path"},
     };
     size_t nwant = sizeof(want) / sizeof(want[0]);
