@@ -138,6 +138,12 @@ expect_refused a 57P03 "shared state (Redis) is unreachable" "Redis down: new co
 echo "SELECT 'during-' || 2;" >&3
 e2e_wait 10 "the open session to answer while Redis is down" 'grep -q during-2 "$T/open.out"'
 pass "an open session keeps working while Redis is down"
+rc=0
+out=$(wpctl sessions -fleet -socket "$T/b.sock" 2>&1) || rc=$?
+assert_eq 1 "$rc" "Redis down: sessions -fleet fails"
+assert_contains "$out" "Redis is unreachable" "Redis down: sessions -fleet says why"
+local_n=$(wpctl sessions -json -socket "$T/b.sock" | python3 -c 'import json,sys; print(len(json.load(sys.stdin)["sessions"]))')
+assert_eq 1 "$local_n" "Redis down: the local sessions command still lists B's open session"
 # A caller without a limit needs no decision: admitted, counted locally.
 e2e_identity '{"appdb": {"permissions": ["readwrite"]}}' '{}'
 assert_eq "no-limit" "$(on c "" -c "SELECT 'no-limit'")" "Redis down: a caller without a limit is admitted"
