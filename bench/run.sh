@@ -8,6 +8,9 @@
 #   wpmetrics  the same through a second Waypoint with [metrics] on, scraped 10 times a
 #              second while its own rows run (connect and select-simple-c8 workloads
 #              only; reported as its own metrics on/off table)
+#   wpredis    the same through a third Waypoint with [redis] on (a local redis-server:
+#              one Lua round trip at connect, one at the end; connect workloads only;
+#              reported as its own [redis] on/off table)
 # Paths alternate inside each round; each figure is the median of BENCH_ROUNDS rounds.
 # Prints one Markdown table (absolute figures and ratios) on stdout; progress on stderr.
 #
@@ -30,7 +33,7 @@ IDLE_COUNTS=${BENCH_IDLE:-"1 100 1000"}
 SCALE=${BENCH_SCALE:-10}
 ONLY=${BENCH_ONLY:-.}
 BENCH_WRAP=${BENCH_WRAP:-}
-PATHS=${BENCH_PATHS:-"direct pgbouncer waypoint wpmetrics"}
+PATHS=${BENCH_PATHS:-"direct pgbouncer waypoint wpmetrics wpredis"}
 
 say() { echo "bench: $*" >&2; }
 die() { echo "bench: FATAL: $*" >&2; exit 1; }
@@ -192,6 +195,28 @@ wait_for 180 pg_isready -q -h 127.0.0.1 -p "$WPM_PORT" || die "Waypoint (metrics
 done ) >"$T/wp/scrapes" &
 PIDS+=($!)
 
+# --- [redis] on: a third Waypoint sharing its counts through a local redis-server -------
+# (own role prefix; the same settings as the plain one otherwise). Only the connect rows
+# run through it: a session's relay never talks to Redis.
+if [[ " $PATHS " == *" wpredis "* ]]; then
+    command -v redis-server >/dev/null || die "redis-server not installed (scripts/deps.sh)"
+    REDIS_PORT=$(free_port)
+    mkdir -p "$T/redis"
+    redis-server --bind 127.0.0.1 --port "$REDIS_PORT" --dir "$T/redis" --save '' \
+        --appendonly no >"$T/redis/redis.log" 2>&1 &
+    PIDS+=($!)
+    wait_for 20 redis-cli -p "$REDIS_PORT" ping || die "redis-server did not start"
+    WPR_PORT=$(free_port)
+    sed -e "s/127.0.0.1:$WP_PORT/127.0.0.1:$WPR_PORT/" \
+        -e 's/^admin_database = "postgres"$/admin_database = "postgres"\nuser_prefix = "wpr_"/' \
+        "$T/wp/waypoint.toml" >"$T/wp/waypoint-redis.toml"
+    printf '[redis]\naddress = "127.0.0.1:%s"\n' "$REDIS_PORT" >>"$T/wp/waypoint-redis.toml"
+    "$WAYPOINT" -config "$T/wp/waypoint-redis.toml" 2>"$T/wp/waypoint-redis.log" &
+    WPR_PID=$!
+    PIDS+=("$WPR_PID")
+    wait_for 180 pg_isready -q -h 127.0.0.1 -p "$WPR_PORT" || die "Waypoint ([redis] on) did not start: $(tail -5 "$T/wp/waypoint-redis.log")"
+fi
+
 # --- helpers --------------------------------------------------------------------------
 use_path() { # sets libpq environment for a path
     export PGHOST=127.0.0.1 PGDATABASE=appdb PGSSLMODE=${SSLMODE:-disable}
@@ -200,6 +225,7 @@ use_path() { # sets libpq environment for a path
     pgbouncer) export PGPORT=${PGB_USE_PORT:-$PGB_PORT} PGUSER=bench PGPASSWORD=benchpw ;;
     waypoint) export PGPORT=$WP_PORT PGUSER=anyone PGPASSWORD=ignored ;;
     wpmetrics) export PGPORT=$WPM_PORT PGUSER=anyone PGPASSWORD=ignored ;;
+    wpredis) export PGPORT=$WPR_PORT PGUSER=anyone PGPASSWORD=ignored ;;
     esac
 }
 
@@ -237,6 +263,7 @@ steady() {
             [[ $w =~ $ONLY ]] || continue
             for p in $PATHS; do
                 [ "$p" = wpmetrics ] && [ "$w" != select-simple-c8 ] && continue
+                [ "$p" = wpredis ] && continue
                 local before=0 pid=""
                 [ "$p" = waypoint ] && pid=$WP_PID
                 [ "$p" = pgbouncer ] && pid=$(cat "$T/pgb/pgbouncer.pid")
@@ -282,7 +309,7 @@ tls_steady() {
     local w="select-tls-c8"
     [[ $w =~ $ONLY ]] || return 0
     for p in $PATHS; do
-        [ "$p" = wpmetrics ] && continue
+        [ "$p" = wpmetrics ] || [ "$p" = wpredis ] && continue
         SSLMODE=require run_pgbench "$w" "$p" -S -c 8 -j 2
     done
 }
@@ -293,7 +320,7 @@ bulk() {
         local w="copy-out-$mode"
         [[ $w =~ $ONLY ]] || continue
         for p in $PATHS; do
-            [ "$p" = wpmetrics ] && continue
+            [ "$p" = wpmetrics ] || [ "$p" = wpredis ] && continue
             SSLMODE=$mode use_path "$p"
             local t0 t1 bytes
             t0=$(date +%s%N)
@@ -423,6 +450,27 @@ if ls "$R"/*.wpmetrics >/dev/null 2>&1; then
         for c in 1 4; do mrow "connect per transaction (-C -S), $c clients, sslmode=$sslm: connects/s" "connect-$sslm-c$c"; done
     done
     mrow "select-only simple, 8 clients: TPS" select-simple-c8
+fi
+# --- [redis] on vs off (its own section: other tables above are per path) ------------
+rrow() { # rrow LABEL FILEBASE: Waypoint with [redis] off / on
+    local off on
+    off=$(med "$R/$2.waypoint")
+    on=$(med "$R/$2.wpredis")
+    [ "$on" = nan ] && return 0
+    echo "| $1 | $(fmt_num "$off") | $(fmt_num "$on") | $(fmt_ratio "$on" "$off") |"
+}
+if ls "$R"/*.wpredis >/dev/null 2>&1; then
+    echo
+    echo "Fleet: the connect rows through a third Waypoint with [redis] on (a local redis-server; one Lua acquire at connect, one release at the end; target on/off >= 0.9)."
+    echo
+    echo "| workload | [redis] off | [redis] on | on/off |"
+    echo "|---|---|---|---|"
+    for sslm in prefer disable; do
+        for c in 1 4; do rrow "connect per transaction (-C -S), $c clients, sslmode=$sslm: connects/s" "connect-$sslm-c$c"; done
+    done
+    for sslm in prefer disable; do
+        for c in 1 4; do rrow "connect per transaction, $c clients, sslmode=$sslm: mean latency ms (lower is better)" "connect-$sslm-c$c.lat"; done
+    done
 fi
 if [ -s "$R/parked" ]; then
     read -r pss dirty <"$R/parked"

@@ -24,6 +24,7 @@
  */
 #include "config.h"
 #include "log.h"
+#include "redis.h"
 
 #include <arpa/inet.h>
 #include <ctype.h>
@@ -61,6 +62,7 @@ typedef enum {
     SEC_METRICS,
     SEC_ADMIN,
     SEC_AUDIT,
+    SEC_REDIS,
     SEC_IGNORED, /* a tsnet-edition section: every key warns */
     SEC_COUNT
 } sec_kind;
@@ -80,6 +82,7 @@ static const struct {
     {"metrics", SEC_METRICS},
     {"admin", SEC_ADMIN},
     {"audit", SEC_AUDIT},
+    {"redis", SEC_REDIS},
 };
 
 /* Sections of the tsnet edition (and their subsections) that mean nothing here. [metrics]
@@ -142,6 +145,17 @@ static const key_spec keys[] = {
     {SEC_POOL, "idle_timeout", V_DUR, G(pool_idle_timeout_ms), 1},
     {SEC_POOL, "max_per_role", V_INT, G(pool_max_per_role), 1},
     {SEC_POOL, "max_total", V_INT, G(pool_max_total), 1},
+    {SEC_REDIS, "address", V_STR, G(redis_address), 0},
+    {SEC_REDIS, "addr", V_STR, G(redis_address), 0}, /* the tsnet edition's spelling */
+    {SEC_REDIS, "username", V_STR, G(redis_username), 0},
+    {SEC_REDIS, "password", V_STR, G(redis_password), 0},
+    {SEC_REDIS, "db", V_INT, G(redis_db), 0},
+    {SEC_REDIS, "key_prefix", V_STR, G(redis_key_prefix), 0},
+    {SEC_REDIS, "connect_timeout", V_DUR, G(redis_connect_timeout_ms), 1},
+    {SEC_REDIS, "command_timeout", V_DUR, G(redis_command_timeout_ms), 1},
+    {SEC_REDIS, "heartbeat_interval", V_DUR, G(redis_heartbeat_interval_ms), 100},
+    {SEC_REDIS, "instance_ttl", V_DUR, G(redis_instance_ttl_ms), 1000},
+    {SEC_REDIS, "pool_size", V_INT, G(redis_pool_size), 1},
     {SEC_LISTENER, "name", V_STR, L(name), 0},
     {SEC_LISTENER, "listen", V_LISTEN, 0, 0},
     {SEC_LISTENER, "mode", V_MODE, L(mode), 0},
@@ -1262,10 +1276,53 @@ static void check_metrics(loader *ld)
         err(ld, ld->glines[key_index(SEC_AUDIT, "file")], "file", "must not be empty");
 }
 
+/* [redis] is all or nothing: without an address the other keys would silently do
+ * nothing, so they are an error; the address must parse; the heartbeat must come at
+ * least twice per instance_ttl so one late heartbeat does not make a live instance look
+ * dead. */
+static void check_redis(loader *ld)
+{
+    wp_config *c = ld->cfg;
+    int addr_line = ld->glines[key_index(SEC_REDIS, "address")];
+    int alias_line = ld->glines[key_index(SEC_REDIS, "addr")];
+    if (addr_line && alias_line)
+        err(ld, alias_line, "addr", "set together with 'address' (line %d): keep one", addr_line);
+    if (!ld->sec_line[SEC_REDIS])
+        return;
+    if (!c->redis_address) {
+        err(ld, ld->sec_line[SEC_REDIS], NULL,
+            "[redis] needs 'address' (host:port or a unix socket path); remove the section to "
+            "run without Redis");
+        return;
+    }
+    char host[256], why[200];
+    int port, is_unix;
+    if (rds_parse_address(c->redis_address, host, sizeof(host), &port, &is_unix, why,
+                          sizeof(why)) != 0)
+        err(ld, addr_line ? addr_line : alias_line, addr_line ? "address" : "addr", "%s", why);
+    if (c->redis_key_prefix && !*c->redis_key_prefix)
+        err(ld, ld->glines[key_index(SEC_REDIS, "key_prefix")], "key_prefix",
+            "must not be empty (the default is \"waypoint:\")");
+    if (c->redis_password && !*c->redis_password)
+        err(ld, ld->glines[key_index(SEC_REDIS, "password")], "password",
+            "is empty (an unset ${VAR}?); remove the key for a Redis without a password");
+    if (c->redis_username && !c->redis_password)
+        err(ld, ld->glines[key_index(SEC_REDIS, "username")], "username",
+            "needs 'password' as well");
+    if (c->redis_db > 1000000)
+        err(ld, ld->glines[key_index(SEC_REDIS, "db")], "db", "must be a database number");
+    if (c->redis_heartbeat_interval_ms * 2 > c->redis_instance_ttl_ms)
+        err(ld, ld->glines[key_index(SEC_REDIS, "heartbeat_interval")], "heartbeat_interval",
+            "must be at most half of instance_ttl (%lld ms), so one late heartbeat does not "
+            "make a live instance look dead",
+            (long long)c->redis_instance_ttl_ms);
+}
+
 static void check_globals(loader *ld)
 {
     wp_config *c = ld->cfg;
     check_metrics(ld);
+    check_redis(ld);
     if (c->ts_socket && !*c->ts_socket)
         err(ld, ld->glines[key_index(SEC_TAILSCALE, "socket")], "socket", "must not be empty");
     if (c->ts_capability && !*c->ts_capability)
@@ -1313,8 +1370,14 @@ static wp_config *config_new(const char *path)
     c->pool_idle_timeout_ms = 60 * MS_PER_S;
     c->pool_max_per_role = 4;
     c->pool_max_total = 100;
+    c->redis_key_prefix = strdup("waypoint:");
+    c->redis_connect_timeout_ms = 1 * MS_PER_S;
+    c->redis_command_timeout_ms = 1 * MS_PER_S;
+    c->redis_heartbeat_interval_ms = 2 * MS_PER_S;
+    c->redis_instance_ttl_ms = 10 * MS_PER_S;
+    c->redis_pool_size = 8;
     c->log_level = strdup("info");
-    if (!c->path || !c->ts_socket || !c->ts_capability || !c->log_level) {
+    if (!c->path || !c->ts_socket || !c->ts_capability || !c->log_level || !c->redis_key_prefix) {
         cfg_unref(c);
         return NULL;
     }
@@ -1353,6 +1416,10 @@ static void config_free(wp_config *c)
     free(c->metrics_listen_host);
     free(c->admin_socket);
     free(c->audit_file);
+    free(c->redis_address);
+    free(c->redis_username);
+    free_secret(c->redis_password);
+    free(c->redis_key_prefix);
     free(c);
 }
 
@@ -1656,6 +1723,20 @@ void cfg_print(const wp_config *cfg, FILE *out)
     print_duration(out, "idle_timeout", cfg->pool_idle_timeout_ms);
     fprintf(out, "max_per_role = %" PRId64 "\nmax_total = %" PRId64 "\n", cfg->pool_max_per_role,
             cfg->pool_max_total);
+    if (cfg->redis_address) {
+        fputs("\n[redis]\n", out);
+        print_str(out, "address", cfg->redis_address);
+        print_opt_str(out, "username", cfg->redis_username);
+        if (cfg->redis_password)
+            print_str(out, "password", "********");
+        fprintf(out, "db = %" PRId64 "\n", cfg->redis_db);
+        print_str(out, "key_prefix", cfg->redis_key_prefix);
+        print_duration(out, "connect_timeout", cfg->redis_connect_timeout_ms);
+        print_duration(out, "command_timeout", cfg->redis_command_timeout_ms);
+        print_duration(out, "heartbeat_interval", cfg->redis_heartbeat_interval_ms);
+        print_duration(out, "instance_ttl", cfg->redis_instance_ttl_ms);
+        fprintf(out, "pool_size = %" PRId64 "\n", cfg->redis_pool_size);
+    }
     for (size_t i = 0; i < cfg->nlisteners; i++)
         print_listener(cfg, &cfg->listeners[i], out);
 }

@@ -98,6 +98,18 @@ typedef struct wp_config {
     int64_t pool_max_per_role;    /* default 4 */
     int64_t pool_max_total;       /* default 100 */
 
+    /* [redis]: state shared by a fleet of instances (lib/fleet.c); off unless address */
+    char *redis_address;                 /* host:port, [v6]:port or /unix/path; NULL = off */
+    char *redis_username;                /* ACL user; NULL = AUTH with the password only */
+    char *redis_password;                /* secret: never printed or logged */
+    int64_t redis_db;                    /* default 0 */
+    char *redis_key_prefix;              /* default "waypoint:" */
+    int64_t redis_connect_timeout_ms;    /* default 1s */
+    int64_t redis_command_timeout_ms;    /* default 1s */
+    int64_t redis_heartbeat_interval_ms; /* default 2s */
+    int64_t redis_instance_ttl_ms;       /* default 10s: a dead instance's counts go after it */
+    int64_t redis_pool_size;             /* default 8 connections */
+
     cfg_listener *listeners;
     size_t nlisteners;
 } wp_config;

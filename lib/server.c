@@ -78,6 +78,7 @@ typedef struct srv {
 
     cancel_map *cancel;
     sess_users *users;
+    fleet *fleet;        /* [redis] shared limits and fleet view; NULL without it */
     obs *obs;            /* metrics registry, session registry, audit file */
     admin_server *admin; /* [admin] socket; NULL when not configured */
     pool *pool;          /* parked backend sessions, shared by all environments */
@@ -226,6 +227,7 @@ static srv_env *srv_env_build(srv *s, wp_config *cfg, srv_env *old)
     e->env.cfg = cfg;
     e->env.cancel = s->cancel;
     e->env.users = s->users;
+    e->env.fleet = s->fleet;
     e->env.obs = s->obs;
     e->env.pool = s->pool;
     e->env.admit = s->admit;
@@ -441,6 +443,7 @@ static int srv_start_obs(srv *s)
             log_kv(WP_LOG_ERROR, "admin_socket_failed", "error", err.message, (char *)NULL);
             return 0;
         }
+        admin_set_fleet(s->admin, s->fleet);
         log_kv(WP_LOG_INFO, "admin_listening", "socket", cfg->admin_socket, (char *)NULL);
     }
     return 1;
@@ -512,6 +515,12 @@ static int srv_start_threads(srv *s)
     if (pthread_create(&s->cleaner, NULL, srv_cleaner, s) != 0)
         return 0;
     s->cleaner_started = 1;
+    wp_error err;
+    wp_error_clear(&err);
+    if (s->fleet && fleet_start(s->fleet, &err) != WP_OK) {
+        log_kv(WP_LOG_ERROR, "fleet_start_failed", "error", err.message, (char *)NULL);
+        return 0;
+    }
     for (size_t i = 0; i < s->nlsns; i++) {
         if (lsn_start(s->lsns[i]) != WP_OK)
             return 0;
@@ -569,6 +578,7 @@ static void srv_shutdown(srv *s, const sigset_t *set)
     srv_stop_cleaner(s);
     admin_stop(s->admin);
     s->admin = NULL;
+    fleet_stop(s->fleet); /* after the drain: the sessions have released their counts */
     obs_http_stop(s->obs);
     if (live == 0) { /* nothing uses the shared objects any more: free them */
         for (size_t i = 0; i < s->nlsns; i++)
@@ -576,6 +586,7 @@ static void srv_shutdown(srv *s, const sigset_t *set)
         srv_env_unref(s->cur);
         cancel_map_free(s->cancel);
         sess_users_free(s->users);
+        fleet_free(s->fleet);
         obs_set_admin_source(s->obs, NULL, NULL);
         obs_free(s->obs);
         pool_free(s->pool);
@@ -599,6 +610,14 @@ static int srv_init(srv *s, const char *path, wp_config *cfg)
     s->admit = adm_new();
     if (!s->cancel || !s->users || !s->obs || !s->pool || !s->admit ||
         pipe2(s->stop_pipe, O_CLOEXEC) != 0) {
+        cfg_unref(cfg);
+        return 0;
+    }
+    wp_error err;
+    wp_error_clear(&err);
+    s->fleet = fleet_new(cfg, s->obs, &err);
+    if (cfg->redis_address && !s->fleet) {
+        log_kv(WP_LOG_ERROR, "fleet_failed", "error", err.message, (char *)NULL);
         cfg_unref(cfg);
         return 0;
     }

@@ -658,6 +658,30 @@ static wp_status sess_downgrade(sess *s, wp_error *e)
     return WP_OK;
 }
 
+/* [redis]: the count is fleet-wide (lib/fleet.c). Redis unreachable: refused with
+ * FLEET_UNAVAILABLE_SQLSTATE (fail closed) under its own reason word. */
+static int sess_fleet_acquire(sess *s, int64_t max)
+{
+    int64_t count = 0;
+    fleet_verdict v = fleet_acquire(s->env->fleet, sess_user_key(s->id), max, &count);
+    char msg[512];
+    if (v == FLEET_OVER) {
+        snprintf(msg, sizeof(msg),
+                 "too many connections for user %s: %lld open across the Waypoint fleet, "
+                 "max_conns_per_user is %lld",
+                 s->id->login_name, (long long)count, (long long)max);
+        return sess_refuse_msg(s, WP_SQLSTATE_TOO_MANY_CONN, "fleet max_conns_per_user reached",
+                               msg);
+    }
+    if (v == FLEET_UNAVAILABLE) {
+        s->stage = "fleet_unavailable";
+        return sess_refuse_msg(s, FLEET_UNAVAILABLE_SQLSTATE, "redis unreachable",
+                               FLEET_UNAVAILABLE_MESSAGE);
+    }
+    s->user_counted = 2; /* released through the fleet */
+    return 1;
+}
+
 static int sess_authorize(sess *s)
 {
     s->stage = "authorize";
@@ -676,6 +700,8 @@ static int sess_authorize(sess *s)
         return sess_refuse_private(s, &e);
     }
     int64_t max = s->grant->limits.max_conns_per_user;
+    if (s->env->fleet)
+        return sess_fleet_acquire(s, max);
     if (!sess_users_acquire(s->env->users, sess_user_key(s->id), max)) {
         char msg[512];
         snprintf(msg, sizeof(msg), "too many connections for user %s", s->id->login_name);
@@ -1294,7 +1320,9 @@ static void sess_end(sess *s, int relayed)
     sessreg_remove(obs_sessions(s->env->obs), s->reg);
     adm_release(s->env->admit, s->lc->name, s->adm_key, s->adm);
     id_free(s->early_id);
-    if (s->user_counted)
+    if (s->user_counted == 2)
+        fleet_release(s->env->fleet, sess_user_key(s->id));
+    else if (s->user_counted)
         sess_users_release(s->env->users, sess_user_key(s->id));
     if (s->up_open)
         up_close(&s->up);

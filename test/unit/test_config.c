@@ -925,13 +925,92 @@ static void test_observability_keys(void **state)
     free(t);
 }
 
+/* [redis]: every key, defaults, ${VAR} in the password, and each refusal. */
+static void test_redis_section(void **state)
+{
+    (void)state;
+    char *t = mk("", "", "");
+    wp_config *c = load_ok(t);
+    assert_null(c->redis_address); /* no [redis]: no fleet */
+    assert_string_equal(c->redis_key_prefix, "waypoint:");
+    assert_int_equal(c->redis_instance_ttl_ms, 10000);
+    assert_int_equal(c->redis_heartbeat_interval_ms, 2000);
+    cfg_unref(c);
+    free(t);
+
+    setenv("WPT_REDIS_PW", "s3cret", 1);
+    t = mk("[redis]\naddress = \"127.0.0.1:6380\"\nusername = \"wp\"\n"
+           "password = \"${WPT_REDIS_PW}\"\ndb = 3\nkey_prefix = \"{wp}:\"\n"
+           "connect_timeout = \"250ms\"\ncommand_timeout = \"2s\"\n"
+           "heartbeat_interval = \"1s\"\ninstance_ttl = \"5s\"\npool_size = 4\n",
+           "", "");
+    c = load_ok(t);
+    assert_string_equal(c->redis_address, "127.0.0.1:6380");
+    assert_string_equal(c->redis_username, "wp");
+    assert_string_equal(c->redis_password, "s3cret");
+    assert_int_equal(c->redis_db, 3);
+    assert_string_equal(c->redis_key_prefix, "{wp}:");
+    assert_int_equal(c->redis_connect_timeout_ms, 250);
+    assert_int_equal(c->redis_command_timeout_ms, 2000);
+    assert_int_equal(c->redis_heartbeat_interval_ms, 1000);
+    assert_int_equal(c->redis_instance_ttl_ms, 5000);
+    assert_int_equal(c->redis_pool_size, 4);
+    char *dump_s = NULL;
+    size_t dump_len = 0;
+    FILE *f = open_memstream(&dump_s, &dump_len);
+    cfg_print(c, f);
+    fclose(f);
+    assert_non_null(strstr(dump_s, "[redis]"));
+    assert_null(strstr(dump_s, "s3cret")); /* the password is masked */
+    free(dump_s);
+    cfg_unref(c);
+    free(t);
+    unsetenv("WPT_REDIS_PW");
+
+    /* the tsnet edition's "addr" and a unix socket */
+    t = mk("[redis]\naddr = \"/run/redis/redis.sock\"\n", "", "");
+    c = load_ok(t);
+    assert_string_equal(c->redis_address, "/run/redis/redis.sock");
+    cfg_unref(c);
+    free(t);
+
+    static const struct {
+        const char *body;
+        int line;
+        const char *key, *problem;
+    } bad[] = {
+        {"db = 1\n", 1, NULL, "[redis] needs 'address'"},
+        {"address = \"localhost\"\n", 2, "address", "must be host:port"},
+        {"address = \"localhost:0\"\n", 2, "address", "port from 1 to 65535"},
+        {"address = \"[::1:6379\"\n", 2, "address", "must be host:port"},
+        {"address = \"relative.sock\"\n", 2, "address", "must be host:port"},
+        {"address = \"h:1\"\naddr = \"h:2\"\n", 3, "addr", "set together with 'address'"},
+        {"address = \"h:1\"\npassword = \"${WPT_REDIS_UNSET}\"\n", 3, "password", NULL},
+        {"address = \"h:1\"\nusername = \"u\"\n", 3, "username", "needs 'password'"},
+        {"address = \"h:1\"\nkey_prefix = \"\"\n", 3, "key_prefix", "must not be empty"},
+        {"address = \"h:1\"\nheartbeat_interval = \"6s\"\n", 3, "heartbeat_interval",
+         "at most half of instance_ttl"},
+        {"address = \"h:1\"\ninstance_ttl = \"10ms\"\n", 3, "instance_ttl", ""},
+        {"address = \"h:1\"\npool_size = 0\n", 3, "pool_size", ""},
+        {"address = \"h:1\"\nbogus = 1\n", 3, "bogus", "unknown key in [redis]"},
+    };
+    unsetenv("WPT_REDIS_UNSET");
+    for (size_t i = 0; i < sizeof(bad) / sizeof(bad[0]); i++) {
+        char body[256];
+        snprintf(body, sizeof(body), "[redis]\n%s", bad[i].body);
+        t = mk(body, "", "");
+        expect_err(t, bad[i].line, bad[i].key, bad[i].problem ? bad[i].problem : "WPT_REDIS_UNSET");
+        free(t);
+    }
+}
+
 static void test_tsnet_keys_warn(void **state)
 {
     (void)state;
     char *t = mk("[tailscale]\nhostname = \"waypoint\"\nstate_dir = \"/var/lib/waypoint\"\n"
                  "auth_key = \"${WPT_UNSET_AUTHKEY}\"\ncontrol_url = \"https://c\"\n"
                  "ephemeral = false\n"
-                 "[redis]\naddr = \"localhost:6379\"\npassword = \"x\"\n"
+                 "[redis.sentinel]\naddr = \"localhost:6379\"\npassword = \"x\"\n"
                  "[metrics]\nlisten = \"127.0.0.1:9090\"\n[telemetry]\n[otel]\nendpoint = \"e\"\n"
                  "[metrics.prometheus]\npath = \"/m\"\n",
                  "", "");
@@ -946,10 +1025,10 @@ static void test_tsnet_keys_warn(void **state)
         int line;
         const char *key, *what;
     } want[] = {
-        {2, "hostname", "[tailscale] hostname"},   {3, "state_dir", "[tailscale] state_dir"},
-        {4, "auth_key", "[tailscale] auth_key"},   {5, "control_url", "[tailscale] control_url"},
-        {6, "ephemeral", "[tailscale] ephemeral"}, {8, "addr", "[redis] addr"},
-        {9, "password", "[redis] password"},       {14, "endpoint", "[otel] endpoint"},
+        {2, "hostname", "[tailscale] hostname"},      {3, "state_dir", "[tailscale] state_dir"},
+        {4, "auth_key", "[tailscale] auth_key"},      {5, "control_url", "[tailscale] control_url"},
+        {6, "ephemeral", "[tailscale] ephemeral"},    {8, "addr", "[redis.sentinel] addr"},
+        {9, "password", "[redis.sentinel] password"}, {14, "endpoint", "[otel] endpoint"},
         {16, "path", "[metrics.prometheus] path"},
     };
     size_t nwant = sizeof(want) / sizeof(want[0]);
@@ -1301,6 +1380,7 @@ int main(void)
         cmocka_unit_test(test_strings),
         cmocka_unit_test(test_env_interpolation),
         cmocka_unit_test(test_tsnet_keys_warn),
+        cmocka_unit_test(test_redis_section),
         cmocka_unit_test(test_all_errors_collected),
         cmocka_unit_test(test_observability_keys),
         cmocka_unit_test(test_refcount),
