@@ -19,6 +19,20 @@ PG_WHEELS := $(filter-out 15,$(PG_VERSIONS))
 empty :=
 space := $(empty) $(empty)
 
+# mbedTLS line: empty = the system's (Debian 12: 2.28); 3.6 = Debian 13's 3.6 LTS packages,
+# fetched and unpacked into $(WP_CACHE)/mbedtls-3.6 by scripts/mbedtls-3.6.sh (nothing is
+# installed), built in build-mbedtls36/ (build-mbedtls36-asan, -tsan with the sanitizers).
+# `make check MBEDTLS=3.6` runs the suite against it (docs/tls.md).
+MBEDTLS ?=
+WP_CACHE ?= /var/cache/waypoint
+export WP_CACHE
+ifeq ($(MBEDTLS),3.6)
+MBEDTLS_SUFFIX := -mbedtls36
+CMAKE_FLAGS += -DWP_MBEDTLS_ROOT=$(WP_CACHE)/mbedtls-3.6/root
+else ifneq ($(MBEDTLS),)
+$(error MBEDTLS must be empty (the system's mbedTLS) or 3.6, not '$(MBEDTLS)')
+endif
+
 ifeq ($(SANITIZE),1)
 BUILD := build-asan
 CMAKE_FLAGS += -DWP_SANITIZE=ON
@@ -26,6 +40,9 @@ endif
 ifeq ($(TSAN),1)
 BUILD := build-tsan
 CMAKE_FLAGS += -DWP_TSAN=ON
+endif
+ifneq ($(MBEDTLS_SUFFIX),)
+BUILD := $(if $(filter build,$(BUILD)),build$(MBEDTLS_SUFFIX),$(BUILD)$(MBEDTLS_SUFFIX))
 endif
 
 .PHONY: all deps build check compat demo fuzz bench soak format clean
@@ -35,6 +52,7 @@ all: build
 deps:
 	./scripts/deps.sh
 	$(if $(PG_WHEELS),./scripts/pg-versions.sh $(PG_WHEELS) >/dev/null)
+	$(if $(MBEDTLS_SUFFIX),./scripts/mbedtls-3.6.sh >/dev/null)
 
 $(BUILD)/CMakeCache.txt:
 	cmake -S . -B $(BUILD) -DCMAKE_BUILD_TYPE=RelWithDebInfo $(CMAKE_FLAGS)
@@ -58,8 +76,10 @@ demo: build
 fuzz: deps
 	FUZZ_SECONDS=$(FUZZ_SECONDS) ./scripts/fuzz.sh
 
+# Also builds the mbedTLS 3.6 Waypoint, for the TLS rows (2.28 and 3.6 side by side).
 bench: build
-	./bench/run.sh $(BUILD)
+	$(if $(MBEDTLS_SUFFIX),,$(MAKE) --no-print-directory build MBEDTLS=3.6 PG_VERSIONS="$(PG_VERSIONS)")
+	BENCH_WAYPOINT36=$(abspath build-mbedtls36)/waypoint ./bench/run.sh $(BUILD)
 
 # Minutes of connect storms, load, vanishing clients, revocations, terminated backends,
 # reloads and PostgreSQL restarts; then threads, fds, RSS and wp_ backends must be back
@@ -71,4 +91,4 @@ format:
 	clang-format -i cmd/waypoint/*.c lib/*.c lib/*.h test/unit/*.c test/integration/*.c test/support/*.c test/support/*.h
 
 clean:
-	rm -rf build build-asan build-tsan build-fuzz
+	rm -rf build build-asan build-tsan build-fuzz build-mbedtls36 build-asan-mbedtls36 build-tsan-mbedtls36

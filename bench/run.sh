@@ -216,6 +216,28 @@ if [[ " $PATHS " == *" wpredis "* ]]; then
     PIDS+=("$WPR_PID")
     wait_for 180 pg_isready -q -h 127.0.0.1 -p "$WPR_PORT" || die "Waypoint ([redis] on) did not start: $(tail -5 "$T/wp/waypoint-redis.log")"
 fi
+# --- TLS rows (issue 18): a Waypoint built against mbedTLS 3.6, and a pgx connect loop ----
+# BENCH_WAYPOINT36 (make bench sets it to build-mbedtls36/waypoint): the same Waypoint
+# configuration, own port and role prefix, so 2.28 and 3.6 run side by side in one run.
+WP36=${BENCH_WAYPOINT36:-}
+WP36_PORT=""
+if [ -n "$WP36" ] && [ -x "$WP36" ]; then
+    WP36_PORT=$(free_port)
+    sed -e "s/127.0.0.1:$WP_PORT/127.0.0.1:$WP36_PORT/" \
+        -e 's/^admin_database = "postgres"$/admin_database = "postgres"\nuser_prefix = "wp36_"/' \
+        "$T/wp/waypoint.toml" >"$T/wp/waypoint36.toml"
+    say "starting Waypoint ($("$WP36" -version)) on $WP36_PORT"
+    $BENCH_WRAP "$WP36" -config "$T/wp/waypoint36.toml" 2>"$T/wp/waypoint36.log" &
+    WP36_PID=$!
+    PIDS+=("$WP36_PID")
+    wait_for 180 pg_isready -q -h 127.0.0.1 -p "$WP36_PORT" || die "Waypoint 3.6 did not start: $(tail -5 "$T/wp/waypoint36.log")"
+fi
+# The pgx connect loop (bench/tlsconnect), built with Go when Go is there.
+TLSCONNECT=""
+if command -v go >/dev/null 2>&1; then
+    (cd "$SRC/bench/tlsconnect" && go build -mod=readonly -buildvcs=false -o "$T/tlsconnect" .) &&
+        TLSCONNECT=$T/tlsconnect || say "could not build bench/tlsconnect: no pgx rows"
+fi
 
 # --- helpers --------------------------------------------------------------------------
 use_path() { # sets libpq environment for a path
@@ -314,6 +336,72 @@ tls_steady() {
     done
 }
 
+# tls_rows: TLS connects, side by side. tls-lib-*: libpq (pgbench -C -S) through the
+# 2.28 and the 3.6 Waypoint; tls-pgx-*: the pgx loop, full handshakes and resuming
+# (ClientSessionCache), through the trust PgBouncer (client TLS on), Waypoint 2.28 and
+# Waypoint 3.6. Each records connects/s and the proxy's CPU ms per connect.
+tls_proxy_pid() {
+    case $1 in
+    pgbouncer) cat "$T/pgbt/pgbouncer.pid" ;;
+    waypoint) echo "$WP_PID" ;;
+    wp36) echo "$WP36_PID" ;;
+    esac
+}
+tls_rows() {
+    local paths="waypoint" sslm c w p pid t0 n
+    [ -n "$WP36_PORT" ] && paths="waypoint wp36"
+    for sslm in prefer require; do
+        for c in 1 4; do
+            w="tls-lib-$sslm-c$c"
+            [[ $w =~ $ONLY ]] || continue
+            for p in $paths; do
+                pid=$(tls_proxy_pid "$p")
+                t0=$(cpu_ticks "$pid")
+                if [ "$p" = wp36 ]; then
+                    PGHOST=127.0.0.1 PGPORT=$WP36_PORT PGUSER=anyone PGPASSWORD=ignored PGDATABASE=appdb \
+                        PGSSLMODE=$sslm run_pgbench_env "$w" "$p" -C -S -c "$c" -j "$((c < 2 ? 1 : 2))"
+                else
+                    SSLMODE=$sslm run_pgbench "$w" "$p" -C -S -c "$c" -j "$((c < 2 ? 1 : 2))"
+                fi
+                n=$(tail -1 "$R/$w.tx.$p")
+                record "$w.cpu" "$p" "$(cpu_ms "$(($(cpu_ticks "$pid") - t0))" "$n")"
+            done
+        done
+    done
+    [ -n "$TLSCONNECT" ] || return 0
+    local mode url out
+    for mode in full resume; do
+        for c in 1 4; do
+            w="tls-pgx-$mode-c$c"
+            [[ $w =~ $ONLY ]] || continue
+            for p in pgbouncer $paths; do
+                case $p in
+                pgbouncer) url="postgres://bench:benchpw@127.0.0.1:$PGBT_PORT/appdb?sslmode=require" ;;
+                waypoint) url="postgres://anyone:ignored@127.0.0.1:$WP_PORT/appdb?sslmode=require" ;;
+                wp36) url="postgres://anyone:ignored@127.0.0.1:$WP36_PORT/appdb?sslmode=require" ;;
+                esac
+                pid=$(tls_proxy_pid "$p")
+                t0=$(cpu_ticks "$pid")
+                out=$("$TLSCONNECT" -url "$url" -seconds "$SECS" -clients "$c" $([ $mode = resume ] && echo -resume)) ||
+                    die "tlsconnect failed on $p ($w)"
+                read -r _ n _ secs _ res <<<"$out"
+                record "$w" "$p" "$(awk -v n="$n" -v s="$secs" 'BEGIN{printf "%.1f", n/s}')"
+                record "$w.resumed" "$p" "$(awk -v n="$n" -v r="$res" 'BEGIN{printf "%.3f", n ? r/n : 0}')"
+                record "$w.cpu" "$p" "$(cpu_ms "$(($(cpu_ticks "$pid") - t0))" "$n")"
+            done
+        done
+    done
+}
+
+# run_pgbench with the caller's libpq environment (for paths use_path does not know).
+run_pgbench_env() {
+    local w=$1 p=$2 out
+    shift 2
+    out=$(pgbench -n -T "$SECS" "$@" 2>&1) || { echo "$out" >&2; die "pgbench failed on $p ($w)"; }
+    record "$w" "$p" "$(echo "$out" | awk '/^tps = /{print $3; exit}')"
+    record "$w.tx" "$p" "$(echo "$out" | awk '/number of transactions actually processed/{print $NF; exit}')"
+}
+
 bulk() {
     local rows=$((BULK_MB * 1024)) mode
     for mode in disable require; do
@@ -379,6 +467,7 @@ for round in $(seq 1 "$ROUNDS"); do
     steady
     connects
     tls_steady
+    tls_rows
     bulk
 done
 parked_memory
@@ -470,6 +559,30 @@ if ls "$R"/*.wpredis >/dev/null 2>&1; then
     done
     for sslm in prefer disable; do
         for c in 1 4; do rrow "connect per transaction, $c clients, sslmode=$sslm: mean latency ms (lower is better)" "connect-$sslm-c$c.lat"; done
+    done
+fi
+if ls "$R"/tls-*.waypoint >/dev/null 2>&1; then
+    echo
+    echo "TLS connects (issue 18): libpq through Waypoint built with mbedTLS 2.28 and with 3.6; a pgx connect loop (bench/tlsconnect, one SELECT per connect) with full handshakes and resuming with ClientSessionCache, against the trust PgBouncer with client TLS. connects/s, median of rounds; in brackets the proxy's CPU ms per connect (and the share of resumed handshakes the client saw)."
+    echo
+    echo "| workload | PgBouncer | Waypoint 2.28 | Waypoint 3.6 | 3.6/2.28 | Waypoint 2.28/PgBouncer | Waypoint 3.6/PgBouncer |"
+    echo "|---|---|---|---|---|---|---|"
+    tcell() { # tcell W P: "connects/s (cpu ms[, resumed share])"
+        local v
+        v=$(med "$R/$1.$2")
+        [ "$v" = nan ] && { echo "-"; return; }
+        local extra
+        extra=$(fmt_num "$(med "$R/$1.cpu.$2")")
+        [ -s "$R/$1.resumed.$2" ] && extra="$extra, $(med "$R/$1.resumed.$2")"
+        echo "$(fmt_num "$v") ($extra)"
+    }
+    for w in tls-lib-prefer-c1 tls-lib-prefer-c4 tls-lib-require-c1 tls-lib-require-c4 \
+        tls-pgx-full-c1 tls-pgx-full-c4 tls-pgx-resume-c1 tls-pgx-resume-c4; do
+        [ -s "$R/$w.waypoint" ] || continue
+        g=$(med "$R/$w.pgbouncer")
+        a=$(med "$R/$w.waypoint")
+        b=$(med "$R/$w.wp36")
+        echo "| $w | $(tcell "$w" pgbouncer) | $(tcell "$w" waypoint) | $(tcell "$w" wp36) | $(fmt_ratio "$b" "$a") | $(fmt_ratio "$a" "$g") | $(fmt_ratio "$b" "$g") |"
     done
 fi
 if [ -s "$R/parked" ]; then

@@ -39,10 +39,21 @@
 #include <string.h>
 #include <time.h>
 
+#include <mbedtls/ctr_drbg.h>
 #include <mbedtls/ecdsa.h>
+#include <mbedtls/entropy.h>
 #include <mbedtls/error.h>
+#include <mbedtls/md.h>
 #include <mbedtls/oid.h>
 #include <mbedtls/platform_util.h>
+#include <mbedtls/version.h>
+#if MBEDTLS_VERSION_NUMBER >= 0x03000000
+#include <psa/crypto.h>
+#define CERTS_MBEDTLS3 1
+#else
+#define CERTS_MBEDTLS3 0
+#define MBEDTLS_PRIVATE(m) m
+#endif
 
 #include "io.h"
 #include "log.h"
@@ -107,6 +118,45 @@ static int64_t x509_time_to_unix(const mbedtls_x509_time *t)
     return (int64_t)timegm(&tm);
 }
 
+/* --- library set-up, shared by both mbedTLS lines ------------------------------------
+ * mbedTLS 3 needs psa_crypto_init() before TLS 1.3 or any PSA-backed hash, and takes an
+ * RNG where 2.28 did not (key parsing, pair checks, point multiplication blind with it).
+ * One process-wide DRBG, seeded once; mbedTLS locks it internally (MBEDTLS_THREADING_C),
+ * so any thread may draw from it. */
+static mbedtls_entropy_context lib_entropy;
+static mbedtls_ctr_drbg_context lib_drbg;
+static int lib_ok;
+static pthread_once_t lib_once = PTHREAD_ONCE_INIT;
+
+static void lib_init_once(void)
+{
+#if CERTS_MBEDTLS3
+    if (psa_crypto_init() != PSA_SUCCESS)
+        return;
+#endif
+    mbedtls_entropy_init(&lib_entropy);
+    mbedtls_ctr_drbg_init(&lib_drbg);
+    static const char who[] = "waypoint-certs";
+    lib_ok = mbedtls_ctr_drbg_seed(&lib_drbg, mbedtls_entropy_func, &lib_entropy,
+                                   (const unsigned char *)who, sizeof(who) - 1) == 0;
+}
+
+wp_status certs_lib_init(wp_error *err)
+{
+    pthread_once(&lib_once, lib_init_once);
+    if (!lib_ok) {
+        wp_error_set(err, WP_SQLSTATE_INTERNAL, "TLS: cannot initialise the crypto library");
+        return WP_ERR_INTERNAL;
+    }
+    return WP_OK;
+}
+
+int certs_rng(void *unused, unsigned char *out, size_t len)
+{
+    (void)unused;
+    return mbedtls_ctr_drbg_random(&lib_drbg, out, len);
+}
+
 static certs_pair *pair_alloc(void)
 {
     pair_box *b = calloc(1, sizeof(*b));
@@ -126,32 +176,49 @@ void certs_pair_free(certs_pair *p)
     free((pair_box *)p);
 }
 
-/* An EC key parses as the generic MBEDTLS_PK_ECKEY type, whose sign function copies the
- * key into a temporary ECDSA context for every signature, so the comb table of the base
- * point was rebuilt on every handshake: half of each signature's cost. As
- * MBEDTLS_PK_ECDSA the key signs in place, using a table computed here, once, while
- * the pair is private to this thread (1*G builds and caches it; nothing secret). After
- * that handshakes only read the table, so concurrent signatures share it safely. */
+/* Builds the comb table of the key's base point (1*G computes and caches it; nothing
+ * secret) while the pair is still private to this thread: afterwards concurrent
+ * handshakes only read it. Without this, the first signatures race to build it, and on
+ * 2.28 every signature rebuilt it (below). */
+static int precompute_base(mbedtls_ecp_keypair *kp)
+{
+    mbedtls_mpi one;
+    mbedtls_mpi_init(&one);
+    mbedtls_ecp_point r;
+    mbedtls_ecp_point_init(&r);
+    int rc = mbedtls_mpi_lset(&one, 1);
+    if (rc == 0)
+        rc = mbedtls_ecp_mul(&kp->MBEDTLS_PRIVATE(grp), &r, &one, &kp->MBEDTLS_PRIVATE(grp).G,
+                             certs_rng, NULL);
+    mbedtls_ecp_point_free(&r);
+    mbedtls_mpi_free(&one);
+    return rc;
+}
+
+#if CERTS_MBEDTLS3
+/* mbedTLS 3 signs with the MBEDTLS_PK_ECKEY context in place. */
+static int key_as_ecdsa(mbedtls_pk_context *key)
+{
+    if (mbedtls_pk_get_type(key) != MBEDTLS_PK_ECKEY)
+        return 0;
+    return precompute_base(mbedtls_pk_ec(*key));
+}
+#else
+/* On 2.28 an EC key parses as the generic MBEDTLS_PK_ECKEY type, whose sign function
+ * copies the key into a temporary ECDSA context for every signature, so the comb table
+ * was rebuilt on every handshake: half of each signature's cost. As MBEDTLS_PK_ECDSA
+ * the key signs in place, using the table computed once here. */
 static int key_as_ecdsa(mbedtls_pk_context *key)
 {
     if (mbedtls_pk_get_type(key) != MBEDTLS_PK_ECKEY)
         return 0;
     mbedtls_pk_context e;
     mbedtls_pk_init(&e);
-    mbedtls_mpi one;
-    mbedtls_mpi_init(&one);
-    mbedtls_ecp_point r;
-    mbedtls_ecp_point_init(&r);
     int rc = mbedtls_pk_setup(&e, mbedtls_pk_info_from_type(MBEDTLS_PK_ECDSA));
-    mbedtls_ecp_keypair *kp = rc == 0 ? mbedtls_pk_ec(e) : NULL;
     if (rc == 0)
-        rc = mbedtls_ecdsa_from_keypair(kp, mbedtls_pk_ec(*key));
+        rc = mbedtls_ecdsa_from_keypair(mbedtls_pk_ec(e), mbedtls_pk_ec(*key));
     if (rc == 0)
-        rc = mbedtls_mpi_lset(&one, 1);
-    if (rc == 0)
-        rc = mbedtls_ecp_mul(&kp->grp, &r, &one, &kp->grp.G, NULL, NULL);
-    mbedtls_ecp_point_free(&r);
-    mbedtls_mpi_free(&one);
+        rc = precompute_base(mbedtls_pk_ec(e));
     if (rc != 0) {
         mbedtls_pk_free(&e);
         return rc;
@@ -160,10 +227,15 @@ static int key_as_ecdsa(mbedtls_pk_context *key)
     *key = e; /* the context is a (type, pointer) pair: moving it moves ownership */
     return 0;
 }
+#endif
 
 static wp_status pair_finish(certs_pair *p, const char *what, wp_error *err)
 {
+#if CERTS_MBEDTLS3
+    int rc = mbedtls_pk_check_pair(&p->chain.pk, &p->key, certs_rng, NULL);
+#else
     int rc = mbedtls_pk_check_pair(&p->chain.pk, &p->key);
+#endif
     if (rc != 0) {
         set_mbed_error(err, rc, what, "private key does not match the certificate");
         return WP_ERR_CONFIG;
@@ -172,6 +244,12 @@ static wp_status pair_finish(certs_pair *p, const char *what, wp_error *err)
     if (rc != 0) {
         set_mbed_error(err, rc, what, "cannot prepare the EC private key");
         return WP_ERR_CONFIG;
+    }
+    const mbedtls_md_info_t *sha256 = mbedtls_md_info_from_type(MBEDTLS_MD_SHA256);
+    rc = sha256 ? mbedtls_md(sha256, p->chain.raw.p, p->chain.raw.len, p->fp) : -1;
+    if (rc != 0) {
+        set_mbed_error(err, rc, what, "cannot fingerprint the certificate");
+        return WP_ERR_INTERNAL;
     }
     p->not_before = x509_time_to_unix(&p->chain.valid_from);
     p->not_after = x509_time_to_unix(&p->chain.valid_to);
@@ -200,13 +278,19 @@ wp_status certs_pair_from_pem(const char *pem, size_t pem_len, certs_pair **out,
         return WP_ERR_INVALID;
     }
     size_t key_len = (size_t)(crt - pem), crt_len = pem_len - key_len;
+    if (certs_lib_init(err) != WP_OK)
+        return WP_ERR_INTERNAL;
     certs_pair *p = pair_alloc();
     unsigned char *kb = dup_nul(pem, key_len), *cb = dup_nul(crt, crt_len);
     wp_status st = WP_ERR_NOMEM;
     if (!p || !kb || !cb)
         goto done;
     st = WP_ERR_INVALID;
+#if CERTS_MBEDTLS3
+    int rc = mbedtls_pk_parse_key(&p->key, kb, key_len + 1, NULL, 0, certs_rng, NULL);
+#else
     int rc = mbedtls_pk_parse_key(&p->key, kb, key_len + 1, NULL, 0);
+#endif
     if (rc != 0) {
         set_mbed_error(err, rc, "certificate pair", "cannot parse private key");
         goto done;
@@ -233,6 +317,8 @@ done:
 static wp_status load_file_pair(const char *cert_file, const char *key_file, certs_pair **out,
                                 wp_error *err)
 {
+    if (certs_lib_init(err) != WP_OK)
+        return WP_ERR_INTERNAL;
     certs_pair *p = pair_alloc();
     if (!p)
         return WP_ERR_NOMEM;
@@ -244,7 +330,11 @@ static wp_status load_file_pair(const char *cert_file, const char *key_file, cer
         certs_pair_free(p);
         return WP_ERR_CONFIG;
     }
+#if CERTS_MBEDTLS3
+    rc = mbedtls_pk_parse_keyfile(&p->key, key_file, NULL, certs_rng, NULL);
+#else
     rc = mbedtls_pk_parse_keyfile(&p->key, key_file, NULL);
+#endif
     if (rc != 0) {
         char buf[160];
         mbedtls_strerror(rc, buf, sizeof(buf));

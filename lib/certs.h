@@ -42,6 +42,7 @@ typedef struct certs_pair {
     mbedtls_pk_context key;
     int64_t not_before; /* leaf validity, Unix seconds */
     int64_t not_after;
+    unsigned char fp[32]; /* SHA-256 of the leaf (DER): what a resumed session is bound to */
 } certs_pair;
 
 typedef enum {
@@ -101,6 +102,13 @@ const certs_pair *certs_file_pair(const certs_store *s);
 int certs_name_matches(const mbedtls_x509_crt *leaf, const char *name);
 
 /* Parses a key-then-chain PEM pair into a new certs_pair (key must match the leaf). */
+/* Initialises the crypto library once per process (psa_crypto_init on mbedTLS 3) and
+ * seeds the shared RNG below. Idempotent and thread safe; everything in certs.c and
+ * tls.c calls it before using mbedTLS. */
+wp_status certs_lib_init(wp_error *err);
+/* The process-wide DRBG as an mbedTLS f_rng (p_rng ignored); after certs_lib_init. */
+int certs_rng(void *unused, unsigned char *out, size_t len);
+
 wp_status certs_pair_from_pem(const char *pem, size_t pem_len, certs_pair **out, wp_error *err);
 void certs_pair_free(certs_pair *p);
 

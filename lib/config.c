@@ -164,6 +164,8 @@ static const key_spec keys[] = {
     {SEC_LISTENER, "use_tailscale_tls", V_BOOL, L(use_tailscale_tls), 0},
     {SEC_LISTENER, "cert_file", V_STR, L(cert_file), 0},
     {SEC_LISTENER, "key_file", V_STR, L(key_file), 0},
+    {SEC_LISTENER, "tls_ticket_lifetime", V_DUR, L(tls_ticket_lifetime_ms), 0},
+    {SEC_LISTENER, "tls_session_cache_size", V_INT, L(tls_session_cache_size), 0},
     {SEC_LISTENER, "backend_tls", V_BTLS, L(backend_tls), 0},
     {SEC_LISTENER, "backend_ca_file", V_STR, L(backend_ca_file), 0},
     {SEC_LISTENER, "max_connections", V_INT, L(max_connections), 1},
@@ -530,6 +532,8 @@ static void listener_defaults(cfg_listener *l, int line)
     memset(l, 0, sizeof(*l));
     l->tls_mode = CFG_TLS_OPTIONAL;
     l->use_tailscale_tls = true;
+    l->tls_ticket_lifetime_ms = MS_PER_H;
+    l->tls_session_cache_size = 1000;
     l->backend_tls = CFG_BTLS_PREFER;
     l->max_connections = 1000;
     l->max_unstarted_per_peer = 64;
@@ -1198,6 +1202,13 @@ static void check_tls(loader *ld, size_t li)
     if (l->backend_tls == CFG_BTLS_VERIFY_FULL && !l->backend_ca_file)
         err(ld, lkey_line(ld, li, SEC_LISTENER, "backend_tls"), "backend_tls",
             "verify-full needs backend_ca_file");
+    /* TLS 1.3 caps a ticket's lifetime at 7 days (RFC 8446 section 4.6.1). */
+    if (l->tls_ticket_lifetime_ms > 7 * 24 * MS_PER_H)
+        err(ld, lkey_line(ld, li, SEC_LISTENER, "tls_ticket_lifetime"), "tls_ticket_lifetime",
+            "must be at most 168h (TLS 1.3's limit), or 0 to turn session tickets off");
+    if (l->tls_session_cache_size > 1000000)
+        err(ld, lkey_line(ld, li, SEC_LISTENER, "tls_session_cache_size"), "tls_session_cache_size",
+            "must be at most 1000000, or 0 to turn the cache off");
 }
 
 static void check_postgres(loader *ld, size_t li)
@@ -1668,6 +1679,8 @@ static void print_listener(const wp_config *cfg, const cfg_listener *l, FILE *ou
     fprintf(out, "use_tailscale_tls = %s\n", l->use_tailscale_tls ? "true" : "false");
     print_opt_str(out, "cert_file", l->cert_file);
     print_opt_str(out, "key_file", l->key_file);
+    print_duration(out, "tls_ticket_lifetime", l->tls_ticket_lifetime_ms);
+    fprintf(out, "tls_session_cache_size = %" PRId64 "\n", l->tls_session_cache_size);
     print_str(out, "backend_tls", cfg_backend_tls_str(l->backend_tls));
     print_opt_str(out, "backend_ca_file", l->backend_ca_file);
     fprintf(out, "max_connections = %" PRId64 "\n", l->max_connections);

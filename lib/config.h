@@ -40,6 +40,8 @@ typedef struct cfg_listener {
     bool use_tailscale_tls; /* default true */
     char *cert_file;        /* NULL when unset; set together with key_file */
     char *key_file;
+    int64_t tls_ticket_lifetime_ms; /* session ticket key rotation; default 1h, 0 = no tickets */
+    int64_t tls_session_cache_size; /* resumable sessions by ID; default 1000, 0 = no cache */
     cfg_backend_tls backend_tls;    /* default prefer */
     char *backend_ca_file;          /* NULL when unset */
     int64_t max_connections;        /* concurrent client connections; default 1000 */

@@ -26,10 +26,11 @@
  */
 #include "identity.h"
 
-#include <mbedtls/sha256.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+
+#include "scram.h"
 
 #define ID_BODY_MAX (1024 * 1024) /* WhoIs bodies are a few KiB in practice */
 #define ID_DEPTH_MAX 64           /* a grant is about 10 levels deep */
@@ -345,7 +346,7 @@ static const char *node_part(const id_identity *id, size_t *n)
 static int hash_hex(const char *record, char hex[ID_HASH_HEX + 1])
 {
     unsigned char digest[32];
-    if (mbedtls_sha256_ret((const unsigned char *)record, strlen(record), digest, 0) != 0)
+    if (wp_sha256(record, strlen(record), digest) != WP_OK)
         return -1;
     static const char digits[] = "0123456789abcdef";
     for (int i = 0; i < ID_HASH_HEX; i++)

@@ -45,6 +45,7 @@ struct obs {
     metrics_registry *reg;
     metrics_family *conns, *refusals, *bytes, *cancels, *reval, *roles, *login_fail;
     metrics_family *audit_err, *hist[OBS_H_COUNT];
+    metrics_family *tls_hs; /* TLS handshakes toward clients, full vs resumed */
     metrics_family *active, *parked, *admin, *build, *reload_ok, *reload_ts, *start_ts;
     sessreg *sessions;
     audit_log *audit;
@@ -120,6 +121,12 @@ static int obs_families(obs *o)
                            "Unix time of the last configuration load attempt.", NULL, NULL, 0);
     o->start_ts = metrics_family_add(r, METRICS_GAUGE, "waypoint_start_time_seconds",
                                      "Unix time the process started.", NULL, NULL, 0);
+    o->tls_hs = metrics_family_add(r, METRICS_COUNTER, "waypoint_tls_handshakes_total",
+                                   "Completed TLS handshakes with clients: kind=full, or resumed "
+                                   "from a session ticket or the session cache.",
+                                   LBL("listener", "kind"), NULL, 0);
+    if (!o->tls_hs)
+        return -1;
     metrics_family *all[] = {o->conns,   o->refusals,   o->bytes,     o->cancels,   o->reval,
                              o->roles,   o->login_fail, o->audit_err, o->active,    o->parked,
                              o->admin,   o->build,      o->reload_ok, o->reload_ts, o->start_ts,
@@ -257,10 +264,19 @@ void obs_roles(obs *o, const char *listener, const char *what, uint64_t n)
         metrics_inc(metrics_series_get(o->roles, LBL(nz(listener), nz(what))), n);
 }
 
+void obs_tls_handshake(obs *o, const char *listener, int resumed)
+{
+    if (o)
+        metrics_inc(metrics_series_get(o->tls_hs, LBL(nz(listener), resumed ? "resumed" : "full")),
+                    1);
+}
+
 void obs_listener_init(obs *o, const char *listener)
 {
     if (!o)
         return;
+    metrics_add(metrics_series_get(o->tls_hs, LBL(nz(listener), "full")), 0);
+    metrics_add(metrics_series_get(o->tls_hs, LBL(nz(listener), "resumed")), 0);
     metrics_add(metrics_series_get(o->active, LBL(nz(listener))), 0);
     metrics_add(metrics_series_get(o->parked, LBL(nz(listener))), 0);
 }

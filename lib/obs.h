@@ -94,6 +94,8 @@ void obs_revalidation(obs *o, const char *listener, const char *result);
 /* what: "created", "refreshed" or "dropped" (by cleanup). */
 void obs_roles(obs *o, const char *listener, const char *what, uint64_t n);
 void obs_reloaded(obs *o, int ok);
+/* One completed TLS handshake with a client (resumed: from a ticket or the cache). */
+void obs_tls_handshake(obs *o, const char *listener, int resumed);
 
 /* Creates a listener's gauges at 0 (active sessions, parked sessions). */
 void obs_listener_init(obs *o, const char *listener);

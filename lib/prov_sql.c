@@ -9,10 +9,11 @@
  */
 #include "prov_internal.h"
 
-#include <mbedtls/sha256.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+
+#include "scram.h"
 
 /* ---- dialect choices ------------------------------------------------------------- */
 
@@ -96,7 +97,7 @@ int prov_group_name(const char *prefix, const char *database, const char *schema
     buf[dl] = '\0'; /* NUL separator: (db "a b", schema "c") != (db "a", schema "b c") */
     memcpy(buf + dl + 1, schema, sl);
     unsigned char dig[32];
-    int rc = mbedtls_sha256_ret(buf, dl + 1 + sl, dig, 0);
+    int rc = wp_sha256(buf, dl + 1 + sl, dig) == WP_OK ? 0 : -1;
     free(buf);
     if (rc != 0)
         return -1;

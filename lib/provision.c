@@ -30,7 +30,6 @@
 
 #include <jansson.h>
 #include <stdarg.h>
-#include <mbedtls/platform_util.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -1001,7 +1000,7 @@ static wp_status write_role(prov_ctx *p, PGconn *c, const char *role, const char
         rc = sql ? WP_ERR_BACKEND : WP_ERR_NOMEM;
     }
 out:
-    mbedtls_platform_zeroize(verifier, sizeof verifier);
+    wp_zeroize(verifier, sizeof verifier);
     free(qr);
     free(qv);
     free(qu);
@@ -1015,8 +1014,8 @@ static void lease_free(prov_lease *l)
 {
     if (!l)
         return;
-    mbedtls_platform_zeroize(l->password, sizeof l->password);
-    mbedtls_platform_zeroize(l->verifier, sizeof l->verifier);
+    wp_zeroize(l->password, sizeof l->password);
+    wp_zeroize(l->verifier, sizeof l->verifier);
     free(l->db);
     free(l);
 }

@@ -33,6 +33,7 @@
 #include <mbedtls/md.h>
 #include <mbedtls/pkcs5.h>
 #include <mbedtls/platform_util.h>
+#include <mbedtls/version.h>
 
 #define SCRAM_KEY_LEN 32   /* SHA-256 output */
 #define SCRAM_SALT_LEN 16  /* what PostgreSQL itself generates */
@@ -115,6 +116,17 @@ wp_status wp_random_password(char out[44])
 
 /* ---- hashing helpers ---- */
 
+wp_status wp_sha256(const void *data, size_t n, unsigned char out[32])
+{
+    const mbedtls_md_info_t *md = mbedtls_md_info_from_type(MBEDTLS_MD_SHA256);
+    return md && mbedtls_md(md, data, n, out) == 0 ? WP_OK : WP_ERR_INTERNAL;
+}
+
+void wp_zeroize(void *buf, size_t n)
+{
+    mbedtls_platform_zeroize(buf, n);
+}
+
 static const mbedtls_md_info_t *sha256(void)
 {
     return mbedtls_md_info_from_type(MBEDTLS_MD_SHA256);
@@ -126,9 +138,15 @@ static int hmac(const unsigned char *key, size_t klen, const void *msg, size_t m
     return mbedtls_md_hmac(sha256(), key, klen, msg, mlen, out);
 }
 
+/* PBKDF2-HMAC-SHA-256. mbedTLS 3 deprecates the context-taking form for _ext. */
 static int salted_password(const char *password, const unsigned char *salt, size_t salt_len,
                            unsigned iter, unsigned char out[SCRAM_KEY_LEN])
 {
+#if MBEDTLS_VERSION_NUMBER >= 0x03030000
+    return mbedtls_pkcs5_pbkdf2_hmac_ext(MBEDTLS_MD_SHA256, (const unsigned char *)password,
+                                         strlen(password), salt, salt_len, iter, SCRAM_KEY_LEN,
+                                         out);
+#else
     mbedtls_md_context_t ctx;
     mbedtls_md_init(&ctx);
     int rc = mbedtls_md_setup(&ctx, sha256(), 1);
@@ -137,6 +155,7 @@ static int salted_password(const char *password, const unsigned char *salt, size
                                        salt, salt_len, iter, SCRAM_KEY_LEN, out);
     mbedtls_md_free(&ctx);
     return rc;
+#endif
 }
 
 /* ClientKey, StoredKey and ServerKey from SaltedPassword (RFC 5802 section 3). */

@@ -19,6 +19,10 @@
 
 /* Fills buf with n bytes from the process CSPRNG (mbedTLS CTR_DRBG, thread-safe). */
 wp_status wp_random_bytes(void *buf, size_t n);
+/* SHA-256 of n bytes (the one hash other modules need: names derived from inputs). */
+wp_status wp_sha256(const void *data, size_t n, unsigned char out[32]);
+/* Wipes n bytes in a way the compiler cannot elide (secrets in memory). */
+void wp_zeroize(void *buf, size_t n);
 /* 32 random bytes, base64url without padding: 43 chars + NUL. */
 wp_status wp_random_password(char out[44]);
 

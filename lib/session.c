@@ -499,6 +499,7 @@ static int sess_start_tls(sess *s, int direct)
     if (tls_server_accept(s->lsn->tls, s->fd, direct, s->deadline_ms, &s->cio, &e) != WP_OK)
         return sess_refuse(s, NULL, e.message[0] ? e.message : "TLS handshake failed");
     s->tls = 1;
+    obs_tls_handshake(s->env->obs, s->lc->name, tls_io_resumed(&s->cio));
     return 1;
 }
 

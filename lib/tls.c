@@ -1,5 +1,7 @@
 /*
- * tls: mbedTLS 2.28 (TLS 1.2) for both sides of the proxy, exposed as a wp_io.
+ * tls: mbedTLS for both sides of the proxy, exposed as a wp_io. Builds against 2.28
+ * (Debian 12: TLS 1.2) and 3.6 LTS (Debian 13: TLS 1.2 and 1.3); see the compatibility
+ * block below and docs/tls.md.
  *
  * Server side. A tls_server_ctx is built per listener (and again on every reload): one
  * read-only mbedtls_ssl_config, its own CTR_DRBG, and a certs_store (certs.c) that
@@ -46,13 +48,36 @@
 #include <mbedtls/md.h>
 #include <mbedtls/net_sockets.h>
 #include <mbedtls/oid.h>
+#include <mbedtls/platform_util.h>
+#include <mbedtls/constant_time.h>
 #include <mbedtls/ssl.h>
+#include <mbedtls/ssl_cache.h>
+#include <mbedtls/ssl_ticket.h>
+#include <mbedtls/version.h>
 
 #include "certs.h"
 #include "log.h"
 #include "tailscale.h"
 
 #define TLS_SNI_MAX 255
+
+/* The two mbedTLS lines (docs/tls.md): 2.28 (Debian 12) speaks TLS 1.2 only; 3.6 LTS
+ * (Debian 13) speaks TLS 1.2 and 1.3. The differences stay in this block and in a few
+ * #if TLS_MBEDTLS3 below: 3.x hides struct fields behind MBEDTLS_PRIVATE, renames the
+ * version and curve set-up, and needs psa_crypto_init() (certs_lib_init) first. */
+#if MBEDTLS_VERSION_NUMBER >= 0x03000000
+#define TLS_MBEDTLS3 1
+/* Not mbedtls_ssl_is_handshake_over(): a TLS 1.3 server's NewSessionTicket states come
+ * after HANDSHAKE_OVER in the enum, and stopping there would never send the ticket. */
+#define TLS_HS_OVER(ssl) ((ssl)->MBEDTLS_PRIVATE(state) == MBEDTLS_SSL_HANDSHAKE_OVER)
+#define TLS_HS_STATE(ssl) ((ssl)->MBEDTLS_PRIVATE(state))
+#define TLS_CRT_SIG_MD(crt) ((crt)->MBEDTLS_PRIVATE(sig_md))
+#else
+#define TLS_MBEDTLS3 0
+#define TLS_HS_OVER(ssl) ((ssl)->state == MBEDTLS_SSL_HANDSHAKE_OVER)
+#define TLS_HS_STATE(ssl) ((ssl)->state)
+#define TLS_CRT_SIG_MD(crt) ((crt)->sig_md)
+#endif
 
 struct tls_server_ctx {
     atomic_int refs;
@@ -62,6 +87,13 @@ struct tls_server_ctx {
     certs_store *certs;
     char listener[128];
     atomic_int can_serve; /* last certs_has_source answer, for log-once-per-change */
+    /* Resumption (see "session resumption" below). Both are locked internally by mbedTLS
+     * (MBEDTLS_THREADING_C), so every worker thread of the listener shares them. */
+    int tickets_on;
+    mbedtls_ssl_ticket_context ticket;
+    int cache_on;
+    mbedtls_ssl_cache_context cache;
+    unsigned char bind_key[32]; /* random per context: binds sessions to a certificate */
 };
 
 typedef struct tls_conn {
@@ -74,18 +106,62 @@ typedef struct tls_conn {
     mbedtls_ssl_config cconf; /* client side; server side when own_conf */
     mbedtls_x509_crt ca;
     int client;
-    int own_conf;               /* server side: cconf carries the no-SNI default cert */
-    const certs_pair *def_cert; /* that certificate (referenced) */
+    int own_conf;                  /* server side: cconf carries the no-SNI default cert */
+    const certs_pair *def_cert;    /* that certificate (referenced) */
+    int resumed;                   /* server side: a ticket or the cache resumed the session */
+    const unsigned char *bound_fp; /* the certificate the resumed session was bound to */
 } tls_conn;
 
 static const char *tls_alpn_list[] = {"postgresql", NULL};
-/* Key exchange groups in the server's order of preference (mbedTLS picks the first of
- * these the client offers). mbedTLS's default order starts with secp521r1, which libpq
- * also offers, and that ECDHE dominated a TLS connect (about 200M instructions of
- * 330M in callgrind); X25519 first, P-256 for clients without it. */
+/* Key exchange groups in the server's order of preference. For TLS 1.2 mbedTLS picks the
+ * first of these the client offers; for TLS 1.3 it takes the client's key share when
+ * that group is listed here, and otherwise asks for one (HelloRetryRequest). mbedTLS's
+ * default order starts with secp521r1, which libpq also offers, and that ECDHE dominated
+ * a TLS connect (about 200M instructions of 330M in callgrind). On 2.28 X25519 is the
+ * cheapest. On 3.6 P-256 is (callgrind, docs/performance.md: a full handshake costs
+ * 17.0 M instructions with P-256 against 22.1 M with X25519), and every TLS 1.3
+ * handshake pays for ECDHE, resumed ones too (clients offer only psk_dhe_ke): so the 3.6
+ * list leaves X25519 out. A TLS 1.3 client that sent only an X25519 share (libpq, Go,
+ * Java, Node) is asked for P-256 instead; that costs the round trip TLS 1.3 saves, so
+ * the handshake takes as many round trips as TLS 1.2's and less CPU than either. The
+ * backend side uses the same list: its first entry is the share mbedTLS sends. */
+#if TLS_MBEDTLS3
+static const uint16_t tls_groups[] = {
+    MBEDTLS_SSL_IANA_TLS_GROUP_SECP256R1, MBEDTLS_SSL_IANA_TLS_GROUP_SECP384R1,
+    MBEDTLS_SSL_IANA_TLS_GROUP_SECP521R1, MBEDTLS_SSL_IANA_TLS_GROUP_NONE};
+#else
 static const mbedtls_ecp_group_id tls_curves[] = {
     MBEDTLS_ECP_DP_CURVE25519, MBEDTLS_ECP_DP_SECP256R1, MBEDTLS_ECP_DP_SECP384R1,
-    MBEDTLS_ECP_DP_SECP521R1,  MBEDTLS_ECP_DP_NONE};
+    MBEDTLS_ECP_DP_SECP521R1, MBEDTLS_ECP_DP_NONE};
+#endif
+
+/* TLS 1.2 and, where the library has it, 1.3 (negotiated: the highest both speak). */
+static void conf_versions(mbedtls_ssl_config *c)
+{
+#if TLS_MBEDTLS3
+    mbedtls_ssl_conf_min_tls_version(c, MBEDTLS_SSL_VERSION_TLS1_2);
+#if defined(MBEDTLS_SSL_PROTO_TLS1_3)
+    mbedtls_ssl_conf_max_tls_version(c, MBEDTLS_SSL_VERSION_TLS1_3);
+#else
+    mbedtls_ssl_conf_max_tls_version(c, MBEDTLS_SSL_VERSION_TLS1_2);
+#endif
+    mbedtls_ssl_conf_groups(c, tls_groups);
+#else
+    mbedtls_ssl_conf_min_version(c, MBEDTLS_SSL_MAJOR_VERSION_3, MBEDTLS_SSL_MINOR_VERSION_3);
+    mbedtls_ssl_conf_curves(c, tls_curves);
+#endif
+}
+
+const char *tls_library(void)
+{
+#if defined(MBEDTLS_SSL_PROTO_TLS1_3)
+    return "mbedTLS " MBEDTLS_VERSION_STRING " (TLS 1.2, TLS 1.3)";
+#else
+    return "mbedTLS " MBEDTLS_VERSION_STRING " (TLS 1.2)";
+#endif
+}
+
+static wp_status mbed_fail(wp_error *err, const char *sqlstate, const char *what, int rc);
 
 /* --- BIO and polling -------------------------------------------------------------- */
 
@@ -124,6 +200,12 @@ static ssize_t tls_read(wp_io *io, void *buf, size_t n)
 {
     tls_conn *c = io->impl;
     int r = mbedtls_ssl_read(&c->ssl, buf, n);
+#if TLS_MBEDTLS3
+    /* A TLS 1.3 post-handshake message (NewSessionTicket from the backend) carried no
+     * application data: read again (bounded by what the socket holds). */
+    while (r == MBEDTLS_ERR_SSL_RECEIVED_NEW_SESSION_TICKET)
+        r = mbedtls_ssl_read(&c->ssl, buf, n);
+#endif
     if (r > 0)
         return r;
     if (r == 0 || r == MBEDTLS_ERR_SSL_PEER_CLOSE_NOTIFY || r == MBEDTLS_ERR_SSL_CONN_EOF)
@@ -184,6 +266,11 @@ static void server_unref(tls_server_ctx *s)
     if (!s || atomic_fetch_sub(&s->refs, 1) != 1)
         return;
     mbedtls_ssl_config_free(&s->conf);
+    if (s->tickets_on)
+        mbedtls_ssl_ticket_free(&s->ticket);
+    if (s->cache_on)
+        mbedtls_ssl_cache_free(&s->cache);
+    mbedtls_platform_zeroize(s->bind_key, sizeof(s->bind_key));
     mbedtls_ctr_drbg_free(&s->drbg);
     mbedtls_entropy_free(&s->entropy);
     certs_free(s->certs);
@@ -218,6 +305,13 @@ static int sni_callback(void *arg, mbedtls_ssl_context *ssl, const unsigned char
     }
     certs_release(s->certs, c->cert); /* a second SNI callback cannot happen, but be tidy */
     c->cert = p;
+    /* A TLS 1.2 ticket parsed before this extension was checked against the default
+     * certificate: a session never resumes under another certificate (fail closed). */
+    if (c->resumed && c->bound_fp && memcmp(c->bound_fp, p->fp, sizeof(p->fp)) != 0) {
+        log_kv(WP_LOG_WARN, "tls_resumption_refused", "listener", s->listener, "sni", c->sni,
+               "reason", "session ticket bound to another certificate", (char *)NULL);
+        return -1;
+    }
     return 0;
 }
 
@@ -233,6 +327,202 @@ static wp_status rng_seed(mbedtls_entropy_context *e, mbedtls_ctr_drbg_context *
     return WP_OK;
 }
 
+/* --- session resumption ------------------------------------------------------------
+ * Toward clients only (the backend side never resumes). Two mechanisms, per listener
+ * context, so a session never crosses listeners, and rebuilt with the context on every
+ * SIGHUP, so a reload (new certificates) starts both afresh:
+ *   - session tickets (RFC 5077; TLS 1.3 tickets on 3.6): mbedTLS's ticket module,
+ *     AES-256-GCM, whose key rotates every tls_ticket_lifetime; a ticket is accepted for
+ *     one lifetime after it was issued, so a key lives at most two lifetimes;
+ *   - a session-ID cache of tls_session_cache_size entries (TLS 1.2 clients without
+ *     tickets), entries expiring after tls_ticket_lifetime (1h when tickets are off).
+ * A listener serves several certificates (file, Tailscale by SNI), so each session is
+ * bound to the certificate of the handshake that created it: tickets carry a 16-byte
+ * HMAC over (certificate fingerprint, ticket) under bind_key, and cache entries are keyed
+ * by HMAC(bind_key, fingerprint || session ID). A session offered under another
+ * certificate fails that check and the client gets a full handshake.
+ *
+ * mbedTLS hands these callbacks the listener's context only, not the connection, so the
+ * connection whose handshake a worker thread is driving is kept in a thread-local: each
+ * thread drives one handshake at a time, and no other thread ever reads it. */
+#define TLS_BIND_LEN 16
+
+static _Thread_local tls_conn *tls_cur;
+
+/* The certificate this connection serves so far: SNI's choice, else the default one. */
+static const unsigned char *conn_fp(const tls_conn *c)
+{
+    const certs_pair *p = c->cert       ? c->cert
+                          : c->def_cert ? c->def_cert
+                          : c->srv      ? certs_file_pair(c->srv->certs)
+                                        : NULL;
+    return p ? p->fp : NULL;
+}
+
+/* HMAC-SHA-256(bind_key, fp || data), truncated to outlen. */
+static int bind_mac(const tls_server_ctx *s, const unsigned char *fp, const unsigned char *data,
+                    size_t len, unsigned char *out, size_t outlen)
+{
+    unsigned char mac[32];
+    mbedtls_md_context_t md;
+    mbedtls_md_init(&md);
+    int rc = mbedtls_md_setup(&md, mbedtls_md_info_from_type(MBEDTLS_MD_SHA256), 1);
+    if (rc == 0)
+        rc = mbedtls_md_hmac_starts(&md, s->bind_key, sizeof(s->bind_key));
+    if (rc == 0)
+        rc = mbedtls_md_hmac_update(&md, fp, 32);
+    if (rc == 0)
+        rc = mbedtls_md_hmac_update(&md, data, len);
+    if (rc == 0)
+        rc = mbedtls_md_hmac_finish(&md, mac);
+    mbedtls_md_free(&md);
+    if (rc == 0)
+        memcpy(out, mac, outlen);
+    return rc;
+}
+
+static int ticket_write(void *p, const mbedtls_ssl_session *session, unsigned char *start,
+                        const unsigned char *end, size_t *tlen, uint32_t *lifetime)
+{
+    tls_server_ctx *s = p;
+    const unsigned char *fp = tls_cur ? conn_fp(tls_cur) : NULL;
+    if (!fp)
+        return MBEDTLS_ERR_SSL_INTERNAL_ERROR;
+    if (end - start < TLS_BIND_LEN)
+        return MBEDTLS_ERR_SSL_BUFFER_TOO_SMALL;
+    int rc =
+        mbedtls_ssl_ticket_write(&s->ticket, session, start + TLS_BIND_LEN, end, tlen, lifetime);
+    if (rc == 0)
+        rc = bind_mac(s, fp, start + TLS_BIND_LEN, *tlen, start, TLS_BIND_LEN);
+    if (rc == 0)
+        *tlen += TLS_BIND_LEN;
+    return rc;
+}
+
+static int ticket_parse(void *p, mbedtls_ssl_session *session, unsigned char *buf, size_t len)
+{
+    tls_server_ctx *s = p;
+    tls_conn *c = tls_cur;
+    const unsigned char *fp = c ? conn_fp(c) : NULL;
+    unsigned char mac[TLS_BIND_LEN];
+    if (!fp || len <= TLS_BIND_LEN ||
+        bind_mac(s, fp, buf + TLS_BIND_LEN, len - TLS_BIND_LEN, mac, sizeof(mac)) != 0 ||
+        mbedtls_ct_memcmp(mac, buf, TLS_BIND_LEN) != 0)
+        return MBEDTLS_ERR_SSL_INVALID_MAC; /* another certificate or listener: full handshake */
+    int rc = mbedtls_ssl_ticket_parse(&s->ticket, session, buf + TLS_BIND_LEN, len - TLS_BIND_LEN);
+    if (rc == 0) {
+        c->resumed = 1;
+        c->bound_fp = fp;
+    }
+    return rc;
+}
+
+/* The cache key of a session ID under this connection's certificate. */
+static int cache_key(tls_server_ctx *s, const unsigned char *id, size_t id_len,
+                     unsigned char key[32])
+{
+    const unsigned char *fp = tls_cur ? conn_fp(tls_cur) : NULL;
+    if (!fp || id_len == 0 || id_len > 32)
+        return -1;
+    return bind_mac(s, fp, id, id_len, key, 32);
+}
+
+#if TLS_MBEDTLS3
+static int cache_get(void *p, const unsigned char *id, size_t id_len, mbedtls_ssl_session *session)
+{
+    tls_server_ctx *s = p;
+    unsigned char key[32];
+    if (cache_key(s, id, id_len, key) != 0)
+        return -1;
+    int rc = mbedtls_ssl_cache_get(&s->cache, key, sizeof(key), session);
+    if (rc == 0) {
+        tls_cur->resumed = 1;
+        tls_cur->bound_fp = conn_fp(tls_cur);
+    }
+    return rc;
+}
+
+static int cache_set(void *p, const unsigned char *id, size_t id_len,
+                     const mbedtls_ssl_session *session)
+{
+    tls_server_ctx *s = p;
+    unsigned char key[32];
+    if (cache_key(s, id, id_len, key) != 0)
+        return -1;
+    return mbedtls_ssl_cache_set(&s->cache, key, sizeof(key), session);
+}
+#else
+/* 2.28 looks the session up by session->id: swap in the bound key for the lookup and put
+ * the client's ID back (the ServerHello echoes it). */
+static int cache_get(void *p, mbedtls_ssl_session *session)
+{
+    tls_server_ctx *s = p;
+    unsigned char id[32], key[32];
+    size_t id_len = session->id_len;
+    if (id_len > sizeof(id) || cache_key(s, session->id, id_len, key) != 0)
+        return -1;
+    memcpy(id, session->id, id_len);
+    memcpy(session->id, key, sizeof(key));
+    session->id_len = sizeof(key);
+    int rc = mbedtls_ssl_cache_get(&s->cache, session);
+    memcpy(session->id, id, id_len);
+    session->id_len = id_len;
+    if (rc == 0) {
+        tls_cur->resumed = 1;
+        tls_cur->bound_fp = conn_fp(tls_cur);
+    }
+    return rc;
+}
+
+static int cache_set(void *p, const mbedtls_ssl_session *session)
+{
+    tls_server_ctx *s = p;
+    mbedtls_ssl_session keyed = *session; /* shallow: mbedtls_ssl_cache_set deep-copies it */
+    if (cache_key(s, session->id, session->id_len, keyed.id) != 0)
+        return -1;
+    keyed.id_len = 32;
+    return mbedtls_ssl_cache_set(&s->cache, &keyed);
+}
+#endif
+
+/* Sets up tickets and cache for a listener per its configuration. */
+static wp_status resumption_setup(tls_server_ctx *s, const cfg_listener *l, wp_error *err)
+{
+    if (mbedtls_ctr_drbg_random(&s->drbg, s->bind_key, sizeof(s->bind_key)) != 0) {
+        wp_error_set(err, WP_SQLSTATE_INTERNAL, "TLS: cannot draw the session binding key");
+        return WP_ERR_INTERNAL;
+    }
+    int64_t life_s = (l->tls_ticket_lifetime_ms + 999) / 1000;
+    if (life_s > 0) {
+        mbedtls_ssl_ticket_init(&s->ticket);
+        s->tickets_on = 1;
+        int rc = mbedtls_ssl_ticket_setup(&s->ticket, mbedtls_ctr_drbg_random, &s->drbg,
+                                          MBEDTLS_CIPHER_AES_256_GCM, (uint32_t)life_s);
+        if (rc != 0)
+            return mbed_fail(err, WP_SQLSTATE_INTERNAL, "TLS: session tickets", rc);
+    }
+    if (l->tls_session_cache_size > 0) {
+        mbedtls_ssl_cache_init(&s->cache);
+        s->cache_on = 1;
+        mbedtls_ssl_cache_set_max_entries(&s->cache, (int)l->tls_session_cache_size);
+        mbedtls_ssl_cache_set_timeout(&s->cache, life_s > 0 ? life_s : 3600);
+    }
+    return WP_OK;
+}
+
+static void conf_resumption(mbedtls_ssl_config *c, tls_server_ctx *s)
+{
+    if (s->tickets_on)
+        mbedtls_ssl_conf_session_tickets_cb(c, ticket_write, ticket_parse, s);
+    if (s->cache_on)
+        mbedtls_ssl_conf_session_cache(c, s, cache_get, cache_set);
+}
+
+int tls_io_resumed(const wp_io *io)
+{
+    return io && io->ops == &tls_ops && ((const tls_conn *)io->impl)->resumed;
+}
+
 /* A server config on c: the listener's shared one (own = the file certificate), or a
  * connection's own, whose certificate is the one served when the client sends no SNI. */
 static wp_status conf_setup(mbedtls_ssl_config *c, tls_server_ctx *s, const certs_pair *own,
@@ -244,11 +534,11 @@ static wp_status conf_setup(mbedtls_ssl_config *c, tls_server_ctx *s, const cert
         wp_error_set(err, WP_SQLSTATE_INTERNAL, "TLS: cannot set up server configuration");
         return WP_ERR_INTERNAL;
     }
-    mbedtls_ssl_conf_min_version(c, MBEDTLS_SSL_MAJOR_VERSION_3, MBEDTLS_SSL_MINOR_VERSION_3);
+    conf_versions(c);
     mbedtls_ssl_conf_renegotiation(c, MBEDTLS_SSL_RENEGOTIATION_DISABLED);
-    mbedtls_ssl_conf_curves(c, tls_curves);
     mbedtls_ssl_conf_rng(c, mbedtls_ctr_drbg_random, &s->drbg);
     mbedtls_ssl_conf_sni(c, sni_callback, s);
+    conf_resumption(c, s);
     /* Without SNI mbedTLS uses the config's own certificate (an SNI callback's choice
      * takes precedence over it). */
     if (own && mbedtls_ssl_conf_own_cert(c, (mbedtls_x509_crt *)&own->chain,
@@ -297,9 +587,13 @@ wp_status tls_server_new_srcs(const cfg_listener *l, certs_fetch_fn fetch, certs
                     .fetch_arg = arg,
                     .domains = domains,
                     .domains_arg = arg};
-    wp_status st = certs_new(&o, &s->certs, err);
+    wp_status st = certs_lib_init(err);
+    if (st == WP_OK)
+        st = certs_new(&o, &s->certs, err);
     if (st == WP_OK)
         st = rng_seed(&s->entropy, &s->drbg, "waypoint-tls-server", err);
+    if (st == WP_OK)
+        st = resumption_setup(s, l, err);
     if (st == WP_OK)
         st = conf_setup(&s->conf, s, certs_file_pair(s->certs), err);
     if (st != WP_OK) {
@@ -380,10 +674,10 @@ static wp_status handshake(tls_conn *c, int require_alpn, int64_t deadline_ms, c
                            const char *sqlstate, wp_error *err)
 {
     int alpn_checked = !require_alpn;
-    while (c->ssl.state != MBEDTLS_SSL_HANDSHAKE_OVER) {
+    while (!TLS_HS_OVER(&c->ssl)) {
         int r = mbedtls_ssl_handshake_step(&c->ssl);
         if (r == 0) {
-            if (!alpn_checked && c->ssl.state > MBEDTLS_SSL_CLIENT_HELLO) {
+            if (!alpn_checked && TLS_HS_STATE(&c->ssl) > MBEDTLS_SSL_CLIENT_HELLO) {
                 const char *a = mbedtls_ssl_get_alpn_protocol(&c->ssl);
                 if (!a || strcmp(a, "postgresql") != 0) {
                     mbedtls_ssl_send_alert_message(&c->ssl, MBEDTLS_SSL_ALERT_LEVEL_FATAL,
@@ -444,8 +738,10 @@ wp_status tls_server_accept(tls_server_ctx *s, int fd, int require_alpn, int64_t
         return mbed_fail(err, WP_SQLSTATE_INTERNAL, "TLS setup", rc);
     }
     mbedtls_ssl_set_bio(&c->ssl, c, bio_send, bio_recv, NULL);
+    tls_cur = c; /* for the resumption callbacks */
     wp_status st =
         handshake(c, require_alpn, deadline_ms, "TLS handshake", WP_SQLSTATE_PROTOCOL, err);
+    tls_cur = NULL;
     if (st != WP_OK) {
         conn_free(c);
         return st;
@@ -475,7 +771,7 @@ static wp_status client_conf(tls_conn *c, const char *server_name, cfg_backend_t
                              const char *ca_file, int is_ip, wp_error *err)
 {
     pthread_once(&client_rng_once, client_rng_init);
-    if (!client_rng_ok) {
+    if (certs_lib_init(NULL) != WP_OK || !client_rng_ok) {
         wp_error_set(err, WP_SQLSTATE_CONN_FAILURE, "TLS: random generator unavailable");
         return WP_ERR_INTERNAL;
     }
@@ -485,7 +781,7 @@ static wp_status client_conf(tls_conn *c, const char *server_name, cfg_backend_t
         wp_error_set(err, WP_SQLSTATE_CONN_FAILURE, "TLS: cannot set up client configuration");
         return WP_ERR_INTERNAL;
     }
-    mbedtls_ssl_conf_min_version(cf, MBEDTLS_SSL_MAJOR_VERSION_3, MBEDTLS_SSL_MINOR_VERSION_3);
+    conf_versions(cf);
     mbedtls_ssl_conf_rng(cf, mbedtls_ctr_drbg_random, &client_drbg);
     mbedtls_ssl_conf_session_tickets(cf, MBEDTLS_SSL_SESSION_TICKETS_DISABLED);
     if (mode == CFG_BTLS_VERIFY_FULL) {
@@ -512,6 +808,11 @@ static wp_status client_conf(tls_conn *c, const char *server_name, cfg_backend_t
      * handshake against iPAddress SANs instead. */
     if (rc == 0 && !is_ip)
         rc = mbedtls_ssl_set_hostname(&c->ssl, server_name);
+#if TLS_MBEDTLS3
+    /* 3.6 refuses to verify without a hostname unless told that none is wanted. */
+    else if (rc == 0)
+        rc = mbedtls_ssl_set_hostname(&c->ssl, NULL);
+#endif
     if (rc != 0)
         return mbed_fail(err, WP_SQLSTATE_CONN_FAILURE, "TLS setup", rc);
     mbedtls_ssl_set_bio(&c->ssl, c, bio_send, bio_recv, NULL);
@@ -559,9 +860,9 @@ static int ip_matches(const mbedtls_x509_crt *crt, const char *host)
  * signature hash, SHA-256 when that is MD5 or SHA-1 (or unknown). */
 static wp_status channel_binding(const mbedtls_x509_crt *crt, unsigned char out[64], size_t *len)
 {
-    mbedtls_md_type_t t = crt->sig_md;
-    if (t == MBEDTLS_MD_NONE || t == MBEDTLS_MD_MD5 || t == MBEDTLS_MD_SHA1 ||
-        t == MBEDTLS_MD_MD2 || t == MBEDTLS_MD_MD4 || t == MBEDTLS_MD_RIPEMD160)
+    mbedtls_md_type_t t = TLS_CRT_SIG_MD(crt);
+    if (t != MBEDTLS_MD_SHA224 && t != MBEDTLS_MD_SHA256 && t != MBEDTLS_MD_SHA384 &&
+        t != MBEDTLS_MD_SHA512)
         t = MBEDTLS_MD_SHA256;
     const mbedtls_md_info_t *md = mbedtls_md_info_from_type(t);
     if (!md || mbedtls_md_get_size(md) > 64 || mbedtls_md(md, crt->raw.p, crt->raw.len, out))

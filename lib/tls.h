@@ -1,5 +1,6 @@
 /*
- * tls: mbedTLS 2.28 (TLS 1.2) on both sides of the proxy (spec section 8).
+ * tls: mbedTLS (2.28: TLS 1.2; 3.6: TLS 1.2 and 1.3) on both sides of the proxy (spec
+ * section 8), with session resumption toward clients.
  *
  * Server side: tls_server_ctx holds the shared, read-only mbedTLS config plus the
  * certificate sources (certs.c); each client connection gets its own mbedtls_ssl_context
@@ -20,6 +21,10 @@
 #include "wp_error.h"
 
 typedef struct tls_server_ctx tls_server_ctx;
+
+/* The TLS library and the protocol versions this build speaks, for -version and logs:
+ * "mbedTLS 2.28.3 (TLS 1.2)" or "mbedTLS 3.6.6 (TLS 1.2, TLS 1.3)". */
+const char *tls_library(void);
 typedef struct ts_client ts_client;
 
 /* Builds the server context for one listener: loads cert_file/key_file when set.
@@ -48,6 +53,9 @@ wp_status tls_server_accept(tls_server_ctx *s, int fd, int require_alpn, int64_t
                             wp_io *io, wp_error *err);
 /* Server name the client sent (SNI) or NULL; valid until tls_io_free. */
 const char *tls_io_sni(const wp_io *io);
+/* 1 when the client resumed an earlier session (ticket or session cache), 0 for a full
+ * handshake or a non-TLS io. */
+int tls_io_resumed(const wp_io *io);
 void tls_io_free(wp_io *io);
 
 /* Backend side: sends SSLRequest on fd per mode; on 'S' does the TLS handshake and

@@ -18,8 +18,6 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include <mbedtls/platform_util.h>
-
 #include "scram.h"
 
 #define UP_AUTH_MSG_MAX 65536 /* auth requests and errors are small */
@@ -54,7 +52,7 @@ static wp_status bad_backend(login *l, const char *msg)
 static wp_status flush(login *l)
 {
     wp_status st = io_write_all(&l->c->io, l->out.data, l->out.len, l->deadline);
-    mbedtls_platform_zeroize(l->out.data, l->out.cap);
+    wp_zeroize(l->out.data, l->out.cap);
     pgw_buf_reset(&l->out);
     if (st != WP_OK)
         wp_error_set(l->err, WP_SQLSTATE_CONN_FAILURE, "could not send to the backend: %s",
@@ -93,7 +91,7 @@ static wp_status auth_md5(login *l, const unsigned char *body, size_t len)
     wp_status st = scram_md5_response(l->password, l->user, body + 4, resp);
     if (st == WP_OK)
         st = pgw_build_password(&l->out, resp);
-    mbedtls_platform_zeroize(resp, sizeof(resp));
+    wp_zeroize(resp, sizeof(resp));
     return st == WP_OK ? flush(l) : fail(l->err, st, WP_SQLSTATE_INTERNAL, "MD5 failed");
 }
 
@@ -161,7 +159,7 @@ static wp_status auth_sasl_continue(login *l, const unsigned char *body, size_t 
     if (st != WP_OK)
         return st;
     st = pgw_build_sasl_response(&l->out, final, n);
-    mbedtls_platform_zeroize(final, n);
+    wp_zeroize(final, n);
     free(final);
     return st == WP_OK ? flush(l) : fail(l->err, st, WP_SQLSTATE_INTERNAL, "out of memory");
 }
@@ -342,7 +340,7 @@ wp_status up_login(up_conn *c, uint32_t version, const pgw_param *params, size_t
     wp_status st = run(&l, params, nparams);
     scram_client_free(l.scram);
     if (l.out.data)
-        mbedtls_platform_zeroize(l.out.data, l.out.cap);
+        wp_zeroize(l.out.data, l.out.cap);
     pgw_buf_free(&l.out);
     return st;
 }

@@ -16,6 +16,7 @@
 #include "config.h"
 #include "log.h"
 #include "server.h"
+#include "tls.h"
 
 #include <stdbool.h>
 #include <stdio.h>
@@ -134,7 +135,7 @@ int main(int argc, char **argv)
         return 0;
     }
     if (c.version) {
-        printf("waypoint %s\n", WP_VERSION);
+        printf("waypoint %s, %s\n", WP_VERSION, tls_library());
         return 0;
     }
     return c.check ? check_config(c.config) : run(c.config);

@@ -27,7 +27,9 @@ HERE=$E2E_SRC/test/compat
 CACHE=${WP_CACHE:-/var/cache/waypoint}/compat
 DRIVERS=${COMPAT_DRIVERS:-pgx psycopg asyncpg pgjdbc node}
 GRANT=${COMPAT_GRANT:-readwrite}
-CHECKS="connect_tls types prepared_x100 errors rollback copy_in copy_out cancel listen_notify result_20mb pool_20 readonly direct_tls"
+CHECKS="connect_tls types prepared_x100 errors rollback copy_in copy_out cancel listen_notify result_20mb pool_20 readonly direct_tls tls_resume"
+# Drivers that resume TLS sessions when told to (docs/tls.md); the others never do.
+RESUMERS="pgx pgjdbc node"
 DRIVER_TIMEOUT=300
 
 log() { echo "compat: $*" >&2; }
@@ -103,7 +105,7 @@ driver_cmd() { # sets CMD to the command that runs driver $1's checks
 # ------------------------------------------------------------------ set-up ----
 
 e2e_init
-for tool in go python3 java mvn node npm openssl psql; do
+for tool in go python3 java mvn node npm openssl psql keytool curl; do
     command -v "$tool" >/dev/null || fail "make compat needs $tool on PATH"
 done
 mkdir -p "$CACHE"
@@ -117,6 +119,11 @@ openssl req -x509 -newkey rsa:2048 -nodes -days 2 -subj "/CN=waypoint-db.example
     -addext "subjectAltName=DNS:waypoint-db.example.com,IP:127.0.0.1" \
     -keyout "$T/server.key" -out "$T/server.crt" 2>/dev/null
 
+# pgjdbc's DefaultJavaSSLFactory verifies against the JVM's trust store.
+keytool -importcert -noprompt -alias waypoint -file "$T/server.crt" -keystore "$T/trust.p12" \
+    -storetype PKCS12 -storepass changeit >/dev/null 2>&1 || fail "keytool could not make a trust store"
+export WP_TRUSTSTORE=$T/trust.p12
+
 e2e_cluster
 super_sql -c "CREATE DATABASE myapp OWNER wp_admin"
 PGPASSWORD=adminpw psql -X -qAt -v ON_ERROR_STOP=1 \
@@ -124,7 +131,9 @@ PGPASSWORD=adminpw psql -X -qAt -v ON_ERROR_STOP=1 \
     "CREATE TABLE items (id bigserial PRIMARY KEY, driver text NOT NULL, t text, b bytea, n bigint)"
 e2e_identity "{\"myapp\": {\"permissions\": [\"$GRANT\"]}}"
 e2e_standin
-e2e_config "tls_mode = \"require\"
+METRICS_PORT=$(free_port)
+E2E_TOP="[metrics]
+listen = \"127.0.0.1:$METRICS_PORT\"" e2e_config "tls_mode = \"require\"
 use_tailscale_tls = false
 cert_file = \"$T/server.crt\"
 key_file = \"$T/server.key\""
@@ -154,13 +163,47 @@ direct_verdict() {
     fi
 }
 
+# handshakes KIND: Waypoint's waypoint_tls_handshakes_total{kind=KIND} for the listener.
+handshakes() {
+    curl -s "http://127.0.0.1:$METRICS_PORT/metrics" |
+        sed -n "s/^waypoint_tls_handshakes_total{listener=\"pg-main\",kind=\"$1\"} //p"
+}
+
+# resume_verdict DRIVER FULL RESUMED: the drivers run one after another, so the counter
+# deltas over a driver's run are its handshakes. A resuming driver's tls_resume check
+# passes only if Waypoint counted at least 3 resumptions (its connects 2-4); for the
+# others the row says how many full and resumed handshakes they made (none resumed).
+resume_verdict() {
+    local d=$1 full=$2 res=$3 counts="Waypoint counted $2 full, $3 resumed handshakes"
+    case " $RESUMERS " in
+    *" $d "*)
+        if grep -q '^check tls_resume pass' "$T/$d.out"; then
+            if [ "$res" -ge 3 ]; then
+                sed -i "s/^check tls_resume pass \(.*\)/check tls_resume pass \1; $counts/" "$T/$d.out"
+            else
+                sed -i "s/^check tls_resume pass .*/check tls_resume fail $counts, want at least 3 resumed/" "$T/$d.out"
+            fi
+        fi
+        ;;
+    *)
+        if [ "$res" -eq 0 ] && [ "$full" -gt 0 ]; then
+            echo "check tls_resume na never resumes (docs/tls.md): $counts; all its other checks ran over TLS" >>"$T/$d.out"
+        else
+            echo "check tls_resume fail $counts, want only full ones" >>"$T/$d.out"
+        fi
+        ;;
+    esac
+}
+
 for d in $DRIVERS; do
     t0=$SECONDS
     rc=0
     driver_cmd "$d"
     first=$(($(wc -l <"$T/direct.log") + 1))
+    full0=$(handshakes full) res0=$(handshakes resumed)
     timeout "$DRIVER_TIMEOUT" "${CMD[@]}" >"$T/$d.out" 2>"$T/$d.err" || rc=$?
     direct_verdict "$d" "$first"
+    resume_verdict "$d" $(($(handshakes full) - full0)) $(($(handshakes resumed) - res0))
     log "$d: exit $rc in $((SECONDS - t0)) s"
     [ -z "${COMPAT_LOGS:-}" ] || { mkdir -p "$COMPAT_LOGS" && cp "$T/$d.out" "$T/$d.err" "$COMPAT_LOGS/"; }
     [ "$rc" -eq 0 ] || { tail -n 20 "$T/$d.err" >&2; BAD_EXIT="${BAD_EXIT:-} $d"; }

@@ -14,6 +14,7 @@
 #include <cmocka.h>
 
 #include "config.h"
+#include "tls.h"
 
 #include <stdio.h>
 #include <stdlib.h>
@@ -268,6 +269,8 @@ static void test_defaults(void **state)
     assert_true(l->use_tailscale_tls);
     assert_int_equal(l->backend_tls, CFG_BTLS_PREFER);
     assert_int_equal(l->max_connections, 1000);
+    assert_int_equal(l->tls_ticket_lifetime_ms, 3600 * 1000);
+    assert_int_equal(l->tls_session_cache_size, 1000);
     assert_int_equal(l->max_unstarted_per_peer, 64);
     assert_string_equal(l->admin_database, "postgres");
     assert_string_equal(l->user_prefix, "wp_");
@@ -532,6 +535,11 @@ static void test_listener_rules(void **state)
                     "verify-full needs backend_ca_file");
     expect_lkey_err("tls_mode = \"require\"\nuse_tailscale_tls = false\n", "tls_mode",
                     "needs a certificate");
+    expect_lkey_err("tls_ticket_lifetime = \"169h\"\n", "tls_ticket_lifetime",
+                    "must be at most 168h");
+    expect_lkey_err("tls_session_cache_size = 2000000\n", "tls_session_cache_size",
+                    "must be at most 1000000");
+    expect_lkey_err("tls_session_cache_size = -1\n", "tls_session_cache_size", "must be 0 or more");
     const char *twice = "[[listeners]]\nname = \"pg\"\nlisten = \":5432\"\nname = \"pg2\"\n";
     expect_err(twice, 4, "name", "set twice in one section (first on line 2)");
     expect_lkey_err("bogus = 1\n", "bogus", "unknown key in [[listeners]]");
@@ -876,8 +884,8 @@ static void test_observability_keys(void **state)
     free(t);
 
     t = mk("[metrics]\nlisten = \"127.0.0.1:9187\"\n[admin]\nsocket = \"/run/wp.sock\"\n"
-                 "[audit]\nfile = \"/var/log/wp.jsonl\"\n",
-                 "", "");
+           "[audit]\nfile = \"/var/log/wp.jsonl\"\n",
+           "", "");
     c = load_ok(t);
     assert_string_equal(c->metrics_listen_host, "127.0.0.1");
     assert_int_equal(c->metrics_listen_port, 9187);
@@ -1309,7 +1317,10 @@ static void test_cli(void **state)
     (void)state;
     char *out;
     assert_int_equal(run_cli("-version", &out), 0);
-    assert_string_equal(out, "waypoint " WP_VERSION "\n");
+    char want[256];
+    snprintf(want, sizeof(want), "waypoint %s, %s\n", WP_VERSION, tls_library());
+    assert_string_equal(out, want);
+    assert_non_null(strstr(out, "(TLS 1.2")); /* names what the build speaks */
     free(out);
     assert_int_equal(run_cli("--version", &out), 0);
     free(out);

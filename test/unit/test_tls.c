@@ -25,6 +25,7 @@
 #include <mbedtls/ctr_drbg.h>
 #include <mbedtls/entropy.h>
 #include <mbedtls/ssl.h>
+#include <mbedtls/version.h>
 
 #include "standin.h"
 #include "tailscale.h"
@@ -194,6 +195,11 @@ typedef struct cli {
     char alpn_got[32];
     char got[8];
     char peer_cn[128];
+    int tls12;                        /* offer TLS 1.2 only */
+    int no_ticket;                    /* do not ask for a session ticket */
+    mbedtls_ssl_session *save;        /* set: keep the session here after the handshake */
+    const mbedtls_ssl_session *offer; /* set: try to resume this session */
+    int srv_resumed;                  /* serve_one: what tls_io_resumed said */
 } cli;
 
 static int cli_send(void *ctx, const unsigned char *b, size_t n)
@@ -239,12 +245,23 @@ static void *client_main(void *arg)
     }
     if (c->alpn && mbedtls_ssl_conf_alpn_protocols(&conf, c->alpn == 2 ? h2 : alpn))
         goto out;
+    if (c->tls12) {
+#if MBEDTLS_VERSION_NUMBER >= 0x03000000
+        mbedtls_ssl_conf_max_tls_version(&conf, MBEDTLS_SSL_VERSION_TLS1_2);
+#endif
+    }
+    mbedtls_ssl_conf_session_tickets(&conf, c->no_ticket ? MBEDTLS_SSL_SESSION_TICKETS_DISABLED
+                                                         : MBEDTLS_SSL_SESSION_TICKETS_ENABLED);
     if (mbedtls_ssl_setup(&ssl, &conf) || (c->sni && mbedtls_ssl_set_hostname(&ssl, c->sni)))
+        goto out;
+    if (c->offer && mbedtls_ssl_set_session(&ssl, c->offer) != 0)
         goto out;
     mbedtls_ssl_set_bio(&ssl, &c->fd, cli_send, cli_recv, NULL);
     c->hs_rc = mbedtls_ssl_handshake(&ssl);
     if (c->hs_rc != 0)
         goto out;
+    if (c->save && mbedtls_ssl_get_session(&ssl, c->save) != 0)
+        c->hs_rc = -2;
     const char *a = mbedtls_ssl_get_alpn_protocol(&ssl);
     snprintf(c->alpn_got, sizeof(c->alpn_got), "%s", a ? a : "");
     const mbedtls_x509_crt *peer = mbedtls_ssl_get_peer_cert(&ssl);
@@ -284,6 +301,7 @@ static wp_status serve_one(tls_server_ctx *s, cli *c, int require_alpn, char *sn
     wp_error_clear(&err);
     wp_status st = tls_server_accept(s, sv[0], require_alpn, wp_now_ms() + 5000, &io, &err);
     if (st == WP_OK) {
+        c->srv_resumed = tls_io_resumed(&io);
         const char *sni = tls_io_sni(&io);
         snprintf(sni_out, sni_n, "%s", sni ? sni : "(none)");
         char buf[8] = {0};
@@ -406,6 +424,144 @@ static void test_plaintext_before_handshake_rejected(void **state)
     char sni[300];
     assert_int_equal(serve_one(s, &c, 0, sni, sizeof(sni)), WP_ERR_TLS);
     assert_int_not_equal(c.hs_rc, 0);
+    tls_server_free(s);
+}
+
+/* --- session resumption ---------------------------------------------------------------- */
+
+/* serve_one without cmocka asserts, for worker threads: 0 when the handshake and the
+ * ping/pong both worked (c->srv_resumed then says how the server saw it). */
+static int serve_quiet(tls_server_ctx *s, cli *c)
+{
+    int sv[2];
+    if (socketpair(AF_UNIX, SOCK_STREAM, 0, sv) != 0)
+        return -1;
+    c->fd = sv[1];
+    pthread_t t;
+    if (pthread_create(&t, NULL, client_main, c) != 0) {
+        close(sv[0]);
+        close(sv[1]);
+        return -1;
+    }
+    wp_io io;
+    wp_error err;
+    wp_error_clear(&err);
+    int rc = -1;
+    if (tls_server_accept(s, sv[0], 0, wp_now_ms() + 10000, &io, &err) == WP_OK) {
+        c->srv_resumed = tls_io_resumed(&io);
+        char buf[4];
+        if (io_read_full(&io, buf, 4, wp_now_ms() + 10000) == WP_OK &&
+            memcmp(buf, "ping", 4) == 0 &&
+            io_write_all(&io, "pong", 4, wp_now_ms() + 10000) == WP_OK)
+            rc = 0;
+        tls_io_free(&io);
+    }
+    close(sv[0]);
+    pthread_join(t, NULL);
+    close(sv[1]);
+    return rc == 0 && c->hs_rc == 0 ? 0 : -1;
+}
+
+/* A listener context with tickets and a session cache (the file certificate srv). */
+static tls_server_ctx *new_resuming_server(const char *name)
+{
+    char crt[160], key[160];
+    snprintf(crt, sizeof(crt), "%s", fixture("srv", "crt"));
+    snprintf(key, sizeof(key), "%s", fixture("srv", "key"));
+    cfg_listener l = {.name = (char *)name,
+                      .cert_file = crt,
+                      .key_file = key,
+                      .tls_ticket_lifetime_ms = 3600 * 1000,
+                      .tls_session_cache_size = 64};
+    tls_server_ctx *s = NULL;
+    wp_error err;
+    wp_error_clear(&err);
+    assert_int_equal(tls_server_new_src(&l, NULL, NULL, &s, &err), WP_OK);
+    return s;
+}
+
+/* One full handshake that saves the session, then one that offers it: 0 when the first
+ * was full and the second resumed (on server s2, which may be another listener). */
+static int full_then_resume(tls_server_ctx *s, tls_server_ctx *s2, int no_ticket, int *resumed)
+{
+    mbedtls_ssl_session sess;
+    mbedtls_ssl_session_init(&sess);
+    cli a = {.sni = "db.example.com", .tls12 = 1, .no_ticket = no_ticket, .save = &sess};
+    int rc = serve_quiet(s, &a);
+    if (rc == 0 && a.srv_resumed)
+        rc = -1; /* the first handshake cannot be a resumption */
+    cli b = {.sni = "db.example.com", .tls12 = 1, .no_ticket = no_ticket, .offer = &sess};
+    if (rc == 0)
+        rc = serve_quiet(s2, &b);
+    *resumed = b.srv_resumed;
+    mbedtls_ssl_session_free(&sess);
+    return rc;
+}
+
+/* A real mbedTLS client resumes by ticket and, with tickets off, by session ID; another
+ * listener's context (own ticket key, own cache) gives a full handshake instead. */
+static void test_resumption_ticket_and_cache(void **state)
+{
+    (void)state;
+    tls_server_ctx *a = new_resuming_server("a"), *b = new_resuming_server("b");
+    for (int no_ticket = 0; no_ticket <= 1; no_ticket++) {
+        int resumed = -1;
+        assert_int_equal(full_then_resume(a, a, no_ticket, &resumed), 0);
+        assert_int_equal(resumed, 1);
+        assert_int_equal(full_then_resume(a, b, no_ticket, &resumed), 0);
+        assert_int_equal(resumed, 0);
+    }
+    tls_server_free(a);
+    tls_server_free(b);
+}
+
+/* Resumption off (the defaults of a zeroed cfg_listener): every handshake is full. */
+static void test_resumption_off(void **state)
+{
+    (void)state;
+    tls_server_ctx *s = new_server(1);
+    for (int no_ticket = 0; no_ticket <= 1; no_ticket++) {
+        int resumed = -1;
+        assert_int_equal(full_then_resume(s, s, no_ticket, &resumed), 0);
+        assert_int_equal(resumed, 0);
+    }
+    tls_server_free(s);
+}
+
+typedef struct resume_job {
+    tls_server_ctx *s;
+    int id, failures, resumed;
+} resume_job;
+
+static void *resume_worker(void *arg)
+{
+    resume_job *j = arg;
+    for (int i = 0; i < 6; i++) {
+        int r = 0;
+        if (full_then_resume(j->s, j->s, (i + j->id) % 2, &r) != 0)
+            j->failures++;
+        j->resumed += r;
+    }
+    return NULL;
+}
+
+/* The ticket key and the session cache are shared by every worker thread of a
+ * listener: four threads store and resume sessions at once (run under TSan in CI). */
+static void test_resumption_shared_by_threads(void **state)
+{
+    (void)state;
+    tls_server_ctx *s = new_resuming_server("shared");
+    resume_job jobs[4];
+    pthread_t t[4];
+    for (int i = 0; i < 4; i++) {
+        jobs[i] = (resume_job){.s = s, .id = i};
+        assert_int_equal(pthread_create(&t[i], NULL, resume_worker, &jobs[i]), 0);
+    }
+    for (int i = 0; i < 4; i++) {
+        pthread_join(t[i], NULL);
+        assert_int_equal(jobs[i].failures, 0);
+        assert_int_equal(jobs[i].resumed, 6);
+    }
     tls_server_free(s);
 }
 
@@ -692,6 +848,9 @@ int main(void)
         cmocka_unit_test(test_handshake_deadline),
         cmocka_unit_test(test_plaintext_before_handshake_rejected),
         cmocka_unit_test(test_context_outlives_free),
+        cmocka_unit_test(test_resumption_ticket_and_cache),
+        cmocka_unit_test(test_resumption_off),
+        cmocka_unit_test(test_resumption_shared_by_threads),
         cmocka_unit_test(test_tailscale_source_via_localapi),
         cmocka_unit_test(test_backend_require_and_channel_binding),
         cmocka_unit_test(test_backend_disable_sends_nothing),

@@ -258,6 +258,27 @@ async function checkDirect() {
   }
 }
 
+// Four sequential connects, each passing the previous connection's TLS session as
+// ssl.session (the option docs/tls.md gives): connects 2-4 must resume. run.sh also
+// counts them in waypoint_tls_handshakes_total.
+async function checkResume() {
+  let session
+  for (let i = 1; i <= 4; i++) {
+    const c = await connect({ ssl: { rejectUnauthorized: false, session } })
+    try {
+      // A TLS 1.3 ticket arrives after the handshake: a round trip reads it.
+      await scalar(c, 'SELECT current_user')
+      const s = c.connection.stream
+      want(s instanceof tls.TLSSocket, `connect ${i}: not TLS`)
+      want(i === 1 || s.isSessionReused(), `connect ${i}: full handshake, ssl.session was not resumed`)
+      session = s.getSession()
+      want(session, `connect ${i}: no session to pass on`)
+    } finally {
+      await c.end()
+    }
+  }
+}
+
 async function main() {
   console.log(`version ${DRIVER} pg-${require('pg/package.json').version}`)
   let c
@@ -280,6 +301,7 @@ async function main() {
   await run('pool_20', checkPool, 'pg.Pool max=20, 20 held at once, 20 backend pids')
   await run('readonly', checkReadonly, "options: '-c waypoint_presets=readonly': role *_readonly, INSERT 42501")
   await run('direct_tls', checkDirect, 'sslnegotiation=direct (ALPN postgresql)')
+  await run('tls_resume', checkResume, 'ssl.session from the previous connection: connects 2-4 resumed (isSessionReused)')
   await c.end()
 }
 

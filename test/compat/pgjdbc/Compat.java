@@ -358,7 +358,27 @@ public class Compat {
         }
     }
 
+    // Four sequential connects through the JVM's default SSLContext (the one option
+    // docs/tls.md gives): its client session cache lets connects 2-4 resume. pgjdbc does
+    // not expose the SSLSession, so run.sh checks the resumptions in Waypoint's
+    // waypoint_tls_handshakes_total; this check proves the connects work.
+    static void checkResume() throws Exception {
+        for (int i = 1; i <= 4; i++) {
+            try (Connection c = DriverManager.getConnection(
+                    url("&sslfactory=org.postgresql.ssl.DefaultJavaSSLFactory"))) {
+                checkUser(c, ROLE);
+            }
+        }
+    }
+
     public static void main(String[] args) throws Exception {
+        // DefaultJavaSSLFactory verifies the chain with the JVM's trust store: run.sh
+        // makes one holding the test certificate.
+        if (System.getenv("WP_TRUSTSTORE") != null) {
+            System.setProperty("javax.net.ssl.trustStore", System.getenv("WP_TRUSTSTORE"));
+            System.setProperty("javax.net.ssl.trustStorePassword", "changeit");
+            System.setProperty("javax.net.ssl.trustStoreType", "PKCS12");
+        }
         System.out.println("version " + DRIVER + " " + org.postgresql.util.DriverInfo.DRIVER_VERSION);
         Connection c;
         try {
@@ -381,6 +401,7 @@ public class Compat {
         run("pool_20", Compat::checkPool, "HikariCP maximumPoolSize=20, 20 held at once, 20 backend pids");
         run("readonly", Compat::checkReadonly, "options=-c waypoint_presets=readonly: role *_readonly, INSERT 42501");
         run("direct_tls", Compat::checkDirect, "sslNegotiation=direct");
+        run("tls_resume", Compat::checkResume, "sslfactory=org.postgresql.ssl.DefaultJavaSSLFactory: 4 connects (resumptions counted by run.sh)");
         c.close();
     }
 }

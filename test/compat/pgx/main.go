@@ -101,6 +101,39 @@ func main() {
 	report("pool_20", checkPool(ctx), "pgxpool MaxConns=20, 20 held at once, 20 backend pids")
 	report("readonly", checkReadonly(ctx), "spec URL ?sslmode=require&waypoint_presets=readonly: role *_readonly, INSERT 42501")
 	report("direct_tls", checkDirect(ctx), "sslnegotiation=direct (ALPN postgresql)")
+	report("tls_resume", checkResume(ctx), "ClientSessionCache: connects 2-4 resumed (tls.ConnectionState.DidResume)")
+}
+
+// checkResume: four sequential connects sharing one ClientSessionCache (the one line
+// docs/tls.md gives); the first is a full handshake, the later ones must resume. run.sh
+// also counts them in waypoint_tls_handshakes_total.
+func checkResume(ctx context.Context) error {
+	cfg, err := pgx.ParseConfig(url(""))
+	if err != nil {
+		return err
+	}
+	cfg.TLSConfig.ClientSessionCache = tls.NewLRUClientSessionCache(0)
+	for i := 0; i < 4; i++ {
+		c, err := pgx.ConnectConfig(ctx, cfg)
+		if err != nil {
+			return fmt.Errorf("connect %d: %w", i+1, err)
+		}
+		// A TLS 1.3 ticket arrives after the handshake: a round trip reads it.
+		_, qerr := one(ctx, c, "SELECT current_user")
+		tc, ok := c.PgConn().Conn().(*tls.Conn)
+		resumed := ok && tc.ConnectionState().DidResume
+		c.Close(ctx)
+		if qerr != nil {
+			return fmt.Errorf("connect %d: %w", i+1, qerr)
+		}
+		if !ok {
+			return fmt.Errorf("connect %d: not a TLS connection", i+1)
+		}
+		if i > 0 && !resumed {
+			return fmt.Errorf("connect %d: full handshake, the cached session was not resumed", i+1)
+		}
+	}
+	return nil
 }
 
 func pgxVersion() string {
