@@ -290,5 +290,7 @@ typedef struct prov_kill_sql {
 void prov_kill_sql_for(prov_dialect d, int server_version, prov_kill_sql *out);
 /* ALTER ROLE ... NOLOGIN for the quoted role name (malloc'd). */
 char *prov_sql_nologin(const char *qrole);
+/* ALTER ROLE ... PASSWORD NULL for the quoted role name (malloc'd). */
+char *prov_sql_password_null(const char *qrole);
 
 #endif

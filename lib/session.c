@@ -1163,6 +1163,7 @@ static void sess_end(sess *s, int relayed)
     if (relayed) {
         sess_touch_if_due(s, wp_now_ms()); /* before parking: the entry carries the time */
         sess_park(s);
+        prov_session_ended(s->lsn->prov, s->role, s->database); /* self-set password */
         sess_log_end(s);
     }
     sessreg_remove(obs_sessions(s->env->obs), s->reg);
