@@ -112,6 +112,10 @@ typedef struct prov_pools {
     const prov_settings *s; /* owned by the ctx */
     int per_db_max;
     int wait_ms;
+    int64_t idle_ms; /* an idle connection is closed after this long (admin_idle_ms) */
+    pthread_t reaper;
+    pthread_cond_t reaper_cv;
+    bool stopping;
     /* Statements prepared on every connection the pool opens (prov_pools_prepare), so
      * the per-connect queries are parsed and planned once per admin session instead of
      * on every call: the role-state query alone cost the backend ~2 ms unprepared. */
@@ -131,7 +135,9 @@ void prov_pools_destroy(prov_pools *ps);
  * out (a failed prepare fails the checkout). Call before the pool is shared; sql must
  * outlive ps. -1 when PROV_POOL_PREP_MAX are registered already. */
 int prov_pools_prepare(prov_pools *ps, const char *name, const char *sql);
-void prov_pools_each(prov_pools *ps, void (*fn)(void *arg, const char *db, int open), void *arg);
+/* fn(arg, database, open, idle) per pool, under the pool lock. */
+void prov_pools_each(prov_pools *ps, void (*fn)(void *arg, const char *db, int open, int idle),
+                     void *arg);
 /* Checks out a live admin connection to database (opening one if the pool has room,
  * waiting up to wait_ms otherwise). A connect failure fills err; *sqlstate (6 bytes,
  * may be NULL) gets the server's SQLSTATE when it sent one (3D000: no such database). */

@@ -502,7 +502,8 @@ bool prov_lease_created(const prov_lease *l)
     return l && l->created;
 }
 
-void prov_admin_conns(prov_ctx *p, void (*fn)(void *arg, const char *db, int open), void *arg)
+void prov_admin_conns(prov_ctx *p, void (*fn)(void *arg, const char *db, int open, int idle),
+                      void *arg)
 {
     if (p)
         prov_pools_each(&p->pools, fn, arg);

@@ -80,6 +80,9 @@ e2e_wait 10 "the busy admin connection to be counted busy for over 1.5 s" \
     '[ "$(super_sql -c "SELECT (now() - backend_start) > interval '"'1.5 s'"' FROM pg_stat_activity WHERE pid = '"$BUSY"'")" = t ]'
 assert_eq 1 "$(super_sql -c "SELECT count(*) FROM pg_stat_activity WHERE pid = $BUSY")" \
     "a checked-out admin connection is not closed as idle"
+assert_eq 0 "$(metric waypoint_admin_connections_idle db3)" "the gauge reads 0 idle for db3 while busy"
+o=$(metric waypoint_admin_connections db3)
+[ "${o:-0}" -ge 1 ] || fail "the gauge reads $o open for db3 while a connection is busy"
 wait "$BLOCKED" || fail "the blocked connect failed: $(cat "$T/blocked.out")"
 assert_eq 1 "$(cat "$T/blocked.out")" "the blocked connect completes once the lock is free"
 wait "$LOCKER" || true
