@@ -220,6 +220,9 @@ typedef struct prov_role_state {
 
 /* Logs the backend's error for step what and sets err to the client-facing text. */
 void prov_backend_err(wp_error *err, const char *what, PGconn *c);
+/* Logs that step what failed with first_error on a dead pooled connection and was run
+ * again on a fresh one: a warning when the retry succeeded, an error when it failed. */
+void prov_log_retried(const char *what, const char *first_error, bool succeeded);
 /* PQexecParams with text parameters; returns the result (caller clears) or NULL when
  * the command failed (the result is cleared; *sqlstate gets its SQLSTATE). */
 PGresult *prov_run(PGconn *c, const char *sql, int n, const char *const *vals, char sqlstate[6]);

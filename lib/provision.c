@@ -36,17 +36,40 @@
 
 /* ---- small helpers ----------------------------------------------------------------- */
 
-void prov_backend_err(wp_error *err, const char *what, PGconn *c)
+/* Sets err for a failed step what on c; logs it at error level when log is set. */
+static void backend_err(wp_error *err, const char *what, PGconn *c, bool log)
 {
     char msg[300];
     snprintf(msg, sizeof msg, "%s", c ? PQerrorMessage(c) : "no connection");
     size_t n = strlen(msg);
     while (n > 0 && msg[n - 1] == '\n')
         msg[--n] = '\0';
-    log_kv(WP_LOG_ERROR, "prov_backend_error", "step", what, "error", msg, (char *)NULL);
+    if (log)
+        log_kv(WP_LOG_ERROR, "prov_backend_error", "step", what, "error", msg, (char *)NULL);
     /* The backend's words stay in the log (and the detail, which is never sent). */
     wp_error_set(err, WP_SQLSTATE_CONN_FAILURE, "setting up access on the backend failed");
     wp_error_detail(err, "%s: %s", what, msg);
+}
+
+void prov_backend_err(wp_error *err, const char *what, PGconn *c)
+{
+    backend_err(err, what, c, true);
+}
+
+/* The backend's words in a detail set by backend_err for step what. */
+static const char *err_words(const wp_error *e, const char *what)
+{
+    size_t n = strlen(what);
+    return strncmp(e->detail, what, n) == 0 && e->detail[n] == ':' ? e->detail + n + 2 : e->detail;
+}
+
+void prov_log_retried(const char *what, const char *first_error, bool succeeded)
+{
+    /* A dead pooled connection (backend restart, terminated admin session) is expected
+     * now and then: the step was run again on a fresh one. Only a retry that also
+     * failed is an error, and that failure is logged where it is handled. */
+    log_kv(succeeded ? WP_LOG_WARN : WP_LOG_ERROR, "prov_step_retried", "step", what, "error",
+           first_error, "outcome", succeeded ? "succeeded" : "failed", (char *)NULL);
 }
 
 static const char *res_state(const PGresult *r)
@@ -299,6 +322,7 @@ wp_status prov_backend_lock(prov_ctx *p, prov_pools *pools, const char *db, PGco
 {
     const char *vals[1] = {key};
     bool table = prov_lock_strategy(p->dialect) == PROV_LOCK_TABLE;
+    char first[300] = ""; /* the failed first attempt's error, when there was a retry */
     for (int attempt = 0;; attempt++) {
         PGresult *r = NULL;
         if (table) {
@@ -322,8 +346,12 @@ wp_status prov_backend_lock(prov_ctx *p, prov_pools *pools, const char *db, PGco
         }
         if (r) {
             PQclear(r);
+            if (first[0])
+                prov_log_retried("lock", first, true);
             return WP_OK;
         }
+        if (attempt == 0 && *c)
+            snprintf(first, sizeof first, "%s", PQerrorMessage(*c));
         if (!prov_reconnect_once(pools, db, c, attempt, NULL, err))
             break;
     }
@@ -430,7 +458,8 @@ static PGresult *pipeline_take(PGconn *c)
 /* PostgreSQL: advisory lock and state read in one round trip. Two sync points make them
  * two transactions, so the read's snapshot is taken after the lock is granted. */
 static wp_status pipelined_lock_read(prov_ctx *p, PGconn *c, const char *key, const char *role,
-                                     const char *schemas, prov_role_state *st, wp_error *err)
+                                     const char *schemas, prov_role_state *st, bool *lock_failed,
+                                     wp_error *err)
 {
     const char *kv[1] = {key}, *vals[3] = {role, p->ttl_ms, schemas ? schemas : "[]"};
     bool sent = PQenterPipelineMode(c) &&
@@ -441,10 +470,11 @@ static wp_status pipelined_lock_read(prov_ctx *p, PGconn *c, const char *key, co
     PGresult *sr = sent ? pipeline_take(c) : NULL;
     PQexitPipelineMode(c);
     wp_status rc = WP_ERR_BACKEND;
-    if (lr && PQresultStatus(lr) == PGRES_TUPLES_OK)
+    *lock_failed = !lr || PQresultStatus(lr) != PGRES_TUPLES_OK;
+    if (!*lock_failed)
         rc = parse_state(sr, c, st, err);
     else
-        prov_backend_err(err, "lock", c);
+        backend_err(err, "lock", c, false); /* the caller logs: it may retry */
     PQclear(lr);
     PQclear(sr);
     return rc;
@@ -477,14 +507,27 @@ wp_status prov_lock_and_read(prov_ctx *p, prov_lease *l, const char *schemas, pr
         wp_status rc = prov_take_backend_lock(p, l, err);
         return rc == WP_OK ? prov_read_state(p, l->conn, l->role, schemas, st, err) : rc;
     }
+    wp_error first;
+    wp_error_clear(&first);
     for (int attempt = 0;; attempt++) {
-        wp_status rc = pipelined_lock_read(p, l->conn, l->lock_key, l->role, schemas, st, err);
-        char ss[6] = "";
-        if (rc == WP_OK || prov_reconnect_once(&p->pools, l->db, &l->conn, attempt, ss, err)) {
-            if (rc == WP_OK)
-                return rc;
-            continue;
+        bool lock_failed = false;
+        wp_status rc =
+            pipelined_lock_read(p, l->conn, l->lock_key, l->role, schemas, st, &lock_failed, err);
+        if (rc == WP_OK) {
+            if (attempt > 0)
+                prov_log_retried("lock", err_words(&first, "lock"), true);
+            return rc;
         }
+        if (attempt == 0)
+            first = *err;
+        char ss[6] = "";
+        if (prov_reconnect_once(&p->pools, l->db, &l->conn, attempt, ss, err))
+            continue;
+        if (attempt > 0)
+            prov_log_retried("lock", err_words(&first, "lock"), false);
+        if (lock_failed) /* (a failed state read logged itself) */
+            log_kv(WP_LOG_ERROR, "prov_backend_error", "step", "lock", "error",
+                   err_words(l->conn ? err : &first, "lock"), (char *)NULL);
         if (l->conn)
             return rc;
         l->lock_key[0] = '\0';
