@@ -185,7 +185,9 @@ struct prov_ctx {
     prov_pools pools;
     prov_pools lockpools; /* CockroachDB: lock-table transactions, admin_database */
     prov_keylocks locks;
-    pthread_mutex_t cache_mu; /* guards groups and public_checked */
+    pthread_mutex_t cache_mu;  /* guards groups and public_checked */
+    pthread_mutex_t clear_mu;  /* guards clears */
+    struct prov_clear *clears; /* password clears queued, not yet started (prov_kill.c) */
     prov_group_cache *groups;
     prov_db_seen *public_checked; /* databases checked for PUBLIC CREATE on public */
     char *qrecords;               /* CockroachDB: quoted waypoint_roles table name */

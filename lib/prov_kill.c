@@ -30,7 +30,10 @@
  * password at all logs in, and a parked session is authenticated already. The next
  * provisioning connect writes a fresh one under the same lock, so the NULL never lands
  * between that write and its login, across Waypoint instances too. This runs after the
- * client has gone, never on the connect path.
+ * client has gone, never on the connect path. Clears of one role are coalesced: a
+ * session that ends while a clear of its role is queued (not yet started) is covered by
+ * that clear, so a storm of session ends costs at most one running and one queued clear
+ * per role, not a queue of worker threads on the role's lock.
  */
 #include "prov_kill.h"
 
@@ -46,6 +49,7 @@
 #define PROV_KILL_POLL_MS 10           /* between two looks at pg_stat_activity */
 #define PROV_KILL_SERVER_WAIT_MS 10000 /* cap for pg_terminate_backend's own wait */
 #define PROV_LOCKOUT_WAIT_MS 5000      /* revocation: time for the role's backends to go */
+#define PROV_CLEAR_TRIES 3             /* ALTER ROLE PASSWORD NULL against concurrent ALTERs */
 
 void prov_kill_sql_for(prov_dialect d, int server_version, prov_kill_sql *out)
 {
@@ -261,11 +265,61 @@ char *prov_sql_password_null(const char *qrole)
     return sql;
 }
 
+/* A password clear queued for role that has not started yet: it runs after every session
+ * of role that ended before it started, so a session ending meanwhile needs no clear of
+ * its own. Under a storm of session ends of one role, at most one clear runs and one
+ * waits, instead of one per session queuing on the role's lock. */
+typedef struct prov_clear {
+    struct prov_clear *next;
+    char role[ID_ROLE_MAX + 1];
+} prov_clear;
+
+/* Queues a clear for role; NULL when one is queued already (or out of memory: then the
+ * caller clears without coalescing). */
+static prov_clear *clear_queue(prov_ctx *p, const char *role, bool *covered)
+{
+    pthread_mutex_lock(&p->clear_mu);
+    prov_clear *e = p->clears;
+    while (e && strcmp(e->role, role) != 0)
+        e = e->next;
+    *covered = e != NULL;
+    prov_clear *me = e ? NULL : calloc(1, sizeof *me);
+    if (me) {
+        snprintf(me->role, sizeof me->role, "%s", role);
+        me->next = p->clears;
+        p->clears = me;
+    }
+    pthread_mutex_unlock(&p->clear_mu);
+    return me;
+}
+
+/* The clear has started (or failed): sessions ending from now on queue their own. */
+static void clear_started(prov_ctx *p, prov_clear *me)
+{
+    if (!me)
+        return;
+    pthread_mutex_lock(&p->clear_mu);
+    for (prov_clear **pp = &p->clears; *pp; pp = &(*pp)->next) {
+        if (*pp == me) {
+            *pp = me->next;
+            break;
+        }
+    }
+    pthread_mutex_unlock(&p->clear_mu);
+}
+
 static wp_status forget_locked(prov_ctx *p, PGconn *c, const char *role, void *arg, wp_error *err)
 {
-    (void)arg;
-    wp_status rc =
-        alter_if_ours(p, c, role, prov_sql_password_null, "ALTER ROLE PASSWORD NULL", err);
+    clear_started(p, arg); /* both locks held: the ALTER below follows every covered end */
+    /* The role's own sessions may ALTER it at the same moment (a live session setting its
+     * password): PostgreSQL then fails one of the two with "tuple concurrently updated".
+     * The lock does not exclude them, so the clear is tried again. */
+    wp_status rc = WP_ERR_BACKEND;
+    for (int i = 0; i < PROV_CLEAR_TRIES && rc == WP_ERR_BACKEND; i++) {
+        if (i > 0 && (PQstatus(c) != CONNECTION_OK || PQtransactionStatus(c) != PQTRANS_IDLE))
+            break;
+        rc = alter_if_ours(p, c, role, prov_sql_password_null, "ALTER ROLE PASSWORD NULL", err);
+    }
     return rc == WP_ERR_NOT_FOUND ? WP_OK : rc;
 }
 
@@ -273,9 +327,15 @@ void prov_session_ended(prov_ctx *p, const char *role, const char *database)
 {
     if (!p || !role || !*role)
         return;
+    bool covered = false;
+    prov_clear *me = clear_queue(p, role, &covered);
+    if (covered)
+        return;
     wp_error err;
     wp_error_clear(&err);
-    if (prov_with_role_lock(p, role, database, forget_locked, NULL, &err) != WP_OK)
+    if (prov_with_role_lock(p, role, database, forget_locked, me, &err) != WP_OK)
         log_kv(WP_LOG_WARN, "prov_password_clear_failed", "role", role, "error",
                err.detail[0] ? err.detail : err.message, (char *)NULL);
+    clear_started(p, me); /* if the lock was never had */
+    free(me);
 }

@@ -237,7 +237,8 @@ wp_status prov_create(const prov_settings *s, prov_ctx **out, wp_error *err)
         p->s.user_ttl_ms = 24LL * 3600 * 1000;
     snprintf(p->ttl_ms, sizeof p->ttl_ms, "%lld", (long long)p->s.user_ttl_ms);
     if (prov_pools_init(&p->pools, &p->s) != 0 || prov_pools_init(&p->lockpools, &p->s) != 0 ||
-        prov_keylocks_init(&p->locks) != 0 || pthread_mutex_init(&p->cache_mu, NULL) != 0) {
+        prov_keylocks_init(&p->locks) != 0 || pthread_mutex_init(&p->cache_mu, NULL) != 0 ||
+        pthread_mutex_init(&p->clear_mu, NULL) != 0) {
         for (int i = 0; i < 7; i++)
             free(p->strs[i]);
         free(p);
@@ -264,6 +265,7 @@ void prov_destroy(prov_ctx *p)
     prov_pools_destroy(&p->lockpools);
     prov_keylocks_destroy(&p->locks);
     pthread_mutex_destroy(&p->cache_mu);
+    pthread_mutex_destroy(&p->clear_mu); /* clears: none outlives its session's end */
     for (prov_group_cache *g = p->groups, *n; g; g = n) {
         n = g->next;
         free(g);
