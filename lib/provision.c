@@ -236,9 +236,16 @@ wp_status prov_create(const prov_settings *s, prov_ctx **out, wp_error *err)
     if (p->s.user_ttl_ms <= 0)
         p->s.user_ttl_ms = 24LL * 3600 * 1000;
     snprintf(p->ttl_ms, sizeof p->ttl_ms, "%lld", (long long)p->s.user_ttl_ms);
-    if (prov_pools_init(&p->pools, &p->s) != 0 || prov_pools_init(&p->lockpools, &p->s) != 0 ||
-        prov_keylocks_init(&p->locks) != 0 || pthread_mutex_init(&p->cache_mu, NULL) != 0 ||
+    /* Each pools object runs a reaper thread: one that started is stopped before p goes. */
+    bool pools = prov_pools_init(&p->pools, &p->s) == 0;
+    bool lockpools = pools && prov_pools_init(&p->lockpools, &p->s) == 0;
+    if (!lockpools || prov_keylocks_init(&p->locks) != 0 ||
+        pthread_mutex_init(&p->cache_mu, NULL) != 0 ||
         pthread_mutex_init(&p->clear_mu, NULL) != 0) {
+        if (lockpools)
+            prov_pools_destroy(&p->lockpools);
+        if (pools)
+            prov_pools_destroy(&p->pools);
         for (int i = 0; i < 7; i++)
             free(p->strs[i]);
         free(p);
