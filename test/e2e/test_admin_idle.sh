@@ -61,10 +61,10 @@ pass "the gauges show open ($o) and idle ($i) admin connections for db2"
 e2e_wait 10 "db2's admin connection to close again" '[ "$(admin_conns db2)" = 0 ]'
 
 # A connection checked out (a connect blocked on its role's backend lock, held here by
-# hand) is never closed as idle.
+# hand until the checks are done) is never closed as idle.
 LOCKER_OUT=$T/locker.out
 "$PGCLUSTER" psql "$T/pg" -d db3 -qAt -c \
-    "SELECT pg_advisory_lock(hashtextextended('waypoint:role:wp_alice_laptop_db3', 0)), pg_sleep(3)" \
+    "SELECT pg_advisory_lock(hashtextextended('waypoint:role:wp_alice_laptop_db3', 0)), pg_sleep(60)" \
     >"$LOCKER_OUT" 2>&1 &
 E2E_PIDS+=($!)
 LOCKER=$!
@@ -83,6 +83,8 @@ assert_eq 1 "$(super_sql -c "SELECT count(*) FROM pg_stat_activity WHERE pid = $
 assert_eq 0 "$(metric waypoint_admin_connections_idle db3)" "the gauge reads 0 idle for db3 while busy"
 o=$(metric waypoint_admin_connections db3)
 [ "${o:-0}" -ge 1 ] || fail "the gauge reads $o open for db3 while a connection is busy"
+# Let the connect go: end the session holding the role's lock.
+super_sql -c "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE usename <> 'wp_admin' AND query LIKE 'SELECT pg_advisory_lock(%'" >/dev/null
 wait "$BLOCKED" || fail "the blocked connect failed: $(cat "$T/blocked.out")"
 assert_eq 1 "$(cat "$T/blocked.out")" "the blocked connect completes once the lock is free"
 wait "$LOCKER" || true
