@@ -124,6 +124,10 @@ typedef struct prov_pools {
     const char *prep_sql[PROV_POOL_PREP_MAX]; /* owned by the ctx */
 } prov_pools;
 
+/* Slots of the per-role "last password clear" times (prov_kill.c); roles share a slot
+ * when their hashes collide, which only spaces their clears a little more. */
+#define PROV_CLEAR_SLOTS 64
+
 typedef struct prov_keylocks {
     pthread_mutex_t mu;
     prov_keylock *head;
@@ -186,8 +190,9 @@ struct prov_ctx {
     prov_pools lockpools; /* CockroachDB: lock-table transactions, admin_database */
     prov_keylocks locks;
     pthread_mutex_t cache_mu;  /* guards groups and public_checked */
-    pthread_mutex_t clear_mu;  /* guards clears */
+    pthread_mutex_t clear_mu;  /* guards clears and clear_last */
     struct prov_clear *clears; /* password clears queued, not yet started (prov_kill.c) */
+    int64_t clear_last[PROV_CLEAR_SLOTS]; /* when a clear last started, per role hash */
     prov_group_cache *groups;
     prov_db_seen *public_checked; /* databases checked for PUBLIC CREATE on public */
     char *qrecords;               /* CockroachDB: quoted waypoint_roles table name */

@@ -33,7 +33,11 @@
  * client has gone, never on the connect path. Clears of one role are coalesced: a
  * session that ends while a clear of its role is queued (not yet started) is covered by
  * that clear, so a storm of session ends costs at most one running and one queued clear
- * per role, not a queue of worker threads on the role's lock.
+ * per role, not a queue of worker threads on the role's lock. And clears of one role
+ * start at least PROV_CLEAR_GAP_MS apart: a caller connecting in a loop (pgbench -C)
+ * costs the server one ALTER ROLE per 100 ms, not one per connection, while a lone
+ * session end is cleared at once. The price: in such a storm a self-set password can
+ * outlive its session by up to that gap plus one clear.
  */
 #include "prov_kill.h"
 
@@ -50,6 +54,7 @@
 #define PROV_KILL_SERVER_WAIT_MS 10000 /* cap for pg_terminate_backend's own wait */
 #define PROV_LOCKOUT_WAIT_MS 5000      /* revocation: time for the role's backends to go */
 #define PROV_CLEAR_TRIES 3             /* ALTER ROLE PASSWORD NULL against concurrent ALTERs */
+#define PROV_CLEAR_GAP_MS 100          /* least time between two clears of one role */
 
 void prov_kill_sql_for(prov_dialect d, int server_version, prov_kill_sql *out)
 {
@@ -274,6 +279,29 @@ typedef struct prov_clear {
     char role[ID_ROLE_MAX + 1];
 } prov_clear;
 
+static unsigned clear_slot(const char *role)
+{
+    unsigned h = 2166136261u; /* FNV-1a */
+    for (const unsigned char *c = (const unsigned char *)role; *c; c++)
+        h = (h ^ *c) * 16777619u;
+    return h % PROV_CLEAR_SLOTS;
+}
+
+/* How long a clear of role must wait so that clears of one role start at least
+ * PROV_CLEAR_GAP_MS apart; the slot is marked with the start time it gets. */
+static int64_t clear_gap_wait(prov_ctx *p, const char *role)
+{
+    unsigned slot = clear_slot(role);
+    int64_t now = wp_now_ms();
+    pthread_mutex_lock(&p->clear_mu);
+    int64_t start = p->clear_last[slot] + PROV_CLEAR_GAP_MS;
+    if (p->clear_last[slot] == 0 || start < now)
+        start = now;
+    p->clear_last[slot] = start;
+    pthread_mutex_unlock(&p->clear_mu);
+    return start - now;
+}
+
 /* Queues a clear for role; NULL when one is queued already (or out of memory: then the
  * caller clears without coalescing). */
 static prov_clear *clear_queue(prov_ctx *p, const char *role, bool *covered)
@@ -331,6 +359,10 @@ void prov_session_ended(prov_ctx *p, const char *role, const char *database)
     prov_clear *me = clear_queue(p, role, &covered);
     if (covered)
         return;
+    /* Sessions of this role ending while this one waits are covered by it. */
+    int64_t wait = clear_gap_wait(p, role);
+    if (wait > 0)
+        sleep_ms(wait);
     wp_error err;
     wp_error_clear(&err);
     if (prov_with_role_lock(p, role, database, forget_locked, me, &err) != WP_OK)
