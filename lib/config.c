@@ -129,6 +129,7 @@ static const key_spec keys[] = {
     {SEC_TAILSCALE, "ephemeral", V_IGNORED, 0, 0},
     {SEC_PROVISIONING, "allow_raw_sql", V_BOOL, G(allow_raw_sql), 0},
     {SEC_PROVISIONING, "cleanup_interval", V_DUR, G(cleanup_interval_ms), 0},
+    {SEC_PROVISIONING, "admin_idle_timeout", V_DUR, G(admin_idle_timeout_ms), 1},
     {SEC_REVALIDATION, "interval", V_DUR, G(revalidation_interval_ms), 0},
     {SEC_REVALIDATION, "grace", V_DUR, G(revalidation_grace_ms), 0},
     {SEC_LIMITS, "max_conns_per_user", V_INT, G(default_limits.max_conns_per_user), 0},
@@ -1373,6 +1374,7 @@ static wp_config *config_new(const char *path)
     c->ts_capability = strdup("redo.com/cap/waypoint");
     c->whois_timeout_ms = 2 * MS_PER_S;
     c->cleanup_interval_ms = 10 * MS_PER_M;
+    c->admin_idle_timeout_ms = 60 * MS_PER_S;
     c->revalidation_interval_ms = 1 * MS_PER_M;
     c->revalidation_grace_ms = 5 * MS_PER_M;
     c->startup_timeout_ms = 10 * MS_PER_S;
@@ -1706,6 +1708,7 @@ void cfg_print(const wp_config *cfg, FILE *out)
     print_duration(out, "whois_timeout", cfg->whois_timeout_ms);
     fprintf(out, "\n[provisioning]\nallow_raw_sql = %s\n", cfg->allow_raw_sql ? "true" : "false");
     print_duration(out, "cleanup_interval", cfg->cleanup_interval_ms);
+    print_duration(out, "admin_idle_timeout", cfg->admin_idle_timeout_ms);
     fputs("\n[revalidation]\n", out);
     print_duration(out, "interval", cfg->revalidation_interval_ms);
     print_duration(out, "grace", cfg->revalidation_grace_ms);

@@ -68,8 +68,9 @@ typedef struct wp_config {
     int64_t whois_timeout_ms; /* default 2s */
 
     /* [provisioning] */
-    bool allow_raw_sql;          /* default false */
-    int64_t cleanup_interval_ms; /* default 10m; 0 disables the periodic pass */
+    bool allow_raw_sql;            /* default false */
+    int64_t cleanup_interval_ms;   /* default 10m; 0 disables the periodic pass */
+    int64_t admin_idle_timeout_ms; /* default 60s; idle admin connections close after it */
 
     /* [revalidation] */
     int64_t revalidation_interval_ms; /* default 1m; 0 disables */

@@ -46,7 +46,8 @@ struct obs {
     metrics_family *conns, *refusals, *bytes, *cancels, *reval, *roles, *login_fail;
     metrics_family *audit_err, *hist[OBS_H_COUNT];
     metrics_family *tls_hs; /* TLS handshakes toward clients, full vs resumed */
-    metrics_family *active, *parked, *admin, *build, *reload_ok, *reload_ts, *start_ts;
+    metrics_family *active, *parked, *admin, *admin_idle, *build, *reload_ok, *reload_ts,
+        *start_ts;
     sessreg *sessions;
     audit_log *audit;
     struct MHD_Daemon *http;
@@ -110,6 +111,11 @@ static int obs_families(obs *o)
     o->admin = metrics_family_add(r, METRICS_GAUGE, "waypoint_admin_connections",
                                   "Open admin connections to the backend, per database.",
                                   LBL("listener", "database"), NULL, 0);
+    o->admin_idle =
+        metrics_family_add(r, METRICS_GAUGE, "waypoint_admin_connections_idle",
+                           "Admin connections to the backend that are open but not in use, per "
+                           "database (closed after [provisioning] admin_idle_timeout).",
+                           LBL("listener", "database"), NULL, 0);
     o->build = metrics_family_add(r, METRICS_GAUGE, "waypoint_build_info",
                                   "Always 1; the version is the label.", LBL("version"), NULL, 0);
     o->reload_ok = metrics_family_add(r, METRICS_GAUGE, "waypoint_config_last_reload_success",
@@ -130,7 +136,7 @@ static int obs_families(obs *o)
     metrics_family *all[] = {o->conns,   o->refusals,   o->bytes,     o->cancels,   o->reval,
                              o->roles,   o->login_fail, o->audit_err, o->active,    o->parked,
                              o->admin,   o->build,      o->reload_ok, o->reload_ts, o->start_ts,
-                             o->hist[0], o->hist[1],    o->hist[2],   o->hist[3]};
+                             o->hist[0], o->hist[1],    o->hist[2],   o->hist[3],   o->admin_idle};
     for (size_t i = 0; i < sizeof(all) / sizeof(all[0]); i++)
         if (!all[i])
             return -1;
@@ -150,9 +156,10 @@ static void obs_count_session(void *arg, const char *listener, int delta)
     metrics_add(metrics_series_get(o->active, LBL(listener)), delta);
 }
 
-static void obs_emit_admin(obs *o, const char *listener, const char *database, int open)
+static void obs_emit_admin(obs *o, const char *listener, const char *database, int open, int idle)
 {
     metrics_set(metrics_series_get(o->admin, LBL(listener, database)), open);
+    metrics_set(metrics_series_get(o->admin_idle, LBL(listener, database)), idle);
 }
 
 static void obs_collect(void *arg)
@@ -165,6 +172,7 @@ static void obs_collect(void *arg)
     if (!fn)
         return;
     metrics_family_zero(o->admin); /* a closed pool reads 0, not its last value */
+    metrics_family_zero(o->admin_idle);
     fn(farg, o, obs_emit_admin);
 }
 

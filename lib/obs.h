@@ -104,9 +104,9 @@ void obs_listener_init(obs *o, const char *listener);
  * listener. Stays 0 until a pool calls it. */
 void obs_set_parked(obs *o, const char *listener, int n);
 
-/* Source of the admin-connections gauge, asked at every scrape: it calls emit once per
- * (listener, database). */
-typedef void (*obs_emit_fn)(obs *o, const char *listener, const char *database, int open);
+/* Source of the admin-connections gauges, asked at every scrape: it calls emit once per
+ * (listener, database) with the open connections and how many of them are idle. */
+typedef void (*obs_emit_fn)(obs *o, const char *listener, const char *database, int open, int idle);
 typedef void (*obs_admin_source_fn)(void *arg, obs *o, obs_emit_fn emit);
 void obs_set_admin_source(obs *o, obs_admin_source_fn fn, void *arg);
 

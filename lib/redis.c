@@ -21,12 +21,13 @@
 #include "redis.h"
 
 #include <errno.h>
-#include <mbedtls/sha1.h>
 #include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/time.h>
+
+#include "scram.h"
 
 #define RDS_HOST_MAX 256
 
@@ -411,7 +412,7 @@ redisReply *rds_command(rds_pool *p, const char *what, int argc, const char **ar
 int rds_script_init(rds_script *sc)
 {
     unsigned char d[20];
-    if (mbedtls_sha1_ret((const unsigned char *)sc->body, strlen(sc->body), d) != 0)
+    if (wp_sha1(sc->body, strlen(sc->body), d) != WP_OK)
         return -1;
     for (int i = 0; i < 20; i++)
         snprintf(sc->sha + 2 * i, 3, "%02x", d[i]);

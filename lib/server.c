@@ -144,17 +144,19 @@ static void prov_settings_from(const wp_config *cfg, const cfg_listener *l, prov
         .user_ttl_ms = l->user_ttl_ms,
         .allow_raw_sql = cfg_listener_allow_raw_sql(cfg, l),
         .listener_name = l->name,
+        .admin_idle_ms = cfg->admin_idle_timeout_ms,
     };
 }
 
 static char *prov_fingerprint(const prov_settings *ps)
 {
     char *fp = NULL;
-    int n = asprintf(&fp, "%s\x1f%s\x1f%d\x1f%s\x1f%s\x1f%s\x1f%d\x1f%s\x1f%s\x1f%lld\x1f%d",
-                     ps->listener_name, ps->host, ps->port, ps->admin_user,
-                     ps->admin_password ? ps->admin_password : "", ps->admin_database,
-                     (int)ps->backend_tls, ps->backend_ca_file ? ps->backend_ca_file : "",
-                     ps->user_prefix, (long long)ps->user_ttl_ms, (int)ps->allow_raw_sql);
+    int n = asprintf(
+        &fp, "%s\x1f%s\x1f%d\x1f%s\x1f%s\x1f%s\x1f%d\x1f%s\x1f%s\x1f%lld\x1f%d\x1f%lld",
+        ps->listener_name, ps->host, ps->port, ps->admin_user,
+        ps->admin_password ? ps->admin_password : "", ps->admin_database, (int)ps->backend_tls,
+        ps->backend_ca_file ? ps->backend_ca_file : "", ps->user_prefix, (long long)ps->user_ttl_ms,
+        (int)ps->allow_raw_sql, (long long)ps->admin_idle_ms);
     return n < 0 ? NULL : fp;
 }
 
@@ -399,10 +401,10 @@ typedef struct srv_admin_walk {
     const char *listener;
 } srv_admin_walk;
 
-static void srv_admin_one(void *arg, const char *db, int open)
+static void srv_admin_one(void *arg, const char *db, int open, int idle)
 {
     srv_admin_walk *w = arg;
-    w->emit(w->o, w->listener, db, open);
+    w->emit(w->o, w->listener, db, open, idle);
 }
 
 static void srv_admin_source(void *arg, obs *o, obs_emit_fn emit)

@@ -1316,6 +1316,7 @@ static void sess_end(sess *s, int relayed)
         sess_touch_if_due(s, wp_now_ms()); /* before parking: the entry carries the time */
         if (!sess_park(s))
             sess_settle_backend(s);
+        prov_session_ended(s->lsn->prov, s->role, s->database); /* self-set password */
         sess_log_end(s);
     }
     sessreg_remove(obs_sessions(s->env->obs), s->reg);

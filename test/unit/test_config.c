@@ -259,6 +259,7 @@ static void test_defaults(void **state)
     assert_int_equal(c->whois_timeout_ms, 2000);
     assert_false(c->allow_raw_sql);
     assert_int_equal(c->cleanup_interval_ms, 10 * 60 * 1000);
+    assert_int_equal(c->admin_idle_timeout_ms, 60 * 1000);
     assert_int_equal(c->revalidation_interval_ms, 60 * 1000);
     assert_int_equal(c->default_limits.max_conns_per_user, 0);
     assert_int_equal(c->startup_timeout_ms, 10000);
@@ -287,6 +288,7 @@ static void test_every_key_set(void **state)
     char *t = mk("[tailscale]\nsocket = \"/run/ts.sock\"\ncapability = \"example.com/cap/x\"\n"
                  "whois_timeout = \"500ms\"\n"
                  "[provisioning]\nallow_raw_sql = true\ncleanup_interval = \"0\"\n"
+                 "admin_idle_timeout = \"90s\"\n"
                  "[revalidation]\ninterval = 0\n"
                  "[defaults.limits]\nmax_conns_per_user = 5\nmax_conn_duration = \"8h\"\n"
                  "max_bytes_per_conn = \"10GB\"\n"
@@ -305,6 +307,7 @@ static void test_every_key_set(void **state)
     assert_int_equal(c->whois_timeout_ms, 500);
     assert_true(c->allow_raw_sql);
     assert_int_equal(c->cleanup_interval_ms, 0);
+    assert_int_equal(c->admin_idle_timeout_ms, 90000);
     assert_int_equal(c->revalidation_interval_ms, 0);
     assert_int_equal(c->default_limits.max_conns_per_user, 5);
     assert_int_equal(c->default_limits.max_conn_duration_ms, 8 * 3600000);
@@ -393,6 +396,8 @@ static void test_value_types(void **state)
                       "must be a duration");
     expect_global_err("[tailscale]\nwhois_timeout = 30s\n", "whois_timeout", "must be a duration");
     expect_global_err("[tailscale]\nwhois_timeout = \"0\"\n", "whois_timeout",
+                      "must be greater than 0");
+    expect_global_err("[provisioning]\nadmin_idle_timeout = \"0\"\n", "admin_idle_timeout",
                       "must be greater than 0");
     expect_global_err("[tailscale]\nsocket = /run/x\n", "socket",
                       "must be a quoted string (got '/run/x')");
