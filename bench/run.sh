@@ -8,6 +8,9 @@
 #   wpmetrics  the same through a second Waypoint with [metrics] on, scraped 10 times a
 #              second while its own rows run (connect and select-simple-c8 workloads
 #              only; reported as its own metrics on/off table)
+#   wpbase     with BENCH_WAYPOINT_BASE=<another build's waypoint binary>: the same
+#              configuration through that binary (own port and role prefix), connect rows
+#              only, reported as this build against that one (e.g. the last release)
 #   wpredis    the same through a third Waypoint with [redis] on (a local redis-server:
 #              one Lua round trip at connect, one at the end; connect workloads only;
 #              reported as its own [redis] on/off table)
@@ -34,6 +37,8 @@ SCALE=${BENCH_SCALE:-10}
 ONLY=${BENCH_ONLY:-.}
 BENCH_WRAP=${BENCH_WRAP:-}
 PATHS=${BENCH_PATHS:-"direct pgbouncer waypoint wpmetrics wpredis"}
+WPBASE=${BENCH_WAYPOINT_BASE:-}
+[ -z "$WPBASE" ] || PATHS="$PATHS wpbase"
 
 say() { echo "bench: $*" >&2; }
 die() { echo "bench: FATAL: $*" >&2; exit 1; }
@@ -239,6 +244,19 @@ if command -v go >/dev/null 2>&1; then
         TLSCONNECT=$T/tlsconnect || say "could not build bench/tlsconnect: no pgx rows"
 fi
 
+# --- the base build (BENCH_WAYPOINT_BASE): connect rows against this build -------------
+if [ -n "$WPBASE" ]; then
+    [ -x "$WPBASE" ] || die "BENCH_WAYPOINT_BASE=$WPBASE is not an executable"
+    WPB_PORT=$(free_port)
+    sed -e "s/127.0.0.1:$WP_PORT/127.0.0.1:$WPB_PORT/" \
+        -e 's/^admin_database = "postgres"$/admin_database = "postgres"\nuser_prefix = "wpb_"/' \
+        "$T/wp/waypoint.toml" >"$T/wp/waypoint-base.toml"
+    "$WPBASE" -config "$T/wp/waypoint-base.toml" 2>"$T/wp/waypoint-base.log" &
+    WPB_PID=$!
+    PIDS+=("$WPB_PID")
+    wait_for 180 pg_isready -q -h 127.0.0.1 -p "$WPB_PORT" || die "Waypoint (base) did not start: $(tail -5 "$T/wp/waypoint-base.log")"
+fi
+
 # --- helpers --------------------------------------------------------------------------
 use_path() { # sets libpq environment for a path
     export PGHOST=127.0.0.1 PGDATABASE=appdb PGSSLMODE=${SSLMODE:-disable}
@@ -248,6 +266,7 @@ use_path() { # sets libpq environment for a path
     waypoint) export PGPORT=$WP_PORT PGUSER=anyone PGPASSWORD=ignored ;;
     wpmetrics) export PGPORT=$WPM_PORT PGUSER=anyone PGPASSWORD=ignored ;;
     wpredis) export PGPORT=$WPR_PORT PGUSER=anyone PGPASSWORD=ignored ;;
+    wpbase) export PGPORT=$WPB_PORT PGUSER=anyone PGPASSWORD=ignored ;;
     esac
 }
 
@@ -285,7 +304,7 @@ steady() {
             [[ $w =~ $ONLY ]] || continue
             for p in $PATHS; do
                 [ "$p" = wpmetrics ] && [ "$w" != select-simple-c8 ] && continue
-                [ "$p" = wpredis ] && continue
+                [ "$p" = wpredis ] || [ "$p" = wpbase ] && continue
                 local before=0 pid=""
                 [ "$p" = waypoint ] && pid=$WP_PID
                 [ "$p" = pgbouncer ] && pid=$(cat "$T/pgb/pgbouncer.pid")
@@ -312,6 +331,7 @@ connects() { # sslmode prefer (libpq's default: TLS wherever offered) and disabl
                 # or Waypoint and its stand-in)
                 local proxy="" proxy0=0 si0=0
                 [ "$p" = waypoint ] && proxy=$WP_PID
+                [ "$p" = wpbase ] && proxy=$WPB_PID
                 [ "$p" = pgbouncer ] && proxy=$(cat "$T/pgbt/pgbouncer.pid")
                 [ -n "$proxy" ] && proxy0=$(cpu_ticks "$proxy")
                 si0=$(cpu_ticks "$STANDIN_PID")
@@ -321,6 +341,7 @@ connects() { # sslmode prefer (libpq's default: TLS wherever offered) and disabl
                 case $p in
                 waypoint) echo "$(cpu_ms "$(($(cpu_ticks "$proxy") - proxy0))" "$n") $(cpu_ms "$(($(cpu_ticks "$STANDIN_PID") - si0))" "$n")" >>"$R/$w.cpu" ;;
                 pgbouncer) echo "$(cpu_ms "$(($(cpu_ticks "$proxy") - proxy0))" "$n")" >>"$R/$w.cpu.pgbouncer" ;;
+                wpbase) echo "$(cpu_ms "$(($(cpu_ticks "$proxy") - proxy0))" "$n")" >>"$R/$w.cpu.wpbase" ;;
                 esac
             done
         done
@@ -331,7 +352,7 @@ tls_steady() {
     local w="select-tls-c8"
     [[ $w =~ $ONLY ]] || return 0
     for p in $PATHS; do
-        [ "$p" = wpmetrics ] || [ "$p" = wpredis ] && continue
+        [ "$p" = wpmetrics ] || [ "$p" = wpredis ] || [ "$p" = wpbase ] && continue
         SSLMODE=require run_pgbench "$w" "$p" -S -c 8 -j 2
     done
 }
@@ -408,7 +429,7 @@ bulk() {
         local w="copy-out-$mode"
         [[ $w =~ $ONLY ]] || continue
         for p in $PATHS; do
-            [ "$p" = wpmetrics ] || [ "$p" = wpredis ] && continue
+            [ "$p" = wpmetrics ] || [ "$p" = wpredis ] || [ "$p" = wpbase ] && continue
             SSLMODE=$mode use_path "$p"
             local t0 t1 bytes
             t0=$(date +%s%N)
@@ -583,6 +604,24 @@ if ls "$R"/tls-*.waypoint >/dev/null 2>&1; then
         a=$(med "$R/$w.waypoint")
         b=$(med "$R/$w.wp36")
         echo "| $w | $(tcell "$w" pgbouncer) | $(tcell "$w" waypoint) | $(tcell "$w" wp36) | $(fmt_ratio "$b" "$a") | $(fmt_ratio "$a" "$g") | $(fmt_ratio "$b" "$g") |"
+    done
+fi
+if ls "$R"/*.wpbase >/dev/null 2>&1; then
+    echo
+    echo "This build against the base build (BENCH_WAYPOINT_BASE=$WPBASE), same configuration, connect rows; in brackets each one's CPU ms per connect (Waypoint alone, without the stand-in)."
+    echo
+    echo "| workload | base | this build | this/base |"
+    echo "|---|---|---|---|"
+    for sslm in prefer disable; do
+        for c in 1 4; do
+            w=connect-$sslm-c$c
+            [ -s "$R/$w.wpbase" ] || continue
+            b=$(med "$R/$w.wpbase")
+            a=$(med "$R/$w.waypoint")
+            bc=$(awk '{print $1}' "$R/$w.cpu.wpbase" | median)
+            ac=$(awk '{print $1}' "$R/$w.cpu" | median)
+            echo "| $w: connects/s | $(fmt_num "$b") ($(fmt_num "$bc")) | $(fmt_num "$a") ($(fmt_num "$ac")) | $(fmt_ratio "$a" "$b") |"
+        done
     done
 fi
 if [ -s "$R/parked" ]; then

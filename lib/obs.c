@@ -46,8 +46,7 @@ struct obs {
     metrics_family *conns, *refusals, *bytes, *cancels, *reval, *roles, *login_fail;
     metrics_family *audit_err, *hist[OBS_H_COUNT];
     metrics_family *tls_hs; /* TLS handshakes toward clients, full vs resumed */
-    metrics_family *active, *parked, *admin, *admin_idle, *build, *reload_ok, *reload_ts,
-        *start_ts;
+    metrics_family *active, *parked, *admin, *admin_idle, *build, *reload_ok, *reload_ts, *start_ts;
     sessreg *sessions;
     audit_log *audit;
     struct MHD_Daemon *http;

@@ -141,7 +141,7 @@ static const char *term_safe(const char *v, char *out, size_t outsz)
             n = (size_t)snprintf(esc, sizeof(esc), "\\%c",
                                  *p == '\n'   ? 'n'
                                  : *p == '\r' ? 'r'
-                                               : 't');
+                                              : 't');
         else if (*p < 0x20 || *p == 0x7f)
             n = (size_t)snprintf(esc, sizeof(esc), "\\x%02x", *p);
         else if (*p == 0xc2 && p[1] >= 0x80 && p[1] <= 0x9f)
@@ -182,14 +182,13 @@ static void print_sessions(const json_t *list, bool all)
     {
         char login[1024], node[1024], role[256], db[512], presets[1024], since[64], st[64];
         print_instance(e, all);
-        printf("%-6lld %-28s %-30s %-28s %-14s %-24s %-3s %-20s %10lld %10lld %s\n",
-               (long long)json_integer_value(json_object_get(e, "id")),
-               TSTR(e, "login", login), TSTR(e, "node", node), TSTR(e, "role", role),
-               TSTR(e, "database", db), TSTR(e, "presets", presets),
-               json_is_true(json_object_get(e, "tls")) ? "yes" : "no", TSTR(e, "since", since),
-               (long long)json_integer_value(json_object_get(e, "bytes_in")),
-               (long long)json_integer_value(json_object_get(e, "bytes_out")),
-               TSTR(e, "state", st));
+        printf(
+            "%-6lld %-28s %-30s %-28s %-14s %-24s %-3s %-20s %10lld %10lld %s\n",
+            (long long)json_integer_value(json_object_get(e, "id")), TSTR(e, "login", login),
+            TSTR(e, "node", node), TSTR(e, "role", role), TSTR(e, "database", db),
+            TSTR(e, "presets", presets), json_is_true(json_object_get(e, "tls")) ? "yes" : "no",
+            TSTR(e, "since", since), (long long)json_integer_value(json_object_get(e, "bytes_in")),
+            (long long)json_integer_value(json_object_get(e, "bytes_out")), TSTR(e, "state", st));
     }
 }
 

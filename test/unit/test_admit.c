@@ -107,9 +107,7 @@ static void test_loopback_shares_bound(void **state)
     for (int i = 1; i <= 17; i++) {
         snprintf(peer, sizeof(peer), "127.0.1.%d:4000%d", i, i % 10);
         adm_peer_key(peer, key, sizeof(key));
-        adm_verdict want = i <= 4                        ? ADM_PENDING
-                           : i <= 4 + ADM_REFUSALS_MAX ? ADM_REFUSE
-                                                       : ADM_DROP;
+        adm_verdict want = i <= 4 ? ADM_PENDING : i <= 4 + ADM_REFUSALS_MAX ? ADM_REFUSE : ADM_DROP;
         assert_int_equal(adm_acquire(t, "pg", key, 4), want);
     }
     adm_peer_key("[::1]:1", key, sizeof(key));
@@ -146,12 +144,9 @@ static void test_threads(void **state)
 int main(void)
 {
     const struct CMUnitTest tests[] = {
-        cmocka_unit_test(test_bound_refuse_drop),
-        cmocka_unit_test(test_unlimited),
-        cmocka_unit_test(test_key_boundaries),
-        cmocka_unit_test(test_peer_key),
-        cmocka_unit_test(test_loopback_shares_bound),
-        cmocka_unit_test(test_threads),
+        cmocka_unit_test(test_bound_refuse_drop),     cmocka_unit_test(test_unlimited),
+        cmocka_unit_test(test_key_boundaries),        cmocka_unit_test(test_peer_key),
+        cmocka_unit_test(test_loopback_shares_bound), cmocka_unit_test(test_threads),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
