@@ -7,6 +7,10 @@ TSAN     ?= 0
 JOBS     ?= $(shell nproc)
 CTEST_ARGS ?=
 FUZZ_SECONDS ?= 20
+# make soak: its length (two phases of half each) and the PostgreSQL major version
+# (empty: Debian's). SOAK_SECONDS=30 is a quick check.
+SOAK_SECONDS ?= 240
+SOAK_PG ?=
 # PostgreSQL major versions the integration and e2e suites run against (each test is
 # registered once per version, e.g. e2e/test_basic@18). 15 is Debian's; the others are
 # installed by scripts/pg-versions.sh (.ci/run uses all five: 14 15 16 17 18).
@@ -41,7 +45,7 @@ ifneq ($(MBEDTLS_SUFFIX),)
 BUILD := $(if $(filter build,$(BUILD)),build$(MBEDTLS_SUFFIX),$(BUILD)$(MBEDTLS_SUFFIX))
 endif
 
-.PHONY: all deps build check compat demo fuzz bench format clean
+.PHONY: all deps build check compat demo fuzz bench soak format clean
 
 all: build
 
@@ -83,6 +87,12 @@ fuzz: deps
 bench: build
 	$(if $(MBEDTLS_SUFFIX),,$(MAKE) --no-print-directory build MBEDTLS=3.6 PG_VERSIONS="$(PG_VERSIONS)")
 	BENCH_WAYPOINT36=$(abspath build-mbedtls36)/waypoint ./bench/run.sh $(BUILD)
+
+# Minutes of connect storms, load, vanishing clients, revocations, terminated backends,
+# reloads and PostgreSQL restarts; then threads, fds, RSS and wp_ backends must be back
+# (bench/soak.sh; docs/testing.md). Prints PASS/FAIL with the numbers; not part of check.
+soak: build
+	SOAK_SECONDS=$(SOAK_SECONDS) SOAK_PG=$(SOAK_PG) ./bench/soak.sh $(BUILD)
 
 format:
 	clang-format -i cmd/waypoint/*.c lib/*.c lib/*.h test/unit/*.c test/integration/*.c test/support/*.c test/support/*.h

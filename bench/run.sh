@@ -8,6 +8,12 @@
 #   wpmetrics  the same through a second Waypoint with [metrics] on, scraped 10 times a
 #              second while its own rows run (connect and select-simple-c8 workloads
 #              only; reported as its own metrics on/off table)
+#   wpbase     with BENCH_WAYPOINT_BASE=<another build's waypoint binary>: the same
+#              configuration through that binary (own port and role prefix), connect rows
+#              only, reported as this build against that one (e.g. the last release)
+#   wpredis    the same through a third Waypoint with [redis] on (a local redis-server:
+#              one Lua round trip at connect, one at the end; connect workloads only;
+#              reported as its own [redis] on/off table)
 # Paths alternate inside each round; each figure is the median of BENCH_ROUNDS rounds.
 # Prints one Markdown table (absolute figures and ratios) on stdout; progress on stderr.
 #
@@ -30,7 +36,9 @@ IDLE_COUNTS=${BENCH_IDLE:-"1 100 1000"}
 SCALE=${BENCH_SCALE:-10}
 ONLY=${BENCH_ONLY:-.}
 BENCH_WRAP=${BENCH_WRAP:-}
-PATHS=${BENCH_PATHS:-"direct pgbouncer waypoint wpmetrics"}
+PATHS=${BENCH_PATHS:-"direct pgbouncer waypoint wpmetrics wpredis"}
+WPBASE=${BENCH_WAYPOINT_BASE:-}
+[ -z "$WPBASE" ] || PATHS="$PATHS wpbase"
 
 say() { echo "bench: $*" >&2; }
 die() { echo "bench: FATAL: $*" >&2; exit 1; }
@@ -192,6 +200,27 @@ wait_for 180 pg_isready -q -h 127.0.0.1 -p "$WPM_PORT" || die "Waypoint (metrics
 done ) >"$T/wp/scrapes" &
 PIDS+=($!)
 
+# --- [redis] on: a third Waypoint sharing its counts through a local redis-server -------
+# (own role prefix; the same settings as the plain one otherwise). Only the connect rows
+# run through it: a session's relay never talks to Redis.
+if [[ " $PATHS " == *" wpredis "* ]]; then
+    command -v redis-server >/dev/null || die "redis-server not installed (scripts/deps.sh)"
+    REDIS_PORT=$(free_port)
+    mkdir -p "$T/redis"
+    redis-server --bind 127.0.0.1 --port "$REDIS_PORT" --dir "$T/redis" --save '' \
+        --appendonly no >"$T/redis/redis.log" 2>&1 &
+    PIDS+=($!)
+    wait_for 20 redis-cli -p "$REDIS_PORT" ping || die "redis-server did not start"
+    WPR_PORT=$(free_port)
+    sed -e "s/127.0.0.1:$WP_PORT/127.0.0.1:$WPR_PORT/" \
+        -e 's/^admin_database = "postgres"$/admin_database = "postgres"\nuser_prefix = "wpr_"/' \
+        "$T/wp/waypoint.toml" >"$T/wp/waypoint-redis.toml"
+    printf '[redis]\naddress = "127.0.0.1:%s"\n' "$REDIS_PORT" >>"$T/wp/waypoint-redis.toml"
+    "$WAYPOINT" -config "$T/wp/waypoint-redis.toml" 2>"$T/wp/waypoint-redis.log" &
+    WPR_PID=$!
+    PIDS+=("$WPR_PID")
+    wait_for 180 pg_isready -q -h 127.0.0.1 -p "$WPR_PORT" || die "Waypoint ([redis] on) did not start: $(tail -5 "$T/wp/waypoint-redis.log")"
+fi
 # --- TLS rows (issue 18): a Waypoint built against mbedTLS 3.6, and a pgx connect loop ----
 # BENCH_WAYPOINT36 (make bench sets it to build-mbedtls36/waypoint): the same Waypoint
 # configuration, own port and role prefix, so 2.28 and 3.6 run side by side in one run.
@@ -215,6 +244,19 @@ if command -v go >/dev/null 2>&1; then
         TLSCONNECT=$T/tlsconnect || say "could not build bench/tlsconnect: no pgx rows"
 fi
 
+# --- the base build (BENCH_WAYPOINT_BASE): connect rows against this build -------------
+if [ -n "$WPBASE" ]; then
+    [ -x "$WPBASE" ] || die "BENCH_WAYPOINT_BASE=$WPBASE is not an executable"
+    WPB_PORT=$(free_port)
+    sed -e "s/127.0.0.1:$WP_PORT/127.0.0.1:$WPB_PORT/" \
+        -e 's/^admin_database = "postgres"$/admin_database = "postgres"\nuser_prefix = "wpb_"/' \
+        "$T/wp/waypoint.toml" >"$T/wp/waypoint-base.toml"
+    "$WPBASE" -config "$T/wp/waypoint-base.toml" 2>"$T/wp/waypoint-base.log" &
+    WPB_PID=$!
+    PIDS+=("$WPB_PID")
+    wait_for 180 pg_isready -q -h 127.0.0.1 -p "$WPB_PORT" || die "Waypoint (base) did not start: $(tail -5 "$T/wp/waypoint-base.log")"
+fi
+
 # --- helpers --------------------------------------------------------------------------
 use_path() { # sets libpq environment for a path
     export PGHOST=127.0.0.1 PGDATABASE=appdb PGSSLMODE=${SSLMODE:-disable}
@@ -223,6 +265,8 @@ use_path() { # sets libpq environment for a path
     pgbouncer) export PGPORT=${PGB_USE_PORT:-$PGB_PORT} PGUSER=bench PGPASSWORD=benchpw ;;
     waypoint) export PGPORT=$WP_PORT PGUSER=anyone PGPASSWORD=ignored ;;
     wpmetrics) export PGPORT=$WPM_PORT PGUSER=anyone PGPASSWORD=ignored ;;
+    wpredis) export PGPORT=$WPR_PORT PGUSER=anyone PGPASSWORD=ignored ;;
+    wpbase) export PGPORT=$WPB_PORT PGUSER=anyone PGPASSWORD=ignored ;;
     esac
 }
 
@@ -260,6 +304,7 @@ steady() {
             [[ $w =~ $ONLY ]] || continue
             for p in $PATHS; do
                 [ "$p" = wpmetrics ] && [ "$w" != select-simple-c8 ] && continue
+                [ "$p" = wpredis ] || [ "$p" = wpbase ] && continue
                 local before=0 pid=""
                 [ "$p" = waypoint ] && pid=$WP_PID
                 [ "$p" = pgbouncer ] && pid=$(cat "$T/pgb/pgbouncer.pid")
@@ -286,6 +331,7 @@ connects() { # sslmode prefer (libpq's default: TLS wherever offered) and disabl
                 # or Waypoint and its stand-in)
                 local proxy="" proxy0=0 si0=0
                 [ "$p" = waypoint ] && proxy=$WP_PID
+                [ "$p" = wpbase ] && proxy=$WPB_PID
                 [ "$p" = pgbouncer ] && proxy=$(cat "$T/pgbt/pgbouncer.pid")
                 [ -n "$proxy" ] && proxy0=$(cpu_ticks "$proxy")
                 si0=$(cpu_ticks "$STANDIN_PID")
@@ -295,6 +341,7 @@ connects() { # sslmode prefer (libpq's default: TLS wherever offered) and disabl
                 case $p in
                 waypoint) echo "$(cpu_ms "$(($(cpu_ticks "$proxy") - proxy0))" "$n") $(cpu_ms "$(($(cpu_ticks "$STANDIN_PID") - si0))" "$n")" >>"$R/$w.cpu" ;;
                 pgbouncer) echo "$(cpu_ms "$(($(cpu_ticks "$proxy") - proxy0))" "$n")" >>"$R/$w.cpu.pgbouncer" ;;
+                wpbase) echo "$(cpu_ms "$(($(cpu_ticks "$proxy") - proxy0))" "$n")" >>"$R/$w.cpu.wpbase" ;;
                 esac
             done
         done
@@ -305,7 +352,7 @@ tls_steady() {
     local w="select-tls-c8"
     [[ $w =~ $ONLY ]] || return 0
     for p in $PATHS; do
-        [ "$p" = wpmetrics ] && continue
+        [ "$p" = wpmetrics ] || [ "$p" = wpredis ] || [ "$p" = wpbase ] && continue
         SSLMODE=require run_pgbench "$w" "$p" -S -c 8 -j 2
     done
 }
@@ -382,7 +429,7 @@ bulk() {
         local w="copy-out-$mode"
         [[ $w =~ $ONLY ]] || continue
         for p in $PATHS; do
-            [ "$p" = wpmetrics ] && continue
+            [ "$p" = wpmetrics ] || [ "$p" = wpredis ] || [ "$p" = wpbase ] && continue
             SSLMODE=$mode use_path "$p"
             local t0 t1 bytes
             t0=$(date +%s%N)
@@ -514,6 +561,27 @@ if ls "$R"/*.wpmetrics >/dev/null 2>&1; then
     done
     mrow "select-only simple, 8 clients: TPS" select-simple-c8
 fi
+# --- [redis] on vs off (its own section: other tables above are per path) ------------
+rrow() { # rrow LABEL FILEBASE: Waypoint with [redis] off / on
+    local off on
+    off=$(med "$R/$2.waypoint")
+    on=$(med "$R/$2.wpredis")
+    [ "$on" = nan ] && return 0
+    echo "| $1 | $(fmt_num "$off") | $(fmt_num "$on") | $(fmt_ratio "$on" "$off") |"
+}
+if ls "$R"/*.wpredis >/dev/null 2>&1; then
+    echo
+    echo "Fleet: the connect rows through a third Waypoint with [redis] on (a local redis-server; one Lua acquire at connect, one release at the end; target on/off >= 0.9)."
+    echo
+    echo "| workload | [redis] off | [redis] on | on/off |"
+    echo "|---|---|---|---|"
+    for sslm in prefer disable; do
+        for c in 1 4; do rrow "connect per transaction (-C -S), $c clients, sslmode=$sslm: connects/s" "connect-$sslm-c$c"; done
+    done
+    for sslm in prefer disable; do
+        for c in 1 4; do rrow "connect per transaction, $c clients, sslmode=$sslm: mean latency ms (lower is better)" "connect-$sslm-c$c.lat"; done
+    done
+fi
 if ls "$R"/tls-*.waypoint >/dev/null 2>&1; then
     echo
     echo "TLS connects (issue 18): libpq through Waypoint built with mbedTLS 2.28 and with 3.6; a pgx connect loop (bench/tlsconnect, one SELECT per connect) with full handshakes and resuming with ClientSessionCache, against the trust PgBouncer with client TLS. connects/s, median of rounds; in brackets the proxy's CPU ms per connect (and the share of resumed handshakes the client saw)."
@@ -536,6 +604,24 @@ if ls "$R"/tls-*.waypoint >/dev/null 2>&1; then
         a=$(med "$R/$w.waypoint")
         b=$(med "$R/$w.wp36")
         echo "| $w | $(tcell "$w" pgbouncer) | $(tcell "$w" waypoint) | $(tcell "$w" wp36) | $(fmt_ratio "$b" "$a") | $(fmt_ratio "$a" "$g") | $(fmt_ratio "$b" "$g") |"
+    done
+fi
+if ls "$R"/*.wpbase >/dev/null 2>&1; then
+    echo
+    echo "This build against the base build (BENCH_WAYPOINT_BASE=$WPBASE), same configuration, connect rows; in brackets each one's CPU ms per connect (Waypoint alone, without the stand-in)."
+    echo
+    echo "| workload | base | this build | this/base |"
+    echo "|---|---|---|---|"
+    for sslm in prefer disable; do
+        for c in 1 4; do
+            w=connect-$sslm-c$c
+            [ -s "$R/$w.wpbase" ] || continue
+            b=$(med "$R/$w.wpbase")
+            a=$(med "$R/$w.waypoint")
+            bc=$(awk '{print $1}' "$R/$w.cpu.wpbase" | median)
+            ac=$(awk '{print $1}' "$R/$w.cpu" | median)
+            echo "| $w: connects/s | $(fmt_num "$b") ($(fmt_num "$bc")) | $(fmt_num "$a") ($(fmt_num "$ac")) | $(fmt_ratio "$a" "$b") |"
+        done
     done
 fi
 if [ -s "$R/parked" ]; then

@@ -17,6 +17,7 @@
 #include <fcntl.h>
 #include <poll.h>
 #include <pthread.h>
+#include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -35,6 +36,7 @@
 
 struct admin_server {
     obs *o;
+    _Atomic(fleet *) fleet; /* set after the thread started: hence atomic */
     char *path;
     int fd;
     int stop[2];
@@ -166,8 +168,10 @@ static void admin_serve(admin_server *a, int fd)
     json_error_t jerr;
     json_t *req = json_loads(buf, JSON_DISABLE_EOF_CHECK, &jerr);
     free(buf);
-    json_t *reply = req && json_is_object(req) ? admin_handle(a->o, req)
-                                               : admin_error("request is not a JSON object");
+    json_t *reply = !req || !json_is_object(req) ? admin_error("request is not a JSON object")
+                    : json_is_true(json_object_get(req, "fleet"))
+                        ? fleet_admin(atomic_load(&a->fleet), req)
+                        : admin_handle(a->o, req);
     json_decref(req);
     if (reply)
         (void)write_json_line(fd, reply, wp_now_ms() + ADMIN_IO_MS);
@@ -275,6 +279,12 @@ fail:
     free(a->path);
     free(a);
     return WP_ERR_IO;
+}
+
+void admin_set_fleet(admin_server *a, fleet *f)
+{
+    if (a)
+        atomic_store(&a->fleet, f);
 }
 
 void admin_stop(admin_server *a)

@@ -6,6 +6,8 @@
  *   {"cmd":"sessions"}                    -> {"ok":true,"sessions":[{...}, ...]}
  *   {"cmd":"kill","login":"a@example.com"} -> {"ok":true,"killed":[3,7],"still_open":0}
  *   {"cmd":"kill","session":3}
+ *   {"cmd":"sessions","fleet":true}       -> every live instance's sessions (lib/fleet.c)
+ *   {"cmd":"kill","login":"a@...","fleet":true} -> ended on every instance
  *   anything else                         -> {"ok":false,"error":"..."}
  * The socket is mode 0600 and, belt and braces, the server only answers peers whose
  * SO_PEERCRED uid is root or its own.
@@ -16,6 +18,7 @@
 #include <jansson.h>
 #include <stddef.h>
 
+#include "fleet.h"
 #include "obs.h"
 #include "wp_error.h"
 
@@ -29,6 +32,8 @@ typedef struct admin_server admin_server;
  * non-socket is an error) and starts the thread that answers requests. */
 wp_status admin_start(const char *path, obs *o, admin_server **out, wp_error *err);
 void admin_stop(admin_server *a); /* also unlinks the socket */
+/* Where requests with "fleet":true go ([redis]); until set they get an error reply. */
+void admin_set_fleet(admin_server *a, fleet *f);
 
 /* Handles one decoded request; returns the reply (new reference). Exposed for tests. */
 json_t *admin_handle(obs *o, const json_t *req);

@@ -6,10 +6,17 @@
  * counts drop to zero, so the table's size follows the number of peers currently
  * starting up, never the number that ever connected. One mutex: each operation is a
  * hash, a short chain walk and two integer updates.
+ *
+ * Keys of unidentified peers are derived here (adm_peer_key) from the formatted peer
+ * address, by parsing it back with inet_pton, so the grouping (loopback as one, IPv6 per
+ * /64) lives next to the bound it serves.
  */
 #include "admit.h"
 
+#include <arpa/inet.h>
+#include <netinet/in.h>
 #include <pthread.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -128,6 +135,46 @@ void adm_release(adm_table *t, const char *listener, const char *key, adm_verdic
         }
     }
     pthread_mutex_unlock(&t->mu);
+}
+
+/* The key of an IPv4 address: every 127/8 address is the one local peer. */
+static void adm_v4_key(const unsigned char *a, char *out, size_t outsz)
+{
+    if (a[0] == 127)
+        snprintf(out, outsz, "addr:loopback");
+    else
+        snprintf(out, outsz, "addr:%u.%u.%u.%u", a[0], a[1], a[2], a[3]);
+}
+
+void adm_peer_key(const char *peer, char *out, size_t outsz)
+{
+    const char *ip = peer[0] == '[' ? peer + 1 : peer;
+    size_t n = strcspn(ip, peer[0] == '[' ? "]" : ":");
+    char text[INET6_ADDRSTRLEN + 1];
+    struct in_addr v4;
+    struct in6_addr v6;
+    if (n >= sizeof(text)) {
+        snprintf(out, outsz, "addr:%.*s", (int)n, ip);
+        return;
+    }
+    memcpy(text, ip, n);
+    text[n] = '\0';
+    if (inet_pton(AF_INET, text, &v4) == 1) {
+        adm_v4_key((const unsigned char *)&v4.s_addr, out, outsz);
+    } else if (inet_pton(AF_INET6, text, &v6) != 1) {
+        snprintf(out, outsz, "addr:%s", text); /* not an address: only itself */
+    } else if (IN6_IS_ADDR_LOOPBACK(&v6)) {
+        snprintf(out, outsz, "addr:loopback");
+    } else if (IN6_IS_ADDR_V4MAPPED(&v6)) {
+        adm_v4_key(v6.s6_addr + 12, out, outsz);
+    } else { /* a host chooses its interface id freely: one peer per /64 */
+        char prefix[INET6_ADDRSTRLEN];
+        memset(v6.s6_addr + 8, 0, 8);
+        if (inet_ntop(AF_INET6, &v6, prefix, sizeof(prefix)))
+            snprintf(out, outsz, "addr:%s/64", prefix);
+        else
+            snprintf(out, outsz, "addr:%s", text);
+    }
 }
 
 const char *adm_verdict_str(adm_verdict v)

@@ -8,10 +8,13 @@
  *
  * The peer is who tailscaled says it is, not the socket address: the worker asks WhoIs
  * as soon as the socket is accepted (it only needs the peer ip:port), and the key is the
- * node's StableID when identified, the peer IP otherwise. So behind a
- * userspace-networking tailscaled, where every tailnet connection arrives from
+ * node's StableID when identified, the peer's address otherwise (adm_peer_key). So
+ * behind a userspace-networking tailscaled, where every tailnet connection arrives from
  * 127.0.0.1, each node still has its own bound, and local processes that are not on the
- * tailnet share one (they are refused with 28000 anyway).
+ * tailnet share one (they are refused with 28000 anyway): every loopback address is the
+ * same peer, or a local user could take the listener from 127.0.1.1, 127.0.1.2, ...
+ * each within its own bound. Likewise an IPv6 host picks any address in its /64, so
+ * unknown IPv6 peers are counted per /64; IPv4 peers per address.
  *
  * Over the bound, a few connections per peer (ADM_REFUSALS_MAX) are kept to be told
  * why, as an ErrorResponse after their first packet; beyond those the socket is closed
@@ -23,6 +26,7 @@
 #ifndef WP_ADMIT_H
 #define WP_ADMIT_H
 
+#include <stddef.h>
 #include <stdint.h>
 
 typedef struct adm_table adm_table;
@@ -46,6 +50,12 @@ adm_verdict adm_acquire(adm_table *t, const char *listener, const char *key, int
 
 /* Gives back what adm_acquire returned (ADM_PENDING or ADM_REFUSE; others are no-ops). */
 void adm_release(adm_table *t, const char *listener, const char *key, adm_verdict v);
+
+/* The key of a peer tailscaled did not identify, from its "ip:port" or "[ip6]:port":
+ * "addr:loopback" for 127.0.0.0/8, ::1 and ::ffff:127.x; "addr:IP" for other IPv4 (also
+ * IPv4-mapped); "addr:PREFIX/64" for other IPv6. Text that is no address is kept as
+ * "addr:TEXT" (its own peer). Truncated to outsz (>= 1). */
+void adm_peer_key(const char *peer, char *out, size_t outsz);
 
 const char *adm_verdict_str(adm_verdict v);
 

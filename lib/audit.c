@@ -7,6 +7,7 @@
  * retried for the rest of the line; if that fails too the error is returned, and the
  * line may be left partial in the file: the next record starts on a fresh line
  * (a '\n' is written first after a failure) so readers can skip the fragment.
+ * The path's last component must not be a symlink (opened with O_NOFOLLOW).
  */
 #include "audit.h"
 
@@ -49,10 +50,18 @@ void audit_free(audit_log *a)
     free(a);
 }
 
+/* O_NOFOLLOW: the file is reopened by path on every SIGHUP, as root, in a directory a
+ * log shipper or rotation tool may also write; a symlink planted there would otherwise
+ * send records (and O_CREAT's file) wherever it points. */
 static int open_path(const char *path, char *err, size_t errsz)
 {
-    int fd = open(path, O_WRONLY | O_APPEND | O_CREAT | O_CLOEXEC | O_NOCTTY, 0600);
-    if (fd < 0)
+    int fd = open(path, O_WRONLY | O_APPEND | O_CREAT | O_CLOEXEC | O_NOCTTY | O_NOFOLLOW, 0600);
+    if (fd < 0 && errno == ELOOP)
+        snprintf(err, errsz,
+                 "cannot open audit file %s: it is a symbolic link, which is not followed "
+                 "(point [audit] file at the real path)",
+                 path);
+    else if (fd < 0)
         snprintf(err, errsz, "cannot open audit file %s: %s", path, strerror(errno));
     return fd;
 }

@@ -17,8 +17,9 @@ typedef struct audit_log audit_log;
 audit_log *audit_new(void);
 void audit_free(audit_log *a);
 
-/* Opens path (created 0600 when missing) in place of the current file; NULL closes the
- * audit file. On failure the old file stays open; why goes to err. 0 on success. */
+/* Opens path (created 0600 when missing; never through a symlink) in place of the
+ * current file; NULL closes the audit file. On failure the old file stays open; why
+ * goes to err. 0 on success. */
 int audit_set_path(audit_log *a, const char *path, char *err, size_t errsz);
 /* Opens the current path again (log rotation). 0 on success or when disabled. */
 int audit_reopen(audit_log *a, char *err, size_t errsz);

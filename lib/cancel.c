@@ -1,15 +1,17 @@
 /*
  * cancel: the process-wide map from Waypoint cancel keys to backend cancel keys.
  *
- * Design. A fixed array of hash buckets keyed by the Waypoint pid, each a singly linked
+ * Design. A fixed array of hash buckets keyed by the backend pid, each a singly linked
  * list, behind one mutex. It is shared by every worker (a CancelRequest arrives on a new
  * connection, handled by a different worker than the session it targets), which is the
  * stated reason for the lock; every operation is a short critical section (no I/O under
  * the lock: lookups copy the entry out and the caller sends the cancel afterwards).
  *
- * Keys. The Waypoint pid is random in 1..INT32_MAX (clients store it as a signed int)
- * and unique among live entries; the 4-byte secret is random from the CSPRNG. Secret
- * and owner comparisons do not short-circuit, so timing tells nothing about a guess.
+ * Keys. The pid is the backend's own, so several entries may share one (two listeners'
+ * backends, or a reused backend whose earlier client's entry is being removed); the
+ * 4-byte secret is random from the CSPRNG and unique among the entries of that pid, so
+ * (pid, secret) names one entry. Secret and owner comparisons do not short-circuit, so
+ * timing tells nothing about a guess.
  */
 #include "cancel.h"
 
@@ -75,55 +77,44 @@ static cancel_entry **bucket(cancel_map *m, uint32_t pid)
     return &m->buckets[(pid * 2654435761u) % CANCEL_BUCKETS];
 }
 
-static cancel_entry *find_locked(cancel_map *m, uint32_t pid)
+static cancel_entry *find_locked(cancel_map *m, uint32_t pid, const unsigned char *key)
 {
     for (cancel_entry *e = *bucket(m, pid); e; e = e->next)
-        if (e->pid == pid)
+        if (e->pid == pid && memcmp(e->key, key, CANCEL_KEY_LEN) == 0)
             return e;
     return NULL;
 }
 
-wp_status cancel_register(cancel_map *m, const cancel_target *t, uint32_t *pid,
-                          unsigned char key[CANCEL_KEY_LEN])
+wp_status cancel_register(cancel_map *m, const cancel_target *t, unsigned char key[CANCEL_KEY_LEN])
 {
     cancel_entry *e = calloc(1, sizeof(*e));
     if (!e)
         return WP_ERR_NOMEM;
     e->target = *t;
-    if (wp_random_bytes(e->key, sizeof(e->key)) != WP_OK) {
-        free(e);
-        return WP_ERR_INTERNAL;
-    }
+    e->pid = t->backend_pid;
     pthread_mutex_lock(&m->mu);
-    for (;;) {
-        uint32_t r;
-        if (wp_random_bytes(&r, sizeof(r)) != WP_OK) {
+    do {
+        if (wp_random_bytes(e->key, sizeof(e->key)) != WP_OK) {
             pthread_mutex_unlock(&m->mu);
             free(e);
             return WP_ERR_INTERNAL;
         }
-        r &= 0x7fffffffu;
-        if (r != 0 && !find_locked(m, r)) {
-            e->pid = r;
-            break;
-        }
-    }
+    } while (find_locked(m, e->pid, e->key));
     cancel_entry **b = bucket(m, e->pid);
     e->next = *b;
     *b = e;
     m->n++;
     pthread_mutex_unlock(&m->mu);
-    *pid = e->pid;
     memcpy(key, e->key, CANCEL_KEY_LEN);
     return WP_OK;
 }
 
-void cancel_unregister(cancel_map *m, uint32_t pid)
+void cancel_unregister(cancel_map *m, uint32_t pid, const unsigned char key[CANCEL_KEY_LEN])
 {
     pthread_mutex_lock(&m->mu);
     for (cancel_entry **pp = bucket(m, pid); *pp; pp = &(*pp)->next) {
         cancel_entry *e = *pp;
-        if (e->pid == pid) {
+        if (e->pid == pid && memcmp(e->key, key, CANCEL_KEY_LEN) == 0) {
             *pp = e->next;
             m->n--;
             free(e);
@@ -153,12 +144,15 @@ wp_status cancel_lookup(cancel_map *m, uint32_t pid, const unsigned char *key, s
 {
     wp_status st = WP_ERR_NOT_FOUND;
     pthread_mutex_lock(&m->mu);
-    cancel_entry *e = find_locked(m, pid);
-    if (e) {
+    /* Every entry of this pid is compared in full, so timing does not tell which secret
+     * came close or whether the pid has an entry with another owner. */
+    for (cancel_entry *e = *bucket(m, pid); e; e = e->next) {
+        if (e->pid != pid)
+            continue;
         int ok = same_bytes(e->key, CANCEL_KEY_LEN, key, key_len);
         ok &= same_str(e->target.login, login ? login : "");
         ok &= same_str(e->target.node_id, node_id ? node_id : "");
-        if (ok) {
+        if (ok && st != WP_OK) {
             *out = e->target;
             st = WP_OK;
         }

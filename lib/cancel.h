@@ -1,11 +1,14 @@
 /*
  * cancel: Waypoint's own cancel keys (spec 7.4).
  *
- * Each client gets a BackendKeyData made up by Waypoint (random pid + random 4-byte
- * secret); the map remembers which backend process and key it stands for, and who owns
- * it. A CancelRequest is honoured only when its key matches and it comes from the same
- * Tailscale identity (login + node stable ID) as the session, so a leaked key is useless
- * to anyone else on the tailnet.
+ * Each client gets a BackendKeyData with its backend's real pid (drivers compare it with
+ * pg_backend_pid(), NotificationResponse and pg_stat_activity, and pass it to
+ * pg_terminate_backend) and a random 4-byte secret Waypoint issues to this client alone;
+ * the map remembers which backend key the pair stands for, and who owns it. A
+ * CancelRequest is honoured only when (pid, secret) match a live entry and it comes from
+ * the same Tailscale identity (login + node stable ID) as the session, so a leaked key is
+ * useless to anyone else on the tailnet, and the key an earlier client of a reused
+ * backend was given is gone with that client's entry.
  */
 #ifndef WP_CANCEL_H
 #define WP_CANCEL_H
@@ -36,11 +39,10 @@ cancel_map *cancel_map_new(void);
 void cancel_map_free(cancel_map *m);
 size_t cancel_map_size(cancel_map *m);
 
-/* Stores t under a fresh random (pid, key) that no live entry uses; pid and key are what
- * the client is told in its BackendKeyData. */
-wp_status cancel_register(cancel_map *m, const cancel_target *t, uint32_t *pid,
-                          unsigned char key[CANCEL_KEY_LEN]);
-void cancel_unregister(cancel_map *m, uint32_t pid);
+/* Stores t under (t->backend_pid, a fresh random secret) that no live entry uses; the pid
+ * and key are what the client is told in its BackendKeyData. */
+wp_status cancel_register(cancel_map *m, const cancel_target *t, unsigned char key[CANCEL_KEY_LEN]);
+void cancel_unregister(cancel_map *m, uint32_t pid, const unsigned char key[CANCEL_KEY_LEN]);
 
 /* Copies the entry for (pid, key) into *out when the key matches (constant-time) and the
  * owner is (login, node_id). WP_ERR_NOT_FOUND otherwise, with no hint as to why. */

@@ -24,6 +24,7 @@
  */
 #include "config.h"
 #include "log.h"
+#include "redis.h"
 
 #include <arpa/inet.h>
 #include <ctype.h>
@@ -61,6 +62,7 @@ typedef enum {
     SEC_METRICS,
     SEC_ADMIN,
     SEC_AUDIT,
+    SEC_REDIS,
     SEC_IGNORED, /* a tsnet-edition section: every key warns */
     SEC_COUNT
 } sec_kind;
@@ -80,6 +82,7 @@ static const struct {
     {"metrics", SEC_METRICS},
     {"admin", SEC_ADMIN},
     {"audit", SEC_AUDIT},
+    {"redis", SEC_REDIS},
 };
 
 /* Sections of the tsnet edition (and their subsections) that mean nothing here. [metrics]
@@ -126,7 +129,9 @@ static const key_spec keys[] = {
     {SEC_TAILSCALE, "ephemeral", V_IGNORED, 0, 0},
     {SEC_PROVISIONING, "allow_raw_sql", V_BOOL, G(allow_raw_sql), 0},
     {SEC_PROVISIONING, "cleanup_interval", V_DUR, G(cleanup_interval_ms), 0},
+    {SEC_PROVISIONING, "admin_idle_timeout", V_DUR, G(admin_idle_timeout_ms), 1},
     {SEC_REVALIDATION, "interval", V_DUR, G(revalidation_interval_ms), 0},
+    {SEC_REVALIDATION, "grace", V_DUR, G(revalidation_grace_ms), 0},
     {SEC_LIMITS, "max_conns_per_user", V_INT, G(default_limits.max_conns_per_user), 0},
     {SEC_LIMITS, "max_conn_duration", V_DUR, G(default_limits.max_conn_duration_ms), 0},
     {SEC_LIMITS, "max_bytes_per_conn", V_SIZE, G(default_limits.max_bytes_per_conn), 0},
@@ -141,6 +146,17 @@ static const key_spec keys[] = {
     {SEC_POOL, "idle_timeout", V_DUR, G(pool_idle_timeout_ms), 1},
     {SEC_POOL, "max_per_role", V_INT, G(pool_max_per_role), 1},
     {SEC_POOL, "max_total", V_INT, G(pool_max_total), 1},
+    {SEC_REDIS, "address", V_STR, G(redis_address), 0},
+    {SEC_REDIS, "addr", V_STR, G(redis_address), 0}, /* the tsnet edition's spelling */
+    {SEC_REDIS, "username", V_STR, G(redis_username), 0},
+    {SEC_REDIS, "password", V_STR, G(redis_password), 0},
+    {SEC_REDIS, "db", V_INT, G(redis_db), 0},
+    {SEC_REDIS, "key_prefix", V_STR, G(redis_key_prefix), 0},
+    {SEC_REDIS, "connect_timeout", V_DUR, G(redis_connect_timeout_ms), 1},
+    {SEC_REDIS, "command_timeout", V_DUR, G(redis_command_timeout_ms), 1},
+    {SEC_REDIS, "heartbeat_interval", V_DUR, G(redis_heartbeat_interval_ms), 100},
+    {SEC_REDIS, "instance_ttl", V_DUR, G(redis_instance_ttl_ms), 1000},
+    {SEC_REDIS, "pool_size", V_INT, G(redis_pool_size), 1},
     {SEC_LISTENER, "name", V_STR, L(name), 0},
     {SEC_LISTENER, "listen", V_LISTEN, 0, 0},
     {SEC_LISTENER, "mode", V_MODE, L(mode), 0},
@@ -192,7 +208,8 @@ typedef struct loader {
     const char *name;
     cfg_diag *diag;
     wp_config *cfg;
-    bool failed; /* set with every error, even one we had no memory to record */
+    bool failed;     /* set with every error, even one we had no memory to record */
+    bool admin_only; /* cfg_admin_socket: store [admin] socket, skip every other key */
 
     sec_rec *secs;
     size_t nsecs, capsecs;
@@ -1046,6 +1063,8 @@ static int on_key(void *user, const char *section, const char *name, const char 
     }
     sec_rec *s = &ld->secs[strtoul(section + 1, NULL, 10)];
     s->nkeys++;
+    if (ld->admin_only && !(s->kind == SEC_ADMIN && strcmp(name, "socket") == 0))
+        return 1; /* not even expanded: the admin CLI must not need the secrets */
     if (s->kind == SEC_INVALID)
         return 1;
     if (s->kind == SEC_IGNORED) {
@@ -1245,6 +1264,16 @@ int cfg_host_is_loopback(const char *host)
 
 /* The metrics endpoint tells anyone who can reach it how busy each listener is and why
  * callers are refused: loopback unless the operator says otherwise. */
+static void check_admin(loader *ld)
+{
+    const char *sock = ld->cfg->admin_socket;
+    if (sock && !*sock)
+        err(ld, ld->glines[key_index(SEC_ADMIN, "socket")], "socket", "must not be empty");
+    if (sock && strlen(sock) >= 108)
+        err(ld, ld->glines[key_index(SEC_ADMIN, "socket")], "socket",
+            "path too long for a unix socket (at most 107 bytes)");
+}
+
 static void check_metrics(loader *ld)
 {
     wp_config *c = ld->cfg;
@@ -1254,19 +1283,58 @@ static void check_metrics(loader *ld)
             "not a loopback address (got '%s:%d'); set allow_remote = true in [metrics] to "
             "serve metrics beyond this machine",
             c->metrics_listen_host, c->metrics_listen_port);
-    if (c->admin_socket && !*c->admin_socket)
-        err(ld, ld->glines[key_index(SEC_ADMIN, "socket")], "socket", "must not be empty");
-    if (c->admin_socket && strlen(c->admin_socket) >= 108)
-        err(ld, ld->glines[key_index(SEC_ADMIN, "socket")], "socket",
-            "path too long for a unix socket (at most 107 bytes)");
+    check_admin(ld);
     if (c->audit_file && !*c->audit_file)
         err(ld, ld->glines[key_index(SEC_AUDIT, "file")], "file", "must not be empty");
+}
+
+/* [redis] is all or nothing: without an address the other keys would silently do
+ * nothing, so they are an error; the address must parse; the heartbeat must come at
+ * least twice per instance_ttl so one late heartbeat does not make a live instance look
+ * dead. */
+static void check_redis(loader *ld)
+{
+    wp_config *c = ld->cfg;
+    int addr_line = ld->glines[key_index(SEC_REDIS, "address")];
+    int alias_line = ld->glines[key_index(SEC_REDIS, "addr")];
+    if (addr_line && alias_line)
+        err(ld, alias_line, "addr", "set together with 'address' (line %d): keep one", addr_line);
+    if (!ld->sec_line[SEC_REDIS])
+        return;
+    if (!c->redis_address) {
+        err(ld, ld->sec_line[SEC_REDIS], NULL,
+            "[redis] needs 'address' (host:port or a unix socket path); remove the section to "
+            "run without Redis");
+        return;
+    }
+    char host[256], why[200];
+    int port, is_unix;
+    if (rds_parse_address(c->redis_address, host, sizeof(host), &port, &is_unix, why,
+                          sizeof(why)) != 0)
+        err(ld, addr_line ? addr_line : alias_line, addr_line ? "address" : "addr", "%s", why);
+    if (c->redis_key_prefix && !*c->redis_key_prefix)
+        err(ld, ld->glines[key_index(SEC_REDIS, "key_prefix")], "key_prefix",
+            "must not be empty (the default is \"waypoint:\")");
+    if (c->redis_password && !*c->redis_password)
+        err(ld, ld->glines[key_index(SEC_REDIS, "password")], "password",
+            "is empty (an unset ${VAR}?); remove the key for a Redis without a password");
+    if (c->redis_username && !c->redis_password)
+        err(ld, ld->glines[key_index(SEC_REDIS, "username")], "username",
+            "needs 'password' as well");
+    if (c->redis_db > 1000000)
+        err(ld, ld->glines[key_index(SEC_REDIS, "db")], "db", "must be a database number");
+    if (c->redis_heartbeat_interval_ms * 2 > c->redis_instance_ttl_ms)
+        err(ld, ld->glines[key_index(SEC_REDIS, "heartbeat_interval")], "heartbeat_interval",
+            "must be at most half of instance_ttl (%lld ms), so one late heartbeat does not "
+            "make a live instance look dead",
+            (long long)c->redis_instance_ttl_ms);
 }
 
 static void check_globals(loader *ld)
 {
     wp_config *c = ld->cfg;
     check_metrics(ld);
+    check_redis(ld);
     if (c->ts_socket && !*c->ts_socket)
         err(ld, ld->glines[key_index(SEC_TAILSCALE, "socket")], "socket", "must not be empty");
     if (c->ts_capability && !*c->ts_capability)
@@ -1306,15 +1374,23 @@ static wp_config *config_new(const char *path)
     c->ts_capability = strdup("redo.com/cap/waypoint");
     c->whois_timeout_ms = 2 * MS_PER_S;
     c->cleanup_interval_ms = 10 * MS_PER_M;
+    c->admin_idle_timeout_ms = 60 * MS_PER_S;
     c->revalidation_interval_ms = 1 * MS_PER_M;
+    c->revalidation_grace_ms = 5 * MS_PER_M;
     c->startup_timeout_ms = 10 * MS_PER_S;
     c->drain_timeout_ms = 30 * MS_PER_S;
     c->pool_enabled = true;
     c->pool_idle_timeout_ms = 60 * MS_PER_S;
     c->pool_max_per_role = 4;
     c->pool_max_total = 100;
+    c->redis_key_prefix = strdup("waypoint:");
+    c->redis_connect_timeout_ms = 1 * MS_PER_S;
+    c->redis_command_timeout_ms = 1 * MS_PER_S;
+    c->redis_heartbeat_interval_ms = 2 * MS_PER_S;
+    c->redis_instance_ttl_ms = 10 * MS_PER_S;
+    c->redis_pool_size = 8;
     c->log_level = strdup("info");
-    if (!c->path || !c->ts_socket || !c->ts_capability || !c->log_level) {
+    if (!c->path || !c->ts_socket || !c->ts_capability || !c->log_level || !c->redis_key_prefix) {
         cfg_unref(c);
         return NULL;
     }
@@ -1353,6 +1429,10 @@ static void config_free(wp_config *c)
     free(c->metrics_listen_host);
     free(c->admin_socket);
     free(c->audit_file);
+    free(c->redis_address);
+    free(c->redis_username);
+    free_secret(c->redis_password);
+    free(c->redis_key_prefix);
     free(c);
 }
 
@@ -1399,12 +1479,14 @@ static void sort_by_line(char **msgs, size_t from, size_t n, size_t namelen)
     }
 }
 
-static wp_config *load_text(const char *text, size_t len, const char *name, cfg_diag *diag)
+static wp_config *load_text(const char *text, size_t len, const char *name, cfg_diag *diag,
+                            bool admin_only)
 {
     loader ld;
     memset(&ld, 0, sizeof(ld));
     ld.name = name;
     ld.diag = diag;
+    ld.admin_only = admin_only;
     size_t e0 = diag->nerrors, w0 = diag->nwarnings;
     if (!(ld.cfg = config_new(name))) {
         err(&ld, 0, NULL, "out of memory");
@@ -1417,7 +1499,10 @@ static wp_config *load_text(const char *text, size_t len, const char *name, cfg_
         if (rc != 0)
             err(&ld, rc > 0 ? rc : 0, NULL, "inih could not parse this line (internal error)");
     }
-    validate(&ld);
+    if (admin_only)
+        check_admin(&ld);
+    else
+        validate(&ld);
     loader_free(&ld);
     sort_by_line(diag->errors, e0, diag->nerrors, strlen(name));
     sort_by_line(diag->warnings, w0, diag->nwarnings, strlen(name));
@@ -1432,7 +1517,7 @@ wp_config *cfg_load_string(const char *text, const char *name, cfg_diag *diag)
 {
     cfg_diag local = {0};
     wp_config *c = load_text(text ? text : "", text ? strlen(text) : 0, name ? name : "<string>",
-                             diag ? diag : &local);
+                             diag ? diag : &local, false);
     cfg_diag_free(&local);
     return c;
 }
@@ -1455,7 +1540,7 @@ static char *read_file(const char *path, size_t *len, const char **why)
     return buf;
 }
 
-wp_config *cfg_load(const char *path, cfg_diag *diag)
+static wp_config *load_file(const char *path, cfg_diag *diag, bool admin_only)
 {
     cfg_diag local = {0};
     const char *why = NULL;
@@ -1465,7 +1550,7 @@ wp_config *cfg_load(const char *path, cfg_diag *diag)
     if (!diag)
         diag = &local;
     if (text) {
-        c = load_text(text, len, path, diag);
+        c = load_text(text, len, path, diag, admin_only);
         explicit_bzero(text, len);
         free(text);
     } else {
@@ -1474,6 +1559,29 @@ wp_config *cfg_load(const char *path, cfg_diag *diag)
     }
     cfg_diag_free(&local);
     return c;
+}
+
+wp_config *cfg_load(const char *path, cfg_diag *diag)
+{
+    return load_file(path, diag, false);
+}
+
+int cfg_admin_socket(const char *path, char **socket, cfg_diag *diag)
+{
+    *socket = NULL;
+    wp_config *c = load_file(path, diag, true);
+    if (!c)
+        return -1;
+    int rc = 0;
+    if (c->admin_socket && !(*socket = strdup(c->admin_socket))) {
+        cfg_diag local = {0};
+        loader ld = {.name = path, .diag = diag ? diag : &local};
+        err(&ld, 0, NULL, "out of memory");
+        cfg_diag_free(&local);
+        rc = -1;
+    }
+    cfg_unref(c);
+    return rc;
 }
 
 bool cfg_listener_allow_raw_sql(const wp_config *cfg, const cfg_listener *l)
@@ -1600,8 +1708,10 @@ void cfg_print(const wp_config *cfg, FILE *out)
     print_duration(out, "whois_timeout", cfg->whois_timeout_ms);
     fprintf(out, "\n[provisioning]\nallow_raw_sql = %s\n", cfg->allow_raw_sql ? "true" : "false");
     print_duration(out, "cleanup_interval", cfg->cleanup_interval_ms);
+    print_duration(out, "admin_idle_timeout", cfg->admin_idle_timeout_ms);
     fputs("\n[revalidation]\n", out);
     print_duration(out, "interval", cfg->revalidation_interval_ms);
+    print_duration(out, "grace", cfg->revalidation_grace_ms);
     fprintf(out, "\n[defaults.limits]\nmax_conns_per_user = %" PRId64 "\n",
             cfg->default_limits.max_conns_per_user);
     print_duration(out, "max_conn_duration", cfg->default_limits.max_conn_duration_ms);
@@ -1629,6 +1739,20 @@ void cfg_print(const wp_config *cfg, FILE *out)
     print_duration(out, "idle_timeout", cfg->pool_idle_timeout_ms);
     fprintf(out, "max_per_role = %" PRId64 "\nmax_total = %" PRId64 "\n", cfg->pool_max_per_role,
             cfg->pool_max_total);
+    if (cfg->redis_address) {
+        fputs("\n[redis]\n", out);
+        print_str(out, "address", cfg->redis_address);
+        print_opt_str(out, "username", cfg->redis_username);
+        if (cfg->redis_password)
+            print_str(out, "password", "********");
+        fprintf(out, "db = %" PRId64 "\n", cfg->redis_db);
+        print_str(out, "key_prefix", cfg->redis_key_prefix);
+        print_duration(out, "connect_timeout", cfg->redis_connect_timeout_ms);
+        print_duration(out, "command_timeout", cfg->redis_command_timeout_ms);
+        print_duration(out, "heartbeat_interval", cfg->redis_heartbeat_interval_ms);
+        print_duration(out, "instance_ttl", cfg->redis_instance_ttl_ms);
+        fprintf(out, "pool_size = %" PRId64 "\n", cfg->redis_pool_size);
+    }
     for (size_t i = 0; i < cfg->nlisteners; i++)
         print_listener(cfg, &cfg->listeners[i], out);
 }

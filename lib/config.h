@@ -68,11 +68,14 @@ typedef struct wp_config {
     int64_t whois_timeout_ms; /* default 2s */
 
     /* [provisioning] */
-    bool allow_raw_sql;          /* default false */
-    int64_t cleanup_interval_ms; /* default 10m; 0 disables the periodic pass */
+    bool allow_raw_sql;            /* default false */
+    int64_t cleanup_interval_ms;   /* default 10m; 0 disables the periodic pass */
+    int64_t admin_idle_timeout_ms; /* default 60s; idle admin connections close after it */
 
     /* [revalidation] */
     int64_t revalidation_interval_ms; /* default 1m; 0 disables */
+    int64_t revalidation_grace_ms;    /* default 5m: sessions whose identity could not be
+                                         confirmed for this long end; 0 = never */
 
     /* [defaults.limits] */
     cfg_limits default_limits;
@@ -98,6 +101,18 @@ typedef struct wp_config {
     int64_t pool_max_per_role;    /* default 4 */
     int64_t pool_max_total;       /* default 100 */
 
+    /* [redis]: state shared by a fleet of instances (lib/fleet.c); off unless address */
+    char *redis_address;                 /* host:port, [v6]:port or /unix/path; NULL = off */
+    char *redis_username;                /* ACL user; NULL = AUTH with the password only */
+    char *redis_password;                /* secret: never printed or logged */
+    int64_t redis_db;                    /* default 0 */
+    char *redis_key_prefix;              /* default "waypoint:" */
+    int64_t redis_connect_timeout_ms;    /* default 1s */
+    int64_t redis_command_timeout_ms;    /* default 1s */
+    int64_t redis_heartbeat_interval_ms; /* default 2s */
+    int64_t redis_instance_ttl_ms;       /* default 10s: a dead instance's counts go after it */
+    int64_t redis_pool_size;             /* default 8 connections */
+
     cfg_listener *listeners;
     size_t nlisteners;
 } wp_config;
@@ -114,7 +129,13 @@ typedef struct cfg_diag {
 /* Loads and validates path. Returns NULL when there is any error (all of them are in
  * diag). Warnings (ignored tsnet-edition keys) do not fail the load. */
 wp_config *cfg_load(const char *path, cfg_diag *diag);
-/* Same, from a string (unit tests); name is used in messages in place of a path. */
+/* Reads only [admin] socket from path, for the admin CLI (`waypoint sessions`, `kill`):
+ * the file's syntax is checked, but no other key is expanded, converted or required, so
+ * it works without the secrets' ${VAR}s in the environment. 0 with *socket set (NULL
+ * when the file has no [admin] socket; free it), -1 on an error (in diag). */
+int cfg_admin_socket(const char *path, char **socket, cfg_diag *diag);
+/* Same as cfg_load, from a string (unit tests); name is used in messages in place of a
+ * path. */
 wp_config *cfg_load_string(const char *text, const char *name, cfg_diag *diag);
 void cfg_diag_free(cfg_diag *diag);
 /* cfg_load for the daemon (start and SIGHUP reload): every warning and error becomes a

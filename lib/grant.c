@@ -810,3 +810,23 @@ wp_status grant_extract_downgrade(const char *param_value, const char *options, 
     *options_out = opts;
     return WP_OK;
 }
+
+int grant_narrows(const grant_effective *from, const grant_effective *to)
+{
+    for (size_t i = 0; i < from->npairs; i++) {
+        int covered = 0;
+        for (size_t k = 0; k < to->npairs && !covered; k++)
+            covered = strcmp(from->pairs[i].schema, to->pairs[k].schema) == 0 &&
+                      to->pairs[k].preset >= from->pairs[i].preset;
+        if (!covered)
+            return 1;
+    }
+    for (size_t i = 0; i < from->nsql; i++) {
+        int kept = 0;
+        for (size_t k = 0; k < to->nsql && !kept; k++)
+            kept = strcmp(from->sql[i].template_text, to->sql[k].template_text) == 0;
+        if (!kept)
+            return 1;
+    }
+    return 0;
+}

@@ -70,6 +70,11 @@ wp_status grant_parse_downgrade(const char *value, grant_preset *out, wp_error *
 wp_status grant_extract_downgrade(const char *param_value, const char *options, grant_preset *out,
                                   char **options_out, wp_error *err);
 
+/* True when `to` takes away anything `from` gave: a (schema, preset) pair of `from` that
+ * no pair of `to` covers with the same schema and an equal or stronger preset, or a raw
+ * SQL grant of `from` that `to` lacks. */
+int grant_narrows(const grant_effective *from, const grant_effective *to);
+
 /* True when s is an acceptable schema identifier. */
 int grant_schema_valid(const char *s);
 

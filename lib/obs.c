@@ -14,7 +14,10 @@
  *
  * Audit. A record is encoded from the obs_conn the session filled and written by
  * audit.c. A failed write is never silent: waypoint_audit_write_errors_total counts it
- * and an audit_write_failed line is logged with the reason.
+ * and an audit_write_failed line is logged with the reason. Every string a client or
+ * tailscaled chose may be any bytes; jansson takes only UTF-8, so bytes that are not
+ * are escaped as \xNN first (obs_json_bytes): a hostile name still gets its record, and
+ * the only encoding failure left is a failed allocation.
  */
 #include "obs.h"
 
@@ -43,7 +46,7 @@ struct obs {
     metrics_family *conns, *refusals, *bytes, *cancels, *reval, *roles, *login_fail;
     metrics_family *audit_err, *hist[OBS_H_COUNT];
     metrics_family *tls_hs; /* TLS handshakes toward clients, full vs resumed */
-    metrics_family *active, *parked, *admin, *build, *reload_ok, *reload_ts, *start_ts;
+    metrics_family *active, *parked, *admin, *admin_idle, *build, *reload_ok, *reload_ts, *start_ts;
     sessreg *sessions;
     audit_log *audit;
     struct MHD_Daemon *http;
@@ -107,6 +110,11 @@ static int obs_families(obs *o)
     o->admin = metrics_family_add(r, METRICS_GAUGE, "waypoint_admin_connections",
                                   "Open admin connections to the backend, per database.",
                                   LBL("listener", "database"), NULL, 0);
+    o->admin_idle =
+        metrics_family_add(r, METRICS_GAUGE, "waypoint_admin_connections_idle",
+                           "Admin connections to the backend that are open but not in use, per "
+                           "database (closed after [provisioning] admin_idle_timeout).",
+                           LBL("listener", "database"), NULL, 0);
     o->build = metrics_family_add(r, METRICS_GAUGE, "waypoint_build_info",
                                   "Always 1; the version is the label.", LBL("version"), NULL, 0);
     o->reload_ok = metrics_family_add(r, METRICS_GAUGE, "waypoint_config_last_reload_success",
@@ -127,7 +135,7 @@ static int obs_families(obs *o)
     metrics_family *all[] = {o->conns,   o->refusals,   o->bytes,     o->cancels,   o->reval,
                              o->roles,   o->login_fail, o->audit_err, o->active,    o->parked,
                              o->admin,   o->build,      o->reload_ok, o->reload_ts, o->start_ts,
-                             o->hist[0], o->hist[1],    o->hist[2],   o->hist[3]};
+                             o->hist[0], o->hist[1],    o->hist[2],   o->hist[3],   o->admin_idle};
     for (size_t i = 0; i < sizeof(all) / sizeof(all[0]); i++)
         if (!all[i])
             return -1;
@@ -147,9 +155,10 @@ static void obs_count_session(void *arg, const char *listener, int delta)
     metrics_add(metrics_series_get(o->active, LBL(listener)), delta);
 }
 
-static void obs_emit_admin(obs *o, const char *listener, const char *database, int open)
+static void obs_emit_admin(obs *o, const char *listener, const char *database, int open, int idle)
 {
     metrics_set(metrics_series_get(o->admin, LBL(listener, database)), open);
+    metrics_set(metrics_series_get(o->admin_idle, LBL(listener, database)), idle);
 }
 
 static void obs_collect(void *arg)
@@ -162,6 +171,7 @@ static void obs_collect(void *arg)
     if (!fn)
         return;
     metrics_family_zero(o->admin); /* a closed pool reads 0, not its last value */
+    metrics_family_zero(o->admin_idle);
     fn(farg, o, obs_emit_admin);
 }
 
@@ -316,9 +326,61 @@ void obs_audit_reopen(obs *o)
     }
 }
 
+/* Length of the well-formed UTF-8 sequence at p (1-4; as jansson checks it: no overlong
+ * form, no surrogate, at most U+10FFFF), 0 if none starts there. */
+static size_t utf8_seq(const unsigned char *p)
+{
+    unsigned c = p[0], cp, min;
+    size_t n;
+    if (c < 0x80)
+        return 1;
+    if (c >= 0xc2 && c <= 0xdf)
+        n = 2, cp = c & 0x1f, min = 0x80;
+    else if ((c & 0xf0) == 0xe0)
+        n = 3, cp = c & 0x0f, min = 0x800;
+    else if (c >= 0xf0 && c <= 0xf4)
+        n = 4, cp = c & 0x07, min = 0x10000;
+    else
+        return 0;
+    for (size_t i = 1; i < n; i++) {
+        if ((p[i] & 0xc0) != 0x80) /* also stops at the terminating NUL */
+            return 0;
+        cp = (cp << 6) | (p[i] & 0x3f);
+    }
+    return cp < min || cp > 0x10ffff || (cp >= 0xd800 && cp <= 0xdfff) ? 0 : n;
+}
+
+/* A JSON string for any bytes: jansson refuses text that is not UTF-8, and a client
+ * chooses what it sends (a database name "nosuchdb_\xff"), so each byte that is not part
+ * of a well-formed sequence becomes the four characters \xNN. NULL only without memory. */
+json_t *obs_json_bytes(const char *s)
+{
+    const unsigned char *p = (const unsigned char *)s;
+    size_t n = strlen(s), bad = 0;
+    for (size_t i = 0, k; i < n; i += k ? k : 1)
+        bad += (k = utf8_seq(p + i)) == 0;
+    if (!bad)
+        return json_string(s);
+    char *out = malloc(n + 3 * bad + 1), *o = out;
+    if (!out)
+        return NULL;
+    for (size_t i = 0, k; i < n; i += k ? k : 1) {
+        if ((k = utf8_seq(p + i)) == 0) {
+            o += snprintf(o, 5, "\\x%02x", p[i]);
+        } else {
+            memcpy(o, p + i, k);
+            o += k;
+        }
+    }
+    *o = '\0';
+    json_t *j = json_string(out);
+    free(out);
+    return j;
+}
+
 static json_t *jstr_or_null(const char *s)
 {
-    return s ? json_string(s) : json_null();
+    return s ? obs_json_bytes(s) : json_null();
 }
 
 static void time_rfc3339(int64_t ms, char *out, size_t outsz)
@@ -350,7 +412,7 @@ json_t *obs_audit_record(const obs_conn *c)
     json_t *tags = json_array();
     int bad = !r || !tags;
     for (size_t i = 0; !bad && c->tags && i < c->ntags; i++)
-        bad = json_array_append_new(tags, json_string(c->tags[i])) != 0;
+        bad = json_array_append_new(tags, obs_json_bytes(c->tags[i])) != 0;
     if (!bad)
         bad = json_object_set_new(r, "tags", tags) != 0;
     else

@@ -80,8 +80,12 @@ void obs_conn_ended(obs *o, const obs_conn *c);
  * tls_required, replication, protocol; user_cap, invalid_presets, no_grant). */
 const char *obs_refusal_reason(const char *stage, const char *sqlstate);
 
-/* The audit record for c (new reference; NULL without memory). Exposed for tests. */
+/* The audit record for c (new reference; NULL without memory). Exposed for tests.
+ * Strings may hold any bytes: those that are not UTF-8 appear as \xNN (obs_json_bytes). */
 json_t *obs_audit_record(const obs_conn *c);
+/* A JSON string of s, each byte not in a well-formed UTF-8 sequence written as the four
+ * characters \xNN (a backslash already in s is kept as is). NULL only without memory. */
+json_t *obs_json_bytes(const char *s);
 
 int64_t obs_now_us(void); /* CLOCK_MONOTONIC microseconds */
 void obs_observe(obs *o, obs_hist h, const char *listener, const char *result, int64_t us);
@@ -100,9 +104,9 @@ void obs_listener_init(obs *o, const char *listener);
  * listener. Stays 0 until a pool calls it. */
 void obs_set_parked(obs *o, const char *listener, int n);
 
-/* Source of the admin-connections gauge, asked at every scrape: it calls emit once per
- * (listener, database). */
-typedef void (*obs_emit_fn)(obs *o, const char *listener, const char *database, int open);
+/* Source of the admin-connections gauges, asked at every scrape: it calls emit once per
+ * (listener, database) with the open connections and how many of them are idle. */
+typedef void (*obs_emit_fn)(obs *o, const char *listener, const char *database, int open, int idle);
 typedef void (*obs_admin_source_fn)(void *arg, obs *o, obs_emit_fn emit);
 void obs_set_admin_source(obs *o, obs_admin_source_fn fn, void *arg);
 

@@ -10,6 +10,14 @@
  * created for databases the caller checked exist, so naming random databases cannot
  * grow this list.
  *
+ * Idle connections are closed after admin_idle_ms: each remembers when it was checked
+ * in, and a reaper thread per pools object sweeps every quarter of that time (bounded to
+ * 50 ms .. 5 s), so one lasts at most about 1.25 times the timeout once idle. Checkout
+ * takes the most recently used one (a stack), so the ones at the bottom are the oldest
+ * and a busy pool keeps only what it uses. Checked-out connections are never touched:
+ * the pool does not hold them. The pool entry itself (its database name) stays, as the
+ * "database seen to exist" mark; it reads 0 open.
+ *
  * Keyed locks: a list of refcounted entries, one per key currently locked or waited
  * for, so the table holds only keys in use. Each entry has its own condition variable so
  * a release wakes only the waiters of that key.
@@ -30,10 +38,14 @@
 
 #define PROV_POOL_MAX 8
 #define PROV_POOL_WAIT_MS 10000
+#define PROV_POOL_IDLE_MS 60000   /* admin_idle_timeout when the settings give none */
+#define PROV_POOL_SWEEP_MIN_MS 50 /* the reaper's period: idle / 4 within these bounds */
+#define PROV_POOL_SWEEP_MAX_MS 5000
 
 struct prov_pool {
     char *db;
     PGconn *idle[PROV_POOL_MAX];
+    int64_t idle_since[PROV_POOL_MAX]; /* wp_now_ms() at checkin, per idle[] slot */
     int nidle;
     int nopen;
     prov_pool *next;
@@ -119,12 +131,15 @@ PGconn *prov_connect(const prov_settings *s, const char *database, char *sqlstat
 
 /* ---- pools -------------------------------------------------------------------------- */
 
+static void *pools_reaper(void *arg);
+
 int prov_pools_init(prov_pools *ps, const prov_settings *s)
 {
     memset(ps, 0, sizeof *ps);
     ps->s = s;
     ps->per_db_max = PROV_POOL_MAX;
     ps->wait_ms = PROV_POOL_WAIT_MS;
+    ps->idle_ms = s->admin_idle_ms > 0 ? s->admin_idle_ms : PROV_POOL_IDLE_MS;
     if (pthread_mutex_init(&ps->mu, NULL) != 0)
         return -1;
     pthread_condattr_t ca;
@@ -133,7 +148,19 @@ int prov_pools_init(prov_pools *ps, const prov_settings *s)
         pthread_mutex_destroy(&ps->mu);
         return -1;
     }
+    if (pthread_cond_init(&ps->reaper_cv, &ca) != 0) {
+        pthread_condattr_destroy(&ca);
+        pthread_cond_destroy(&ps->cv);
+        pthread_mutex_destroy(&ps->mu);
+        return -1;
+    }
     pthread_condattr_destroy(&ca);
+    if (pthread_create(&ps->reaper, NULL, pools_reaper, ps) != 0) {
+        pthread_cond_destroy(&ps->reaper_cv);
+        pthread_cond_destroy(&ps->cv);
+        pthread_mutex_destroy(&ps->mu);
+        return -1;
+    }
     return 0;
 }
 
@@ -157,8 +184,9 @@ static bool prepare_all(prov_pools *ps, PGconn *c, const char *database, wp_erro
             char msg[400];
             chomp_copy(msg, sizeof msg, PQresultErrorMessage(r));
             wp_error_set(err, WP_SQLSTATE_CONN_FAILURE, "Waypoint cannot use the backend");
-            wp_error_detail(err, "cannot prepare statement %s on an admin connection (database \"%s\"): %s",
-                            ps->prep_name[i], database, msg);
+            wp_error_detail(
+                err, "cannot prepare statement %s on an admin connection (database \"%s\"): %s",
+                ps->prep_name[i], database, msg);
         }
         PQclear(r);
         if (!ok)
@@ -169,6 +197,11 @@ static bool prepare_all(prov_pools *ps, PGconn *c, const char *database, wp_erro
 
 void prov_pools_destroy(prov_pools *ps)
 {
+    pthread_mutex_lock(&ps->mu);
+    ps->stopping = true;
+    pthread_cond_signal(&ps->reaper_cv);
+    pthread_mutex_unlock(&ps->mu);
+    pthread_join(ps->reaper, NULL);
     prov_pool *p = ps->head;
     while (p) {
         prov_pool *next = p->next;
@@ -179,8 +212,69 @@ void prov_pools_destroy(prov_pools *ps)
         p = next;
     }
     ps->head = NULL;
+    pthread_cond_destroy(&ps->reaper_cv);
     pthread_cond_destroy(&ps->cv);
     pthread_mutex_destroy(&ps->mu);
+}
+
+/* Moves the connections of p idle since before cutoff (the bottom of its stack) to
+ * out[*n]. Caller holds ps->mu. */
+static void take_expired(prov_pool *p, int64_t cutoff, PGconn **out, int *n)
+{
+    int k = 0;
+    while (k < p->nidle && p->idle_since[k] <= cutoff)
+        out[(*n)++] = p->idle[k++];
+    if (k == 0)
+        return;
+    memmove(p->idle, p->idle + k, (size_t)(p->nidle - k) * sizeof p->idle[0]);
+    memmove(p->idle_since, p->idle_since + k, (size_t)(p->nidle - k) * sizeof p->idle_since[0]);
+    p->nidle -= k;
+    p->nopen -= k;
+}
+
+/* One sweep: closes every connection idle longer than idle_ms, outside the lock. Caller
+ * holds ps->mu; it is released and taken again around the closes. */
+static void sweep_locked(prov_pools *ps)
+{
+    int64_t cutoff = wp_now_ms() - ps->idle_ms;
+    for (prov_pool *p = ps->head; p; p = p->next) {
+        PGconn *dead[PROV_POOL_MAX];
+        int n = 0;
+        take_expired(p, cutoff, dead, &n);
+        if (n == 0)
+            continue;
+        char db[256], num[16];
+        snprintf(db, sizeof db, "%s", p->db); /* p outlives the unlock: pools are never freed */
+        snprintf(num, sizeof num, "%d", n);
+        pthread_cond_broadcast(&ps->cv); /* room to open for a waiter */
+        pthread_mutex_unlock(&ps->mu);
+        for (int i = 0; i < n; i++)
+            PQfinish(dead[i]);
+        log_kv(WP_LOG_DEBUG, "prov_admin_idle_closed", "listener", ps->s->listener_name, "database",
+               db, "closed", num, (char *)NULL);
+        pthread_mutex_lock(&ps->mu);
+    }
+}
+
+static void *pools_reaper(void *arg)
+{
+    prov_pools *ps = arg;
+    int64_t every = ps->idle_ms / 4;
+    if (every < PROV_POOL_SWEEP_MIN_MS)
+        every = PROV_POOL_SWEEP_MIN_MS;
+    if (every > PROV_POOL_SWEEP_MAX_MS)
+        every = PROV_POOL_SWEEP_MAX_MS;
+    pthread_mutex_lock(&ps->mu);
+    while (!ps->stopping) {
+        struct timespec ts;
+        wp_timespec_after(CLOCK_MONOTONIC, every, &ts);
+        while (!ps->stopping && pthread_cond_timedwait(&ps->reaper_cv, &ps->mu, &ts) != ETIMEDOUT)
+            ;
+        if (!ps->stopping)
+            sweep_locked(ps);
+    }
+    pthread_mutex_unlock(&ps->mu);
+    return NULL;
 }
 
 /* Caller holds ps->mu. */
@@ -292,6 +386,7 @@ void prov_pool_put(prov_pools *ps, const char *database, PGconn *conn, bool brok
             PQfinish(stale[i]);
         return;
     }
+    p->idle_since[p->nidle] = wp_now_ms();
     p->idle[p->nidle++] = conn;
     pthread_cond_signal(&ps->cv);
     pthread_mutex_unlock(&ps->mu);
@@ -358,11 +453,12 @@ void prov_keylock_unlock(prov_keylocks *kl, prov_keylock *e)
     free(e);
 }
 
-/* For the admin-connections gauge: every database's open admin connections. */
-void prov_pools_each(prov_pools *ps, void (*fn)(void *arg, const char *db, int open), void *arg)
+/* For the admin-connections gauges: every database's open and idle admin connections. */
+void prov_pools_each(prov_pools *ps, void (*fn)(void *arg, const char *db, int open, int idle),
+                     void *arg)
 {
     pthread_mutex_lock(&ps->mu);
     for (prov_pool *p = ps->head; p; p = p->next)
-        fn(arg, p->db, p->nopen);
+        fn(arg, p->db, p->nopen, p->nidle);
     pthread_mutex_unlock(&ps->mu);
 }

@@ -33,6 +33,7 @@ typedef struct prov_settings {
     int64_t user_ttl_ms;
     bool allow_raw_sql;
     const char *listener_name; /* for log lines */
+    int64_t admin_idle_ms;     /* idle admin connections close after this; 0: 60 s */
 } prov_settings;
 
 typedef struct prov_ctx prov_ctx;
@@ -43,6 +44,10 @@ typedef struct prov_lease prov_lease;
 wp_status prov_create(const prov_settings *s, prov_ctx **out, wp_error *err);
 void prov_destroy(prov_ctx *p);
 prov_dialect prov_get_dialect(const prov_ctx *p);
+/* True when the backend cannot keep a caller from SET ROLE to its group roles
+ * (PostgreSQL before 16 has no membership SET option; CockroachDB): a session there may
+ * hold a group's rights beyond its role's current grants. */
+bool prov_groups_settable(const prov_ctx *p);
 
 /* Ensures the role for (id, database, grant); the scope (full grant or downgrade preset)
  * comes from g->downgrade. Errors go to err with the client-facing SQLSTATE:
@@ -55,8 +60,9 @@ const char *prov_lease_role(const prov_lease *l);
 const char *prov_lease_password(const prov_lease *l);
 /* True when this lease's prov_ensure_role created the role (else it refreshed it). */
 bool prov_lease_created(const prov_lease *l);
-/* Open admin connections per database (metrics); fn runs under the pool lock. */
-void prov_admin_conns(prov_ctx *p, void (*fn)(void *arg, const char *db, int open), void *arg);
+/* Open and idle admin connections per database (metrics); fn runs under the pool lock. */
+void prov_admin_conns(prov_ctx *p, void (*fn)(void *arg, const char *db, int open, int idle),
+                      void *arg);
 /* Releases the per-role lock (after upstream authentication finished, either way). */
 void prov_lease_release(prov_lease *l);
 

@@ -16,9 +16,13 @@
  * is due (session deadline, revalidation tick, linger after the client's EOF). There is
  * no periodic wake-up otherwise.
  *
- * Half-close: when the client closes, the backend gets shutdown(SHUT_WR) (and a TLS
- * close_notify) and the loop keeps forwarding what the backend still sends until it
- * closes too, bounded by linger_ms. When the backend closes, the session is over.
+ * Half-close: when the client closes while its backend is idle, the backend gets
+ * shutdown(SHUT_WR) (and a TLS close_notify) and the loop keeps forwarding what the
+ * backend still sends until it closes too, bounded by linger_ms. When the client closes
+ * while its backend is busy, the loop ends at once: PostgreSQL notices a vanished client
+ * only when it next writes to it, so the session must stop that backend itself
+ * (res.backend_idle tells it whether it has to). When the backend closes, the session
+ * is over.
  *
  * Ending on Waypoint's authority (relay_end_by_authority): first the stop_backend hook
  * (the session terminates the backend and waits until it is gone, so nothing more runs
@@ -70,6 +74,8 @@ void relay_framer_feed(relay_framer *f, const unsigned char *p, size_t n)
         uint32_t len = pgw_get32(f->hdr + 1);
         f->hdr_len = 0;
         f->last_type = (char)f->hdr[0];
+        if (f->last_type != 'A' && f->last_type != 'N')
+            f->last_reply = f->last_type;
         f->msgs++;
         /* client side: the messages that each get one ReadyForQuery; backend side: the
          * ReadyForQuery ('S' is ParameterStatus there: each side reads only its own) */
@@ -310,6 +316,7 @@ typedef struct relay_loop {
     const relay_opts *o;
     relay_dir c2b, b2c;
     int client_eof;
+    int backend_eof;
     uint64_t client_msgs_at_ready; /* c2b.framer.msgs when the last 'Z' was read */
     int64_t next_tick;
     int64_t linger_end;
@@ -334,6 +341,19 @@ static relay_end relay_check_limits(relay_loop *L, int64_t now)
     return 0;
 }
 
+/* The backend waits for its client: its last reply (async messages aside) is a
+ * ReadyForQuery that answered every Query/Sync/FunctionCall, nothing of a reply is in
+ * flight, and the client sent nothing since but, at most, a Terminate. A pipelined
+ * Parse/Bind/Execute without Sync counts as work: the backend runs Execute at once. */
+static int relay_backend_idle(const relay_loop *L)
+{
+    const relay_framer *b = &L->b2c.framer, *c = &L->c2b.framer;
+    uint64_t after = c->msgs - L->client_msgs_at_ready;
+    int only_terminate = after == 1 && c->last_type == 'X';
+    return relay_framer_at_boundary(b) && b->last_reply == 'Z' && b->readies == c->syncs &&
+           (after == 0 || only_terminate);
+}
+
 static void relay_client_eof(relay_loop *L)
 {
     L->client_eof = 1;
@@ -350,7 +370,7 @@ static relay_end relay_serve(relay_loop *L, relay_dir *d)
     move_status m = relay_move(d, RELAY_BUF_SIZE, &fail);
     /* A ReadyForQuery that answers every Query/Sync/FunctionCall sent so far: the client
      * messages up to here are done (one it sent before that 'Z' came is still open). */
-    if (d == &L->b2c && d->framer.msgs != before && d->framer.last_type == 'Z' &&
+    if (d == &L->b2c && d->framer.msgs != before && d->framer.last_reply == 'Z' &&
         d->framer.readies == L->c2b.framer.syncs)
         L->client_msgs_at_ready = L->c2b.framer.msgs;
     switch (m) {
@@ -367,10 +387,13 @@ static relay_end relay_serve(relay_loop *L, relay_dir *d)
         break;
     }
     if (d == &L->b2c) {
+        L->backend_eof = 1;
         io_shutdown(L->b2c.to);
         shutdown(L->b2c.to->fd, SHUT_WR);
         return L->client_eof ? RELAY_CLIENT_CLOSED : RELAY_BACKEND_CLOSED;
     }
+    if (!relay_backend_idle(L))
+        return RELAY_CLIENT_CLOSED; /* nobody will read what it is doing: stop it */
     relay_client_eof(L);
     return 0;
 }
@@ -459,6 +482,7 @@ void relay_run(wp_io *client, wp_io *backend, const relay_opts *o, relay_result 
                         .write_fail = RELAY_CLIENT_ERROR};
     if (o->backend_ready) { /* startup ended with this ReadyForQuery */
         L.b2c.framer.last_type = PGW_MSG_READY;
+        L.b2c.framer.last_reply = PGW_MSG_READY;
         L.b2c.framer.last_status = o->backend_ready;
     }
     if (o->tick && o->tick_ms > 0)
@@ -476,6 +500,8 @@ void relay_run(wp_io *client, wp_io *backend, const relay_opts *o, relay_result 
     res->backend_boundary = relay_framer_at_boundary(&L.b2c.framer);
     res->backend_last = L.b2c.framer.last_type;
     res->client_after_ready = L.c2b.framer.msgs - L.client_msgs_at_ready;
+    res->backend_eof = L.backend_eof;
+    res->backend_idle = relay_backend_idle(&L);
     if (relay_end_by_authority(e)) {
         /* Nothing more may run for the caller before the client is told. */
         res->backend_stopped = o->stop_backend ? o->stop_backend(o->stop_arg, e) : 0;

@@ -28,6 +28,8 @@ typedef struct relay_framer {
     unsigned hdr_len;   /* header bytes seen of the current message (0..4) */
     uint64_t remaining; /* body bytes still to come of the current message */
     char last_type;     /* type byte of the last message whose header completed */
+    char last_reply;    /* the same, not counting the backend's asynchronous messages
+                           (NotificationResponse 'A', NoticeResponse 'N') */
     char last_status;   /* body byte of the last ReadyForQuery ('I', 'T', 'E'); 0 = none */
     int broken;         /* a length < 4 was seen: framing is lost for good */
     uint64_t msgs;      /* messages whose header completed */
@@ -43,7 +45,8 @@ int relay_framer_at_boundary(const relay_framer *f);
 size_t relay_framer_max_read(const relay_framer *f, size_t cap);
 
 typedef enum {
-    RELAY_CLIENT_CLOSED = 1, /* client closed (after Terminate: a normal end) */
+    RELAY_CLIENT_CLOSED = 1, /* client closed (after Terminate: a normal end); at once
+                                when the backend was busy (res.backend_idle is 0) */
     RELAY_BACKEND_CLOSED,    /* backend closed */
     RELAY_CLIENT_ERROR,      /* read/write on the client failed */
     RELAY_BACKEND_ERROR,     /* read/write on the backend failed */
@@ -104,6 +107,12 @@ typedef struct relay_result {
     int at_boundary;             /* backend->client stream ends on a message boundary, so an
                                     ErrorResponse may be appended */
     int backend_stopped;         /* ended by authority and stop_backend reported it gone */
+    int backend_eof;             /* the backend closed its end (its process is exiting) */
+    int backend_idle;            /* the backend is waiting for the client: its last reply is
+                                    a ReadyForQuery that answered every Query/Sync, on a
+                                    boundary, and the client sent nothing after it but a
+                                    Terminate. Otherwise it may be running a statement that
+                                    nobody will read, and must be stopped (spec 7.6) */
     wp_error tick_err;           /* RELAY_TICK_STOP: what the tick callback reported */
 } relay_result;
 

@@ -122,6 +122,12 @@ wp_status wp_sha256(const void *data, size_t n, unsigned char out[32])
     return md && mbedtls_md(md, data, n, out) == 0 ? WP_OK : WP_ERR_INTERNAL;
 }
 
+wp_status wp_sha1(const void *data, size_t n, unsigned char out[20])
+{
+    const mbedtls_md_info_t *md = mbedtls_md_info_from_type(MBEDTLS_MD_SHA1);
+    return md && mbedtls_md(md, data, n, out) == 0 ? WP_OK : WP_ERR_INTERNAL;
+}
+
 void wp_zeroize(void *buf, size_t n)
 {
     mbedtls_platform_zeroize(buf, n);

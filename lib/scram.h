@@ -21,6 +21,8 @@
 wp_status wp_random_bytes(void *buf, size_t n);
 /* SHA-256 of n bytes (the one hash other modules need: names derived from inputs). */
 wp_status wp_sha256(const void *data, size_t n, unsigned char out[32]);
+/* SHA-1, only where a peer's protocol names things by it (Redis script digests). */
+wp_status wp_sha1(const void *data, size_t n, unsigned char out[20]);
 /* Wipes n bytes in a way the compiler cannot elide (secrets in memory). */
 void wp_zeroize(void *buf, size_t n);
 /* 32 random bytes, base64url without padding: 43 chars + NUL. */

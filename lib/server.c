@@ -78,6 +78,7 @@ typedef struct srv {
 
     cancel_map *cancel;
     sess_users *users;
+    fleet *fleet;        /* [redis] shared limits and fleet view; NULL without it */
     obs *obs;            /* metrics registry, session registry, audit file */
     admin_server *admin; /* [admin] socket; NULL when not configured */
     pool *pool;          /* parked backend sessions, shared by all environments */
@@ -143,17 +144,19 @@ static void prov_settings_from(const wp_config *cfg, const cfg_listener *l, prov
         .user_ttl_ms = l->user_ttl_ms,
         .allow_raw_sql = cfg_listener_allow_raw_sql(cfg, l),
         .listener_name = l->name,
+        .admin_idle_ms = cfg->admin_idle_timeout_ms,
     };
 }
 
 static char *prov_fingerprint(const prov_settings *ps)
 {
     char *fp = NULL;
-    int n = asprintf(&fp, "%s\x1f%s\x1f%d\x1f%s\x1f%s\x1f%s\x1f%d\x1f%s\x1f%s\x1f%lld\x1f%d",
-                     ps->listener_name, ps->host, ps->port, ps->admin_user,
-                     ps->admin_password ? ps->admin_password : "", ps->admin_database,
-                     (int)ps->backend_tls, ps->backend_ca_file ? ps->backend_ca_file : "",
-                     ps->user_prefix, (long long)ps->user_ttl_ms, (int)ps->allow_raw_sql);
+    int n = asprintf(
+        &fp, "%s\x1f%s\x1f%d\x1f%s\x1f%s\x1f%s\x1f%d\x1f%s\x1f%s\x1f%lld\x1f%d\x1f%lld",
+        ps->listener_name, ps->host, ps->port, ps->admin_user,
+        ps->admin_password ? ps->admin_password : "", ps->admin_database, (int)ps->backend_tls,
+        ps->backend_ca_file ? ps->backend_ca_file : "", ps->user_prefix, (long long)ps->user_ttl_ms,
+        (int)ps->allow_raw_sql, (long long)ps->admin_idle_ms);
     return n < 0 ? NULL : fp;
 }
 
@@ -226,6 +229,7 @@ static srv_env *srv_env_build(srv *s, wp_config *cfg, srv_env *old)
     e->env.cfg = cfg;
     e->env.cancel = s->cancel;
     e->env.users = s->users;
+    e->env.fleet = s->fleet;
     e->env.obs = s->obs;
     e->env.pool = s->pool;
     e->env.admit = s->admit;
@@ -397,10 +401,10 @@ typedef struct srv_admin_walk {
     const char *listener;
 } srv_admin_walk;
 
-static void srv_admin_one(void *arg, const char *db, int open)
+static void srv_admin_one(void *arg, const char *db, int open, int idle)
 {
     srv_admin_walk *w = arg;
-    w->emit(w->o, w->listener, db, open);
+    w->emit(w->o, w->listener, db, open, idle);
 }
 
 static void srv_admin_source(void *arg, obs *o, obs_emit_fn emit)
@@ -441,6 +445,7 @@ static int srv_start_obs(srv *s)
             log_kv(WP_LOG_ERROR, "admin_socket_failed", "error", err.message, (char *)NULL);
             return 0;
         }
+        admin_set_fleet(s->admin, s->fleet);
         log_kv(WP_LOG_INFO, "admin_listening", "socket", cfg->admin_socket, (char *)NULL);
     }
     return 1;
@@ -512,6 +517,12 @@ static int srv_start_threads(srv *s)
     if (pthread_create(&s->cleaner, NULL, srv_cleaner, s) != 0)
         return 0;
     s->cleaner_started = 1;
+    wp_error err;
+    wp_error_clear(&err);
+    if (s->fleet && fleet_start(s->fleet, &err) != WP_OK) {
+        log_kv(WP_LOG_ERROR, "fleet_start_failed", "error", err.message, (char *)NULL);
+        return 0;
+    }
     for (size_t i = 0; i < s->nlsns; i++) {
         if (lsn_start(s->lsns[i]) != WP_OK)
             return 0;
@@ -569,6 +580,7 @@ static void srv_shutdown(srv *s, const sigset_t *set)
     srv_stop_cleaner(s);
     admin_stop(s->admin);
     s->admin = NULL;
+    fleet_stop(s->fleet); /* after the drain: the sessions have released their counts */
     obs_http_stop(s->obs);
     if (live == 0) { /* nothing uses the shared objects any more: free them */
         for (size_t i = 0; i < s->nlsns; i++)
@@ -576,6 +588,7 @@ static void srv_shutdown(srv *s, const sigset_t *set)
         srv_env_unref(s->cur);
         cancel_map_free(s->cancel);
         sess_users_free(s->users);
+        fleet_free(s->fleet);
         obs_set_admin_source(s->obs, NULL, NULL);
         obs_free(s->obs);
         pool_free(s->pool);
@@ -599,6 +612,14 @@ static int srv_init(srv *s, const char *path, wp_config *cfg)
     s->admit = adm_new();
     if (!s->cancel || !s->users || !s->obs || !s->pool || !s->admit ||
         pipe2(s->stop_pipe, O_CLOEXEC) != 0) {
+        cfg_unref(cfg);
+        return 0;
+    }
+    wp_error err;
+    wp_error_clear(&err);
+    s->fleet = fleet_new(cfg, s->obs, &err);
+    if (cfg->redis_address && !s->fleet) {
+        log_kv(WP_LOG_ERROR, "fleet_failed", "error", err.message, (char *)NULL);
         cfg_unref(cfg);
         return 0;
     }

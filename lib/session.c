@@ -26,7 +26,9 @@
 #include "session.h"
 
 #include <arpa/inet.h>
+#include <errno.h>
 #include <netinet/in.h>
+#include <poll.h>
 #include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -52,8 +54,11 @@
 #define SESS_STOP_CANCEL_MS 1000 /* of which at most this for the CancelRequest */
 #define SESS_STARTUP_ROUNDS 4    /* SSLRequest, GSSENCRequest, ... before StartupMessage */
 #define SESS_FLUSH_AT (64 * 1024)
-#define SESS_WHOIS_FRESH_MS 1000 /* how long the WhoIs made at accept may stand in */
-#define SESS_RESET_WAIT_MS 2000  /* time for DISCARD ALL before parking a backend session */
+#define SESS_WHOIS_FRESH_MS 1000  /* how long the WhoIs made at accept may stand in */
+#define SESS_RESET_WAIT_MS 2000   /* time for DISCARD ALL before parking a backend session */
+#define SESS_STOP_TRIES 3         /* attempts to have a backend confirmed gone */
+#define SESS_LINGER_MS 2000       /* after a FATAL: reading what the client still sends */
+#define SESS_LINGER_MAX (1 << 20) /* ... and at most this much of it */
 
 typedef struct sess {
     const sess_env *env;
@@ -83,11 +88,17 @@ typedef struct sess {
     char role[ID_ROLE_MAX + 1];
     up_conn up;
     int up_open;
-    uint32_t wp_pid;  /* cancel key given to the client; 0 = none */
-    cancel_target bk; /* the backend's own key (pid 0: none yet) */
-    pool_session ps;  /* the backend session's reuse state (pool.c) */
-    pool_key pk;      /* its pool key; pk.owner NULL when reuse is off */
+    int keyed;                            /* the client was given a cancel key */
+    unsigned char wp_key[CANCEL_KEY_LEN]; /* its secret (the pid is bk.backend_pid) */
+    cancel_target bk;                     /* the backend's own key (pid 0: none yet) */
+    pool_session ps;                      /* the backend session's reuse state (pool.c) */
+    pool_key pk;                          /* its pool key; pk.owner NULL when reuse is off */
     int reused;
+    int reset_failed;     /* DISCARD ALL before parking did not come back */
+    int64_t confirmed_ms; /* last time tailscaled confirmed the caller (identify, ticks) */
+    const char *tick_end; /* why revalidation ended the session: revoked, narrowed,
+                             unconfirmed (the outcome word) */
+    int told;             /* an ErrorResponse was sent: close with sess_linger() */
 
     pgw_buf out; /* bytes for the client, flushed in batches */
     pgw_buf msg;
@@ -220,8 +231,10 @@ static int sess_refuse(sess *s, const wp_error *e, const char *reason)
             snprintf(sent.sqlstate, sizeof(sent.sqlstate), "%s", WP_SQLSTATE_INTERNAL);
         if (!sent.message[0])
             snprintf(sent.message, sizeof(sent.message), "connection refused");
-        if (pgw_build_error(&s->out, &sent) == WP_OK)
+        if (pgw_build_error(&s->out, &sent) == WP_OK) {
+            s->told = 1;
             (void)sess_flush(s);
+        }
         sess_log_refusal(s, &sent, reason);
     } else {
         sess_log_refusal(s, NULL, reason);
@@ -387,13 +400,10 @@ static int sess_admit(sess *s)
         s->early_id = NULL;
     s->early = 1;
     s->early_ms = wp_now_ms();
-    if (s->early_id) {
+    if (s->early_id)
         snprintf(s->adm_key, sizeof(s->adm_key), "node:%s", s->early_id->stable_id);
-    } else { /* the address without the port */
-        const char *ip = s->peer[0] == '[' ? s->peer + 1 : s->peer;
-        size_t n = strcspn(ip, s->peer[0] == '[' ? "]" : ":");
-        snprintf(s->adm_key, sizeof(s->adm_key), "addr:%.*s", (int)n, ip);
-    }
+    else /* loopback as one peer, IPv6 per /64 */
+        adm_peer_key(s->peer, s->adm_key, sizeof(s->adm_key));
     s->adm = adm_acquire(s->env->admit, s->lc->name, s->adm_key, s->lc->max_unstarted_per_peer);
     if (s->adm != ADM_DROP)
         return 1;
@@ -587,6 +597,7 @@ static int sess_identify(sess *s)
     int64_t t0 = obs_now_us();
     wp_status st = sess_whois(s, &s->id, &e);
     s->stage = st == WP_OK ? "identify" : st == WP_ERR_NOT_FOUND ? "not_on_tailnet" : "tailscale";
+    s->confirmed_ms = wp_now_ms();
     obs_observe(s->env->obs, OBS_H_WHOIS, s->lc->name,
                 st == WP_OK              ? "ok"
                 : st == WP_ERR_NOT_FOUND ? "not_found"
@@ -648,6 +659,30 @@ static wp_status sess_downgrade(sess *s, wp_error *e)
     return WP_OK;
 }
 
+/* [redis]: the count is fleet-wide (lib/fleet.c). Redis unreachable: refused with
+ * FLEET_UNAVAILABLE_SQLSTATE (fail closed) under its own reason word. */
+static int sess_fleet_acquire(sess *s, int64_t max)
+{
+    int64_t count = 0;
+    fleet_verdict v = fleet_acquire(s->env->fleet, sess_user_key(s->id), max, &count);
+    char msg[512];
+    if (v == FLEET_OVER) {
+        snprintf(msg, sizeof(msg),
+                 "too many connections for user %s: %lld open across the Waypoint fleet, "
+                 "max_conns_per_user is %lld",
+                 s->id->login_name, (long long)count, (long long)max);
+        return sess_refuse_msg(s, WP_SQLSTATE_TOO_MANY_CONN, "fleet max_conns_per_user reached",
+                               msg);
+    }
+    if (v == FLEET_UNAVAILABLE) {
+        s->stage = "fleet_unavailable";
+        return sess_refuse_msg(s, FLEET_UNAVAILABLE_SQLSTATE, "redis unreachable",
+                               FLEET_UNAVAILABLE_MESSAGE);
+    }
+    s->user_counted = 2; /* released through the fleet */
+    return 1;
+}
+
 static int sess_authorize(sess *s)
 {
     s->stage = "authorize";
@@ -666,6 +701,8 @@ static int sess_authorize(sess *s)
         return sess_refuse_private(s, &e);
     }
     int64_t max = s->grant->limits.max_conns_per_user;
+    if (s->env->fleet)
+        return sess_fleet_acquire(s, max);
     if (!sess_users_acquire(s->env->users, sess_user_key(s->id), max)) {
         char msg[512];
         snprintf(msg, sizeof(msg), "too many connections for user %s", s->id->login_name);
@@ -753,7 +790,7 @@ static wp_status sess_give_key(sess *s);
 /* BackendKeyData: remember the backend's key, give the client one of ours. */
 static wp_status sess_remap_key(sess *s)
 {
-    if (s->msg.len < 8 || s->msg.len - 4 > PGW_CANCEL_KEY_MAX || s->wp_pid != 0)
+    if (s->msg.len < 8 || s->msg.len - 4 > PGW_CANCEL_KEY_MAX || s->keyed)
         return WP_ERR_PROTOCOL;
     s->ps.backend_pid = pgw_get32(s->msg.data);
     s->ps.backend_key_len = s->msg.len - 4;
@@ -761,7 +798,8 @@ static wp_status sess_remap_key(sess *s)
     return sess_give_key(s);
 }
 
-/* A fresh Waypoint cancel key for the backend key in s->ps, to the client. */
+/* The client's cancel key for the backend key in s->ps: the backend's real pid (spec
+ * 7.4) and a secret issued to this client alone. */
 static wp_status sess_give_key(sess *s)
 {
     cancel_target t;
@@ -773,12 +811,12 @@ static wp_status sess_give_key(sess *s)
     t.port = s->lc->backend_port;
     snprintf(t.login, sizeof(t.login), "%s", s->id->login_name);
     snprintf(t.node_id, sizeof(t.node_id), "%s", s->id->stable_id);
-    unsigned char key[CANCEL_KEY_LEN];
     s->bk = t;
-    wp_status st = cancel_register(s->env->cancel, &t, &s->wp_pid, key);
-    if (st == WP_OK)
-        st = pgw_build_backend_key(&s->out, s->wp_pid, key, sizeof(key));
-    return st;
+    wp_status st = cancel_register(s->env->cancel, &t, s->wp_key);
+    if (st != WP_OK)
+        return st;
+    s->keyed = 1;
+    return pgw_build_backend_key(&s->out, t.backend_pid, s->wp_key, sizeof(s->wp_key));
 }
 
 static int sess_finish_startup(sess *s)
@@ -807,6 +845,7 @@ static int sess_finish_startup(sess *s)
             wp_error e;
             wp_error_clear(&e);
             (void)pgw_parse_error(s->msg.data, s->msg.len, &e);
+            s->told = 1;
             (void)sess_flush(s);
             sess_log_refusal(s, &e, "backend refused the session");
             return 0;
@@ -922,19 +961,21 @@ static int sess_reuse(sess *s)
 
 /* After the relay: a backend session whose client ended with Terminate, sent as its
  * only message after an idle ReadyForQuery and with both streams on message boundaries,
- * is reset and parked. Anything else (an error or transaction state, COPY, a client
- * that just vanished, a message in flight) is closed. */
-static void sess_park(sess *s)
+ * is reset and parked. Returns 1 when parked (or closed idle because the pool is full);
+ * 0 leaves the backend connection with the worker for sess_settle_backend(). */
+static int sess_park(sess *s)
 {
     const relay_result *r = &s->rr;
     if (!s->up_open || r->end != RELAY_CLIENT_TERMINATE)
-        return;
+        return 0;
+    int clean = s->pk.owner && r->backend_status == 'I' && r->backend_boundary &&
+                r->backend_last == PGW_MSG_READY && r->client_after_ready == 1;
+    if (!clean)
+        return 0;
     s->ps.up = s->up;
     s->ps.open = 1;
     s->up_open = 0;
     snprintf(s->ps.role, sizeof(s->ps.role), "%s", s->role);
-    int clean = s->pk.owner && r->backend_status == 'I' && r->backend_boundary &&
-                r->backend_last == PGW_MSG_READY && r->client_after_ready == 1;
     int64_t life = s->env->cfg->pool_idle_timeout_ms, reval = s->env->cfg->revalidation_interval_ms;
     if (reval > 0 && reval < life)
         life = reval; /* a parked session is never older than a live one's last check */
@@ -943,12 +984,56 @@ static void sess_park(sess *s)
     pool_limits lim = {.lifetime_ms = life,
                        .max_per_role = s->env->cfg->pool_max_per_role,
                        .max_total = s->env->cfg->pool_max_total};
-    if (clean) {
-        if (pool_reset(&s->ps, wp_now_ms() + SESS_RESET_WAIT_MS) == WP_OK &&
-            pool_park(s->env->pool, &s->pk, &s->ps, &lim))
-            return;
+    if (pool_reset(&s->ps, wp_now_ms() + SESS_RESET_WAIT_MS) != WP_OK) {
+        /* DISCARD ALL did not come back: whatever the backend is doing, it is stopped */
+        s->up = s->ps.up;
+        s->up_open = 1;
+        s->ps.open = 0;
+        s->reset_failed = 1;
+        return 0;
     }
-    pool_session_close(&s->ps); /* forwards the Terminate the relay held back */
+    if (!pool_park(s->env->pool, &s->pk, &s->ps, &lim))
+        pool_session_close(&s->ps); /* idle and reset: the held Terminate ends it */
+    return 1;
+}
+
+static int sess_stop_backend(void *arg, relay_end why);
+
+/* Stops the backend (sess_stop_backend, as an end by authority does) and tries again
+ * while it is not confirmed gone, a bounded number of times. */
+static void sess_stop_until_gone(sess *s, relay_end why, int tries)
+{
+    for (int i = 0; i < tries; i++)
+        if (sess_stop_backend(s, why))
+            return;
+    log_kv(WP_LOG_ERROR, "backend_not_stopped", "listener", s->lc->name, "user", sess_login(s),
+           "role", s->role, "database", s->database, "reason", relay_end_str(why), (char *)NULL);
+}
+
+/* Spec 7.6: every backend session Waypoint opened ends parked after a clean reset or
+ * gone. A backend that was idle goes by itself once it reads the Terminate (forwarded
+ * here when the relay held it back) or the end of its stream. One that may still be
+ * running a statement (its client vanished or sent Terminate in the middle of it, a
+ * pipelined Execute, COPY, a reset that did not come back) would run on unseen,
+ * PostgreSQL noticing a vanished client only when it next writes to it: it is stopped
+ * like an end by authority, while this session is still listed, killable and counted. */
+static void sess_settle_backend(sess *s)
+{
+    if (!s->up_open)
+        return;
+    const relay_result *r = &s->rr;
+    if (relay_end_by_authority(r->end)) {
+        if (!r->backend_stopped) /* the relay's attempt failed */
+            sess_stop_until_gone(s, r->end, SESS_STOP_TRIES - 1);
+    } else if (!r->backend_eof && (!r->backend_idle || s->reset_failed)) {
+        sess_stop_until_gone(s, r->end, SESS_STOP_TRIES);
+    }
+    if (r->end == RELAY_CLIENT_TERMINATE && !s->reset_failed) {
+        static const unsigned char x[5] = {PGW_MSG_TERMINATE, 0, 0, 0, 4};
+        (void)io_write_all(&s->up.io, x, sizeof(x), wp_now_ms() + SESS_FINISH_WAIT_MS);
+    }
+    up_close(&s->up);
+    s->up_open = 0;
 }
 
 /* ---------------------------------------------------------- 7. relay ---- */
@@ -967,10 +1052,36 @@ static int sess_same_grant(const grant_effective *a, const grant_effective *b)
     return 1;
 }
 
+/* tailscaled could not be asked at a tick. The session goes on (the caller was authorised
+ * at connect time and the next tick checks again) until the identity has gone
+ * unconfirmed for [revalidation] grace: then it ends, failing closed. */
+static int sess_unconfirmed(sess *s, wp_status st, const wp_error *e, wp_error *err)
+{
+    int64_t grace = s->env->cfg->revalidation_grace_ms;
+    int64_t since = wp_now_ms() - s->confirmed_ms;
+    int ending = grace > 0 && since >= grace;
+    char ms[24];
+    snprintf(ms, sizeof(ms), "%lld", (long long)since);
+    log_kv(WP_LOG_WARN, "revalidation_failed", "listener", s->lc->name, "peer", s->peer, "user",
+           sess_login(s), "reason", e->detail[0] ? e->detail : wp_status_str(st), "unconfirmed_ms",
+           ms, "ending", ending ? "yes" : "no", (char *)NULL);
+    obs_revalidation(s->env->obs, s->lc->name, ending ? "unconfirmed" : "tailscale_error");
+    if (!ending)
+        return 0;
+    s->tick_end = "unconfirmed";
+    wp_error_set(err, WP_SQLSTATE_INVALID_AUTH,
+                 "terminating connection: the caller's identity could not be confirmed with "
+                 "tailscaled for %lld s ([revalidation] grace)",
+                 (long long)(since / 1000));
+    return 1;
+}
+
 /* Revalidation tick: WhoIs again and re-resolve the grant. A vanished node, a changed
  * identity or a removed grant ends the session; a changed grant is applied to the role
- * at once. A tailscaled hiccup (error, timeout) is logged and the session goes on: the
- * caller was authorised at connect time and the next tick checks again. */
+ * at once, except that a narrowing on a server that cannot forbid SET ROLE to the
+ * caller's groups (PostgreSQL 14/15) ends the session: it may be acting as a group whose
+ * rights the new grant no longer gives, and nothing Waypoint can do to the role takes
+ * that back. A tailscaled hiccup is sess_unconfirmed()'s. */
 static int sess_revalidate(void *arg, wp_error *err)
 {
     sess *s = arg;
@@ -978,19 +1089,20 @@ static int sess_revalidate(void *arg, wp_error *err)
     wp_error e;
     wp_error_clear(&e);
     wp_status st = ts_whois(s->env->ts, s->peer, &id, &e);
-    if (st != WP_OK && st != WP_ERR_NOT_FOUND) {
-        log_kv(WP_LOG_WARN, "revalidation_failed", "listener", s->lc->name, "peer", s->peer, "user",
-               sess_login(s), "reason", e.detail[0] ? e.detail : wp_status_str(st), (char *)NULL);
-        obs_revalidation(s->env->obs, s->lc->name, "tailscale_error");
-        return 0;
-    }
+    if (st != WP_OK && st != WP_ERR_NOT_FOUND)
+        return sess_unconfirmed(s, st, &e, err);
+    s->confirmed_ms = wp_now_ms();
     grant_effective *g = NULL;
     const char *result = "unchanged";
     int revoked = st == WP_ERR_NOT_FOUND || strcmp(id->stable_id, s->id->stable_id) != 0 ||
                   strcmp(id->login_name, s->id->login_name) != 0 ||
                   grant_resolve(id->cap_rules, s->lc->name, s->database,
                                 &s->env->cfg->default_limits, s->downgrade, &g, &e) != WP_OK;
-    if (!revoked && !sess_same_grant(g, s->grant)) {
+    int narrowed = !revoked && !sess_same_grant(g, s->grant) && grant_narrows(s->grant, g) &&
+                   prov_groups_settable(s->lsn->prov);
+    if (narrowed) {
+        result = "narrowed";
+    } else if (!revoked && !sess_same_grant(g, s->grant)) {
         prov_lease *lease = NULL;
         if (prov_ensure_role(s->lsn->prov, s->id, s->database, g, &lease, &e) == WP_OK) {
             prov_lease_release(lease);
@@ -1008,19 +1120,28 @@ static int sess_revalidate(void *arg, wp_error *err)
     id_free(id);
     obs_revalidation(s->env->obs, s->lc->name, revoked ? "revoked" : result);
     if (revoked) {
+        s->tick_end = "revoked";
         sess_pool_forget(s); /* the caller's parked sessions go with the grant */
         wp_error_set(err, WP_SQLSTATE_INVALID_AUTH, "%s",
                      "terminating connection: access through Waypoint was revoked");
+    } else if (narrowed) {
+        s->tick_end = "narrowed";
+        log_kv(WP_LOG_INFO, "grant_narrowed", "listener", s->lc->name, "user", sess_login(s),
+               "role", s->role, "action", "session ended: this server allows SET ROLE to groups",
+               (char *)NULL);
+        wp_error_set(err, WP_SQLSTATE_INVALID_AUTH, "%s",
+                     "terminating connection: the Waypoint grant was narrowed; reconnect to "
+                     "continue with the new grant");
     }
-    return revoked;
+    return revoked || narrowed;
 }
 
 /* Whether an end by authority also takes the role's own access away (until the
- * caller's next authorized connect): when access was withdrawn, not when a limit or the
- * drain ended the session. */
-static int sess_end_locks_out(relay_end why)
+ * caller's next authorized connect): when access was withdrawn, not when a limit, the
+ * drain, a narrowing or an unreachable tailscaled ended the session. */
+static int sess_end_locks_out(const sess *s, relay_end why)
 {
-    return why == RELAY_TICK_STOP;
+    return why == RELAY_TICK_STOP && s->tick_end && strcmp(s->tick_end, "revoked") == 0;
 }
 
 /* Waypoint's end of the backend connection, as the backend sees its client. */
@@ -1055,7 +1176,7 @@ static int sess_stop_backend(void *arg, relay_end why)
     wp_error_clear(&le);
     wp_status st = prov_stop_backend(s->lsn->prov, s->role, s->database, &ref, deadline, &e);
     const char *locked = "no";
-    if (sess_end_locks_out(why))
+    if (sess_end_locks_out(s, why))
         locked =
             prov_lock_out_role(s->lsn->prov, s->role, s->database, &le) == WP_OK ? "yes" : "failed";
     log_kv(st == WP_OK && strcmp(locked, "failed") != 0 ? WP_LOG_INFO : WP_LOG_WARN,
@@ -1121,8 +1242,10 @@ static void sess_relay(sess *s)
     wp_error_clear(&e);
     if (relay_end_by_authority(s->rr.end))
         sess_end_message(s, &e);
-    if (e.sqlstate[0] && s->rr.at_boundary && pgw_build_error(&s->out, &e) == WP_OK)
+    if (e.sqlstate[0] && s->rr.at_boundary && pgw_build_error(&s->out, &e) == WP_OK) {
+        s->told = 1;
         (void)sess_flush(s);
+    }
 }
 
 /* ------------------------------------------------------------- 8. end ---- */
@@ -1135,6 +1258,8 @@ static const char *sess_outcome(const sess *s)
         (s->rr.end == RELAY_CLIENT_CLOSED || s->rr.end == RELAY_BACKEND_CLOSED ||
          s->rr.end == RELAY_CLIENT_TERMINATE))
         return "ok";
+    if (s->rr.end == RELAY_TICK_STOP && s->tick_end)
+        return s->tick_end;
     return relay_end_str(s->rr.end);
 }
 
@@ -1154,29 +1279,61 @@ static void sess_log_end(sess *s)
     sess_obs_ended(s, sess_outcome(s));
 }
 
+/* After a FATAL: closing a socket that still holds unread client input makes the kernel
+ * answer with a reset, and a client that is still sending then fails its next write (or
+ * loses what it had not read) instead of reading why its session ended. So the write
+ * side is shut down first (a FIN after the FATAL) and whatever the client still sends is
+ * read and thrown away until it closes, for a short bounded time. */
+static void sess_linger(sess *s)
+{
+    if (shutdown(s->fd, SHUT_WR) != 0)
+        return;
+    int64_t deadline = wp_now_ms() + SESS_LINGER_MS;
+    char sink[4096];
+    for (size_t total = 0; total < SESS_LINGER_MAX;) {
+        if (io_wait_fd(s->fd, POLLIN, deadline) != WP_OK)
+            return;
+        ssize_t n = recv(s->fd, sink, sizeof(sink), MSG_DONTWAIT);
+        if (n == 0)
+            return;
+        if (n < 0) {
+            if (errno == EAGAIN || errno == EWOULDBLOCK || errno == EINTR)
+                continue;
+            return;
+        }
+        total += (size_t)n;
+    }
+}
+
 static void sess_end(sess *s, int relayed)
 {
     /* The client's cancel key goes before the backend can be parked: once parked, the
      * backend may serve another connection, which the old key must not reach. */
-    if (s->wp_pid)
-        cancel_unregister(s->env->cancel, s->wp_pid);
-    s->wp_pid = 0;
+    if (s->keyed)
+        cancel_unregister(s->env->cancel, s->bk.backend_pid, s->wp_key);
+    s->keyed = 0;
     if (relayed) {
         sess_touch_if_due(s, wp_now_ms()); /* before parking: the entry carries the time */
-        sess_park(s);
+        if (!sess_park(s))
+            sess_settle_backend(s);
+        prov_session_ended(s->lsn->prov, s->role, s->database); /* self-set password */
         sess_log_end(s);
     }
     sessreg_remove(obs_sessions(s->env->obs), s->reg);
     adm_release(s->env->admit, s->lc->name, s->adm_key, s->adm);
     id_free(s->early_id);
-    if (s->user_counted)
+    if (s->user_counted == 2)
+        fleet_release(s->env->fleet, sess_user_key(s->id));
+    else if (s->user_counted)
         sess_users_release(s->env->users, sess_user_key(s->id));
     if (s->up_open)
         up_close(&s->up);
-    if (s->tls) {
+    if (s->tls)
         io_shutdown(&s->cio);
+    if (s->told)
+        sess_linger(s);
+    if (s->tls)
         tls_io_free(&s->cio);
-    }
     close(s->fd);
     pool_session_clear(&s->ps);
     sess_pool_key_free(s);

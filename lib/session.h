@@ -16,6 +16,7 @@
 #include "admit.h"
 #include "cancel.h"
 #include "config.h"
+#include "fleet.h"
 #include "obs.h"
 #include "pool.h"
 #include "provision.h"
@@ -36,6 +37,7 @@ typedef struct sess_env {
     sess_listener *listeners; /* cfg->nlisteners entries, in cfg order */
     cancel_map *cancel;       /* process-wide */
     sess_users *users;        /* process-wide live-connection counts per caller */
+    fleet *fleet;             /* [redis]: counts shared by the fleet; NULL = per instance */
     pool *pool;               /* process-wide parked backend sessions; NULL = none */
     adm_table *admit;         /* process-wide unstarted connections per peer */
     uint64_t generation;      /* this environment's number: parked sessions stay in theirs */

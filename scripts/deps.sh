@@ -6,7 +6,7 @@ set -eu
 
 PKGS="build-essential cmake pkg-config git
 libmbedtls-dev libpq-dev libcurl4-openssl-dev libinih-dev libjansson-dev
-libpg-query-dev libcmocka-dev libmicrohttpd-dev
+libpg-query-dev libcmocka-dev libmicrohttpd-dev libhiredis-dev redis-server
 postgresql postgresql-client pgbouncer python3 openssl procps iproute2 prometheus curl
 clang libclang-rt-14-dev"
 

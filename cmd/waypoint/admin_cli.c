@@ -1,13 +1,20 @@
 /*
  * admin_cli: the `waypoint sessions` and `waypoint kill` subcommands.
  *
- *   waypoint sessions [-config PATH | -socket PATH] [-json]
+ *   waypoint sessions [-fleet] [-config PATH | -socket PATH] [-json]
  *   waypoint kill (-login LOGIN | -session ID) [-config PATH | -socket PATH] [-json]
+ *   waypoint kill -fleet -login LOGIN [-config PATH | -socket PATH] [-json]
  *
  * They talk to a running Waypoint over its admin socket ([admin] socket in the config,
  * or -socket). Flags are Go-style like the daemon's (one or two dashes, value as the
- * next argument or after '='). Exit status: 0 done, 1 the request failed (no socket, an
- * error answer, or kill matched no session), 2 usage error.
+ * next argument or after '='). -fleet asks every instance sharing the [redis] (lib/fleet.c)
+ * through the local one. Exit status: 0 done, 1 the request failed (no socket, an error
+ * answer, kill matched no session, or a live instance did not answer), 2 usage error.
+ *
+ * Only [admin] socket is read from the config (cfg_admin_socket): an operator's shell
+ * need not hold the secrets the daemon's ${VAR}s expand to. The table prints values a
+ * node's owner chooses (its name), so control characters are escaped before they reach
+ * the terminal; -json prints the daemon's answer as is (JSON escapes them itself).
  */
 #include "admin_cli.h"
 
@@ -21,14 +28,16 @@
 
 typedef struct admin_cli {
     const char *config, *socket, *login, *session;
-    bool json;
+    bool json, fleet;
 } admin_cli;
 
 static void admin_usage(FILE *out)
 {
-    fputs("usage: waypoint sessions [-config PATH | -socket PATH] [-json]\n"
+    fputs("usage: waypoint sessions [-fleet] [-config PATH | -socket PATH] [-json]\n"
           "       waypoint kill (-login LOGIN | -session ID) [-config PATH | -socket PATH] "
           "[-json]\n"
+          "       waypoint kill -fleet -login LOGIN [-config PATH | -socket PATH] [-json]\n"
+          "  -fleet         every instance sharing this one's [redis], not only this one\n"
           "  -socket PATH   the admin socket (default: [admin] socket of the config file)\n"
           "  -config PATH   configuration file to read [admin] socket from "
           "(default ./waypoint.toml)\n"
@@ -60,8 +69,8 @@ static int admin_parse(int argc, char **argv, bool kill, admin_cli *c)
             return -1;
         }
         const char *a = argv[i] + (argv[i][1] == '-' ? 2 : 1);
-        if (strcmp(a, "json") == 0) {
-            c->json = true;
+        if (strcmp(a, "json") == 0 || strcmp(a, "fleet") == 0) {
+            *(strcmp(a, "json") == 0 ? &c->json : &c->fleet) = true;
             continue;
         }
         if ((r = admin_flag(argc, argv, &i, "config", &c->config)) == 0 &&
@@ -81,6 +90,10 @@ static int admin_parse(int argc, char **argv, bool kill, admin_cli *c)
         fprintf(stderr, "waypoint kill: give exactly one of -login or -session\n");
         return -1;
     }
+    if (kill && c->fleet && c->session) {
+        fprintf(stderr, "waypoint kill -fleet: session ids are per instance; use -login\n");
+        return -1;
+    }
     return 0;
 }
 
@@ -90,20 +103,19 @@ static char *admin_socket_path(const admin_cli *c)
     if (c->socket)
         return strdup(c->socket);
     cfg_diag diag = {0};
-    wp_config *cfg = cfg_load(c->config, &diag);
-    for (size_t i = 0; !cfg && i < diag.nerrors; i++)
+    char *p = NULL;
+    int rc = cfg_admin_socket(c->config, &p, &diag);
+    for (size_t i = 0; rc != 0 && i < diag.nerrors; i++)
         fprintf(stderr, "%s\n", diag.errors[i]);
     cfg_diag_free(&diag);
-    if (!cfg) {
+    if (rc != 0) {
         fprintf(stderr, "waypoint: cannot read the admin socket path from %s (use -socket)\n",
                 c->config);
         return NULL;
     }
-    char *p = cfg->admin_socket ? strdup(cfg->admin_socket) : NULL;
-    if (!cfg->admin_socket)
+    if (!p)
         fprintf(stderr, "waypoint: %s has no [admin] socket; set it (and restart) or use -socket\n",
                 c->config);
-    cfg_unref(cfg);
     return p;
 }
 
@@ -113,29 +125,95 @@ static const char *jstr(const json_t *o, const char *k)
     return v && *v ? v : "-";
 }
 
-static void print_sessions(const json_t *list)
+/* v with what a terminal would act on made visible: C0 controls and DEL as \n, \r, \t or
+ * \xNN, C1 controls (U+0080..U+009F, UTF-8 C2 80..C2 9F) as \u00NN, a backslash as \\
+ * (so an escape in the output always means one). Writes at most outsz - 1 bytes; a value
+ * cut short ends in "...". */
+static const char *term_safe(const char *v, char *out, size_t outsz)
 {
+    size_t o = 0;
+    for (const unsigned char *p = (const unsigned char *)v; *p; p++) {
+        char esc[8];
+        size_t n;
+        if (*p == '\\')
+            n = (size_t)snprintf(esc, sizeof(esc), "\\\\");
+        else if (*p == '\n' || *p == '\r' || *p == '\t')
+            n = (size_t)snprintf(esc, sizeof(esc), "\\%c",
+                                 *p == '\n'   ? 'n'
+                                 : *p == '\r' ? 'r'
+                                              : 't');
+        else if (*p < 0x20 || *p == 0x7f)
+            n = (size_t)snprintf(esc, sizeof(esc), "\\x%02x", *p);
+        else if (*p == 0xc2 && p[1] >= 0x80 && p[1] <= 0x9f)
+            n = (size_t)snprintf(esc, sizeof(esc), "\\u%04x", *++p);
+        else
+            esc[0] = (char)*p, n = 1;
+        if (o + n + 4 > outsz) {
+            snprintf(out + o, outsz - o, "...");
+            return out;
+        }
+        memcpy(out + o, esc, n);
+        o += n;
+    }
+    out[o] = '\0';
+    return out;
+}
+
+/* jstr() made safe for a terminal, in buf. */
+#define TSTR(o, k, buf) term_safe(jstr(o, k), buf, sizeof(buf))
+
+/* The instance column of a fleet listing (empty for a local one). */
+static void print_instance(const json_t *e, bool all)
+{
+    char buf[256];
+    if (all)
+        printf("%-36s ", TSTR(e, "instance", buf));
+}
+
+static void print_sessions(const json_t *list, bool all)
+{
+    if (all)
+        printf("%-36s ", "INSTANCE");
     printf("%-6s %-28s %-30s %-28s %-14s %-24s %-3s %-20s %10s %10s %s\n", "ID", "LOGIN", "NODE",
            "ROLE", "DATABASE", "PRESETS", "TLS", "SINCE", "BYTES_IN", "BYTES_OUT", "STATE");
     size_t i;
     json_t *e;
     json_array_foreach(list, i, e)
     {
-        printf("%-6lld %-28s %-30s %-28s %-14s %-24s %-3s %-20s %10lld %10lld %s\n",
-               (long long)json_integer_value(json_object_get(e, "id")), jstr(e, "login"),
-               jstr(e, "node"), jstr(e, "role"), jstr(e, "database"), jstr(e, "presets"),
-               json_is_true(json_object_get(e, "tls")) ? "yes" : "no", jstr(e, "since"),
-               (long long)json_integer_value(json_object_get(e, "bytes_in")),
-               (long long)json_integer_value(json_object_get(e, "bytes_out")), jstr(e, "state"));
+        char login[1024], node[1024], role[256], db[512], presets[1024], since[64], st[64];
+        print_instance(e, all);
+        printf(
+            "%-6lld %-28s %-30s %-28s %-14s %-24s %-3s %-20s %10lld %10lld %s\n",
+            (long long)json_integer_value(json_object_get(e, "id")), TSTR(e, "login", login),
+            TSTR(e, "node", node), TSTR(e, "role", role), TSTR(e, "database", db),
+            TSTR(e, "presets", presets), json_is_true(json_object_get(e, "tls")) ? "yes" : "no",
+            TSTR(e, "since", since), (long long)json_integer_value(json_object_get(e, "bytes_in")),
+            (long long)json_integer_value(json_object_get(e, "bytes_out")), TSTR(e, "state", st));
     }
+}
+
+/* Live instances that did not answer a fleet request: named on stderr. */
+static size_t fleet_unanswered(const json_t *reply)
+{
+    size_t i, n = 0;
+    json_t *e;
+    json_array_foreach(json_object_get(reply, "instances"), i, e)
+    {
+        if (!json_is_false(json_object_get(e, "answered")))
+            continue;
+        fprintf(stderr, "waypoint: instance %s (host %s) is alive but did not answer\n",
+                jstr(e, "instance"), jstr(e, "host"));
+        n++;
+    }
+    return n;
 }
 
 static json_t *admin_request(const admin_cli *c, bool kill)
 {
     if (!kill)
-        return json_pack("{s:s}", "cmd", "sessions");
+        return json_pack("{s:s,s:b}", "cmd", "sessions", "fleet", c->fleet);
     if (c->login)
-        return json_pack("{s:s,s:s}", "cmd", "kill", "login", c->login);
+        return json_pack("{s:s,s:s,s:b}", "cmd", "kill", "login", c->login, "fleet", c->fleet);
     char *end = NULL;
     long long id = strtoll(c->session, &end, 10);
     if (!end || *end || id <= 0) {
@@ -155,13 +233,18 @@ static int admin_report(const admin_cli *c, bool kill, json_t *reply)
         free(s);
     }
     if (!json_is_true(json_object_get(reply, "ok"))) {
-        fprintf(stderr, "waypoint: %s\n", jstr(reply, "error"));
+        char why[1024];
+        fprintf(stderr, "waypoint: %s\n", TSTR(reply, "error", why));
         return 1;
     }
+    size_t missing = c->fleet ? fleet_unanswered(reply) : 0;
     if (!kill) {
         if (!c->json)
-            print_sessions(json_object_get(reply, "sessions"));
-        return 0;
+            print_sessions(json_object_get(reply, "sessions"), c->fleet);
+        if (!c->json && c->fleet)
+            printf("%zu instance(s) in the fleet\n",
+                   json_array_size(json_object_get(reply, "instances")));
+        return missing ? 1 : 0;
     }
     size_t n = json_array_size(json_object_get(reply, "killed"));
     long long left = (long long)json_integer_value(json_object_get(reply, "still_open"));
@@ -169,7 +252,7 @@ static int admin_report(const admin_cli *c, bool kill, json_t *reply)
         printf("ended %zu session(s)%s\n", n - (size_t)left, left ? ", some still closing" : "");
     if (n == 0)
         fprintf(stderr, "waypoint kill: no matching session\n");
-    return n == 0 || left > 0 ? 1 : 0;
+    return n == 0 || left > 0 || missing ? 1 : 0;
 }
 
 int admin_cli_main(int argc, char **argv)

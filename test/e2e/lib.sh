@@ -198,16 +198,49 @@ TOML
 # Starts waypoint on $T/waypoint.toml and waits for its "ready" line.
 e2e_waypoint() {
     [ -f "$T/waypoint.toml" ] || e2e_config
-    : >"$T/waypoint.log"
-    E2E_ADMIN_PASSWORD=adminpw "$WAYPOINT" -config "$T/waypoint.toml" 2>>"$T/waypoint.log" &
+    e2e_instance waypoint
+}
+
+# e2e_instance NAME: starts a waypoint on $T/NAME.toml, logging to $T/NAME.log (tests
+# that run several instances name the others), and waits for its "ready" line; its pid
+# goes to WP_PID.
+e2e_instance() {
+    local name=$1
+    : >"$T/$name.log"
+    E2E_ADMIN_PASSWORD=adminpw "$WAYPOINT" -config "$T/$name.toml" 2>>"$T/$name.log" &
     WP_PID=$!
     E2E_PIDS+=("$WP_PID")
     local deadline=$((SECONDS + 30))
-    until grep -q 'event=ready' "$T/waypoint.log"; do
-        kill -0 "$WP_PID" 2>/dev/null || fail "waypoint exited during startup: $(cat "$T/waypoint.log")"
-        [ "$SECONDS" -lt "$deadline" ] || fail "waypoint did not become ready"
+    until grep -q 'event=ready' "$T/$name.log"; do
+        kill -0 "$WP_PID" 2>/dev/null || fail "waypoint $name exited during startup: $(cat "$T/$name.log")"
+        [ "$SECONDS" -lt "$deadline" ] || fail "waypoint $name did not become ready"
         sleep 0.05
     done
+}
+
+# ------------------------------------------------------------------ redis ----
+
+# e2e_redis [redis-server options]: a real redis-server on a free loopback port (kept in
+# REDIS_PORT, so calling it again restarts on the same address), without persistence:
+# a restart comes back empty. Its pid goes to REDIS_PID. E2E_REDIS_PASSWORD, when set,
+# is what redis_cli authenticates with.
+e2e_redis() {
+    REDIS_PORT=${REDIS_PORT:-$(free_port)}
+    mkdir -p "$T/redis"
+    redis-server --bind 127.0.0.1 --port "$REDIS_PORT" --dir "$T/redis" --save '' \
+        --appendonly no "$@" >>"$T/redis/redis.log" 2>&1 &
+    REDIS_PID=$!
+    E2E_PIDS+=("$REDIS_PID")
+    e2e_wait 15 "redis-server on port $REDIS_PORT" 'redis_cli PING | grep -q PONG'
+}
+
+redis_cli() {
+    REDISCLI_AUTH=${E2E_REDIS_PASSWORD:-} redis-cli -h 127.0.0.1 -p "$REDIS_PORT" "$@"
+}
+
+# Stops the redis-server started by e2e_redis (SIGKILL: nothing is saved anyway).
+e2e_redis_stop() {
+    { kill -KILL "$REDIS_PID" && wait "$REDIS_PID"; } 2>/dev/null || true
 }
 
 # The conninfo for a client of the proxy. Extra "key=value" words are appended.

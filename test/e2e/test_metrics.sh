@@ -15,7 +15,7 @@ cp "$E2E_SRC/etc/prometheus/prometheus.yml" "$E2E_SRC/etc/prometheus/waypoint-ru
 out=$(promtool check config "$T/prometheus.yml" 2>&1) || fail "promtool check config: $out"
 pass "etc/prometheus/prometheus.yml passes promtool check config"
 out=$(promtool check rules "$T/waypoint-rules.yml" 2>&1) || fail "promtool check rules: $out"
-assert_contains "$out" "SUCCESS: 6 rules found" "etc/prometheus/waypoint-rules.yml passes promtool check rules"
+assert_contains "$out" "SUCCESS: 7 rules found" "etc/prometheus/waypoint-rules.yml passes promtool check rules"
 out=$(promtool test rules "$E2E_SRC/test/e2e/waypoint-rules.test.yml" 2>&1) || fail "promtool test rules: $out"
 pass "alert rules fire on the series they are written for (promtool test rules)"
 

@@ -6,6 +6,9 @@
  *
  * 1. Binds N TCP sockets to HOST:0 and writes their local ports to DIR/ports, one per
  *    line (atomically), so the test can map them (or not) in the stand-in's proxymap.
+ *    With WP_FLOOD_SOURCES set (a comma-separated list of local addresses, e.g.
+ *    "127.0.1.1,127.0.1.2"), socket i is bound to source i modulo the list instead, so
+ *    one flood comes from many addresses.
  * 2. Waits for DIR/go, connects all N to HOST:PORT and sends nothing; writes
  *    DIR/connected.
  * 3. Waits for DIR/probe, then tells for each socket what Waypoint did with it, one line
@@ -13,6 +16,7 @@
  *    "E <sqlstate> <message>", "R" (authentication request: let in) or "closed".
  * Waiting is polling for a file with a deadline (60 s for each step).
  */
+#include <arpa/inet.h>
 #include <errno.h>
 #include <netdb.h>
 #include <poll.h>
@@ -87,6 +91,38 @@ static void probe(int fd)
     pgw_buf_free(&in);
 }
 
+#define FLOOD_SOURCES_MAX 256
+
+/* WP_FLOOD_SOURCES parsed into sockaddrs of dst's family; 0 sources = bind HOST:0. */
+static int flood_sources(const struct addrinfo *dst, struct sockaddr_storage *out, int max)
+{
+    const char *env = getenv("WP_FLOOD_SOURCES");
+    if (!env || !*env)
+        return 0;
+    char buf[8192];
+    snprintf(buf, sizeof(buf), "%s", env);
+    int n = 0;
+    for (char *save = NULL, *tok = strtok_r(buf, ",", &save); tok;
+         tok = strtok_r(NULL, ",", &save)) {
+        if (n == max)
+            return -1;
+        memset(&out[n], 0, sizeof(out[n]));
+        if (dst->ai_family == AF_INET) {
+            struct sockaddr_in *a = (struct sockaddr_in *)&out[n];
+            a->sin_family = AF_INET;
+            if (inet_pton(AF_INET, tok, &a->sin_addr) != 1)
+                return -1;
+        } else {
+            struct sockaddr_in6 *a = (struct sockaddr_in6 *)&out[n];
+            a->sin6_family = AF_INET6;
+            if (inet_pton(AF_INET6, tok, &a->sin6_addr) != 1)
+                return -1;
+        }
+        n++;
+    }
+    return n;
+}
+
 int main(int argc, char **argv)
 {
     int n = argc == 5 ? atoi(argv[3]) : 0;
@@ -100,6 +136,14 @@ int main(int argc, char **argv)
         fprintf(stderr, "wp_flood: cannot resolve %s\n", argv[1]);
         return 2;
     }
+    static struct sockaddr_storage srcs[FLOOD_SOURCES_MAX];
+    int nsrc = flood_sources(dst, srcs, FLOOD_SOURCES_MAX);
+    if (nsrc < 0) {
+        fprintf(stderr,
+                "wp_flood: WP_FLOOD_SOURCES must list at most %d addresses of %s's family\n",
+                FLOOD_SOURCES_MAX, argv[1]);
+        return 2;
+    }
     static int fds[FLOOD_MAX];
     size_t cap = (size_t)n * 8 + 1, len = 0;
     char *ports = calloc(1, cap);
@@ -107,7 +151,11 @@ int main(int argc, char **argv)
         struct sockaddr_storage ss;
         socklen_t sl = sizeof(ss);
         fds[i] = socket(src->ai_family, SOCK_STREAM, 0);
-        if (fds[i] < 0 || bind(fds[i], src->ai_addr, src->ai_addrlen) != 0 ||
+        const struct sockaddr *sa = nsrc ? (const struct sockaddr *)&srcs[i % nsrc] : src->ai_addr;
+        socklen_t salen = !nsrc                       ? src->ai_addrlen
+                          : dst->ai_family == AF_INET ? (socklen_t)sizeof(struct sockaddr_in)
+                                                      : (socklen_t)sizeof(struct sockaddr_in6);
+        if (fds[i] < 0 || bind(fds[i], sa, salen) != 0 ||
             getsockname(fds[i], (struct sockaddr *)&ss, &sl) != 0) {
             perror("wp_flood: bind");
             return 2;

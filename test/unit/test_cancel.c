@@ -34,10 +34,9 @@ static void test_register_lookup(void **state)
     cancel_map *m = cancel_map_new();
     assert_non_null(m);
     cancel_target t = target(4242, "alice@example.com", "nALICE"), got;
-    uint32_t pid;
+    uint32_t pid = 4242; /* the backend's own pid is the client's */
     unsigned char key[CANCEL_KEY_LEN];
-    assert_int_equal(cancel_register(m, &t, &pid, key), WP_OK);
-    assert_true(pid > 0 && pid <= 0x7fffffffu);
+    assert_int_equal(cancel_register(m, &t, key), WP_OK);
     assert_int_equal(cancel_map_size(m), 1);
 
     memset(&got, 0, sizeof(got));
@@ -48,7 +47,7 @@ static void test_register_lookup(void **state)
     assert_string_equal(got.host, "127.0.0.1");
     assert_int_equal(got.port, 5432);
 
-    cancel_unregister(m, pid);
+    cancel_unregister(m, pid, key);
     assert_int_equal(cancel_map_size(m), 0);
     assert_int_equal(cancel_lookup(m, pid, key, sizeof(key), "alice@example.com", "nALICE", &got),
                      WP_ERR_NOT_FOUND);
@@ -60,9 +59,9 @@ static void test_lookup_refuses_mismatch(void **state)
     (void)state;
     cancel_map *m = cancel_map_new();
     cancel_target t = target(7, "alice@example.com", "nALICE"), got;
-    uint32_t pid;
+    uint32_t pid = 7;
     unsigned char key[CANCEL_KEY_LEN], bad[CANCEL_KEY_LEN];
-    assert_int_equal(cancel_register(m, &t, &pid, key), WP_OK);
+    assert_int_equal(cancel_register(m, &t, key), WP_OK);
     memcpy(bad, key, sizeof(bad));
     bad[3] ^= 1;
     assert_int_equal(cancel_lookup(m, pid, bad, sizeof(bad), "alice@example.com", "nALICE", &got),
@@ -82,22 +81,47 @@ static void test_lookup_refuses_mismatch(void **state)
     cancel_map_free(m);
 }
 
+/* One backend reused by successive clients: each gets its own secret for the same pid,
+ * and once an earlier client's entry is gone its key reaches nothing, while the current
+ * client's still does. */
+static void test_reused_backend(void **state)
+{
+    (void)state;
+    cancel_map *m = cancel_map_new();
+    cancel_target t = target(31337, "alice@example.com", "nALICE"), got;
+    unsigned char first[CANCEL_KEY_LEN], second[CANCEL_KEY_LEN];
+    assert_int_equal(cancel_register(m, &t, first), WP_OK);
+    cancel_unregister(m, 31337, first);
+    assert_int_equal(cancel_register(m, &t, second), WP_OK);
+    assert_memory_not_equal(first, second, CANCEL_KEY_LEN);
+    assert_int_equal(
+        cancel_lookup(m, 31337, first, sizeof(first), "alice@example.com", "nALICE", &got),
+        WP_ERR_NOT_FOUND);
+    assert_int_equal(
+        cancel_lookup(m, 31337, second, sizeof(second), "alice@example.com", "nALICE", &got),
+        WP_OK);
+    cancel_map_free(m);
+}
+
+/* Many entries of one pid (a backend pid seen on two listeners' servers, say): every
+ * secret is distinct and each entry is found and removed by its own pair. */
 static void test_keys_unique(void **state)
 {
     (void)state;
     cancel_map *m = cancel_map_new();
-    enum { N = 5000 };
-    static uint32_t pids[N];
-    cancel_target t = target(1, "a", "n");
-    unsigned char key[CANCEL_KEY_LEN];
+    enum { N = 3000 };
+    static unsigned char keys[N][CANCEL_KEY_LEN];
+    cancel_target t = target(1, "a", "n"), got;
     for (int i = 0; i < N; i++)
-        assert_int_equal(cancel_register(m, &t, &pids[i], key), WP_OK);
+        assert_int_equal(cancel_register(m, &t, keys[i]), WP_OK);
     assert_int_equal(cancel_map_size(m), N);
     for (int i = 0; i < N; i++)
         for (int k = i + 1; k < N; k++)
-            assert_true(pids[i] != pids[k]);
-    for (int i = 0; i < N; i++)
-        cancel_unregister(m, pids[i]);
+            assert_memory_not_equal(keys[i], keys[k], CANCEL_KEY_LEN);
+    for (int i = 0; i < N; i++) {
+        assert_int_equal(cancel_lookup(m, 1, keys[i], CANCEL_KEY_LEN, "a", "n", &got), WP_OK);
+        cancel_unregister(m, 1, keys[i]);
+    }
     assert_int_equal(cancel_map_size(m), 0);
     cancel_map_free(m);
 }
@@ -115,13 +139,13 @@ static void *worker(void *p)
     snprintf(login, sizeof(login), "user%d", a->id);
     for (int i = 0; i < 2000; i++) {
         cancel_target t = target((uint32_t)i, login, "node"), got;
-        uint32_t pid;
+        uint32_t pid = (uint32_t)i;
         unsigned char key[CANCEL_KEY_LEN];
-        if (cancel_register(a->m, &t, &pid, key) != WP_OK ||
+        if (cancel_register(a->m, &t, key) != WP_OK ||
             cancel_lookup(a->m, pid, key, sizeof(key), login, "node", &got) != WP_OK ||
             got.backend_pid != (uint32_t)i)
             a->failures++;
-        cancel_unregister(a->m, pid);
+        cancel_unregister(a->m, pid, key);
     }
     return NULL;
 }
@@ -147,9 +171,8 @@ static void test_concurrent(void **state)
 int main(void)
 {
     const struct CMUnitTest tests[] = {
-        cmocka_unit_test(test_register_lookup),
-        cmocka_unit_test(test_lookup_refuses_mismatch),
-        cmocka_unit_test(test_keys_unique),
+        cmocka_unit_test(test_register_lookup), cmocka_unit_test(test_lookup_refuses_mismatch),
+        cmocka_unit_test(test_reused_backend),  cmocka_unit_test(test_keys_unique),
         cmocka_unit_test(test_concurrent),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);

@@ -259,6 +259,7 @@ static void test_defaults(void **state)
     assert_int_equal(c->whois_timeout_ms, 2000);
     assert_false(c->allow_raw_sql);
     assert_int_equal(c->cleanup_interval_ms, 10 * 60 * 1000);
+    assert_int_equal(c->admin_idle_timeout_ms, 60 * 1000);
     assert_int_equal(c->revalidation_interval_ms, 60 * 1000);
     assert_int_equal(c->default_limits.max_conns_per_user, 0);
     assert_int_equal(c->startup_timeout_ms, 10000);
@@ -287,6 +288,7 @@ static void test_every_key_set(void **state)
     char *t = mk("[tailscale]\nsocket = \"/run/ts.sock\"\ncapability = \"example.com/cap/x\"\n"
                  "whois_timeout = \"500ms\"\n"
                  "[provisioning]\nallow_raw_sql = true\ncleanup_interval = \"0\"\n"
+                 "admin_idle_timeout = \"90s\"\n"
                  "[revalidation]\ninterval = 0\n"
                  "[defaults.limits]\nmax_conns_per_user = 5\nmax_conn_duration = \"8h\"\n"
                  "max_bytes_per_conn = \"10GB\"\n"
@@ -305,6 +307,7 @@ static void test_every_key_set(void **state)
     assert_int_equal(c->whois_timeout_ms, 500);
     assert_true(c->allow_raw_sql);
     assert_int_equal(c->cleanup_interval_ms, 0);
+    assert_int_equal(c->admin_idle_timeout_ms, 90000);
     assert_int_equal(c->revalidation_interval_ms, 0);
     assert_int_equal(c->default_limits.max_conns_per_user, 5);
     assert_int_equal(c->default_limits.max_conn_duration_ms, 8 * 3600000);
@@ -393,6 +396,8 @@ static void test_value_types(void **state)
                       "must be a duration");
     expect_global_err("[tailscale]\nwhois_timeout = 30s\n", "whois_timeout", "must be a duration");
     expect_global_err("[tailscale]\nwhois_timeout = \"0\"\n", "whois_timeout",
+                      "must be greater than 0");
+    expect_global_err("[provisioning]\nadmin_idle_timeout = \"0\"\n", "admin_idle_timeout",
                       "must be greater than 0");
     expect_global_err("[tailscale]\nsocket = /run/x\n", "socket",
                       "must be a quoted string (got '/run/x')");
@@ -933,13 +938,92 @@ static void test_observability_keys(void **state)
     free(t);
 }
 
+/* [redis]: every key, defaults, ${VAR} in the password, and each refusal. */
+static void test_redis_section(void **state)
+{
+    (void)state;
+    char *t = mk("", "", "");
+    wp_config *c = load_ok(t);
+    assert_null(c->redis_address); /* no [redis]: no fleet */
+    assert_string_equal(c->redis_key_prefix, "waypoint:");
+    assert_int_equal(c->redis_instance_ttl_ms, 10000);
+    assert_int_equal(c->redis_heartbeat_interval_ms, 2000);
+    cfg_unref(c);
+    free(t);
+
+    setenv("WPT_REDIS_PW", "s3cret", 1);
+    t = mk("[redis]\naddress = \"127.0.0.1:6380\"\nusername = \"wp\"\n"
+           "password = \"${WPT_REDIS_PW}\"\ndb = 3\nkey_prefix = \"{wp}:\"\n"
+           "connect_timeout = \"250ms\"\ncommand_timeout = \"2s\"\n"
+           "heartbeat_interval = \"1s\"\ninstance_ttl = \"5s\"\npool_size = 4\n",
+           "", "");
+    c = load_ok(t);
+    assert_string_equal(c->redis_address, "127.0.0.1:6380");
+    assert_string_equal(c->redis_username, "wp");
+    assert_string_equal(c->redis_password, "s3cret");
+    assert_int_equal(c->redis_db, 3);
+    assert_string_equal(c->redis_key_prefix, "{wp}:");
+    assert_int_equal(c->redis_connect_timeout_ms, 250);
+    assert_int_equal(c->redis_command_timeout_ms, 2000);
+    assert_int_equal(c->redis_heartbeat_interval_ms, 1000);
+    assert_int_equal(c->redis_instance_ttl_ms, 5000);
+    assert_int_equal(c->redis_pool_size, 4);
+    char *dump_s = NULL;
+    size_t dump_len = 0;
+    FILE *f = open_memstream(&dump_s, &dump_len);
+    cfg_print(c, f);
+    fclose(f);
+    assert_non_null(strstr(dump_s, "[redis]"));
+    assert_null(strstr(dump_s, "s3cret")); /* the password is masked */
+    free(dump_s);
+    cfg_unref(c);
+    free(t);
+    unsetenv("WPT_REDIS_PW");
+
+    /* the tsnet edition's "addr" and a unix socket */
+    t = mk("[redis]\naddr = \"/run/redis/redis.sock\"\n", "", "");
+    c = load_ok(t);
+    assert_string_equal(c->redis_address, "/run/redis/redis.sock");
+    cfg_unref(c);
+    free(t);
+
+    static const struct {
+        const char *body;
+        int line;
+        const char *key, *problem;
+    } bad[] = {
+        {"db = 1\n", 1, NULL, "[redis] needs 'address'"},
+        {"address = \"localhost\"\n", 2, "address", "must be host:port"},
+        {"address = \"localhost:0\"\n", 2, "address", "port from 1 to 65535"},
+        {"address = \"[::1:6379\"\n", 2, "address", "must be host:port"},
+        {"address = \"relative.sock\"\n", 2, "address", "must be host:port"},
+        {"address = \"h:1\"\naddr = \"h:2\"\n", 3, "addr", "set together with 'address'"},
+        {"address = \"h:1\"\npassword = \"${WPT_REDIS_UNSET}\"\n", 3, "password", NULL},
+        {"address = \"h:1\"\nusername = \"u\"\n", 3, "username", "needs 'password'"},
+        {"address = \"h:1\"\nkey_prefix = \"\"\n", 3, "key_prefix", "must not be empty"},
+        {"address = \"h:1\"\nheartbeat_interval = \"6s\"\n", 3, "heartbeat_interval",
+         "at most half of instance_ttl"},
+        {"address = \"h:1\"\ninstance_ttl = \"10ms\"\n", 3, "instance_ttl", ""},
+        {"address = \"h:1\"\npool_size = 0\n", 3, "pool_size", ""},
+        {"address = \"h:1\"\nbogus = 1\n", 3, "bogus", "unknown key in [redis]"},
+    };
+    unsetenv("WPT_REDIS_UNSET");
+    for (size_t i = 0; i < sizeof(bad) / sizeof(bad[0]); i++) {
+        char body[256];
+        snprintf(body, sizeof(body), "[redis]\n%s", bad[i].body);
+        t = mk(body, "", "");
+        expect_err(t, bad[i].line, bad[i].key, bad[i].problem ? bad[i].problem : "WPT_REDIS_UNSET");
+        free(t);
+    }
+}
+
 static void test_tsnet_keys_warn(void **state)
 {
     (void)state;
     char *t = mk("[tailscale]\nhostname = \"waypoint\"\nstate_dir = \"/var/lib/waypoint\"\n"
                  "auth_key = \"${WPT_UNSET_AUTHKEY}\"\ncontrol_url = \"https://c\"\n"
                  "ephemeral = false\n"
-                 "[redis]\naddr = \"localhost:6379\"\npassword = \"x\"\n"
+                 "[redis.sentinel]\naddr = \"localhost:6379\"\npassword = \"x\"\n"
                  "[metrics]\nlisten = \"127.0.0.1:9090\"\n[telemetry]\n[otel]\nendpoint = \"e\"\n"
                  "[metrics.prometheus]\npath = \"/m\"\n",
                  "", "");
@@ -954,10 +1038,10 @@ static void test_tsnet_keys_warn(void **state)
         int line;
         const char *key, *what;
     } want[] = {
-        {2, "hostname", "[tailscale] hostname"},   {3, "state_dir", "[tailscale] state_dir"},
-        {4, "auth_key", "[tailscale] auth_key"},   {5, "control_url", "[tailscale] control_url"},
-        {6, "ephemeral", "[tailscale] ephemeral"}, {8, "addr", "[redis] addr"},
-        {9, "password", "[redis] password"},       {14, "endpoint", "[otel] endpoint"},
+        {2, "hostname", "[tailscale] hostname"},      {3, "state_dir", "[tailscale] state_dir"},
+        {4, "auth_key", "[tailscale] auth_key"},      {5, "control_url", "[tailscale] control_url"},
+        {6, "ephemeral", "[tailscale] ephemeral"},    {8, "addr", "[redis.sentinel] addr"},
+        {9, "password", "[redis.sentinel] password"}, {14, "endpoint", "[otel] endpoint"},
         {16, "path", "[metrics.prometheus] path"},
     };
     size_t nwant = sizeof(want) / sizeof(want[0]);
@@ -1135,6 +1219,61 @@ static void test_load_file(void **state)
     free(dir);
 }
 
+/* The admin CLI's read: only [admin] socket, nothing expanded or required, so a shell
+ * without the admin password's variable (or with a file the daemon would refuse for
+ * other reasons) still finds the socket; the file's syntax and the socket's own checks
+ * still apply. */
+static void test_admin_socket_only(void **state)
+{
+    (void)state;
+    char *dir = make_tmpdir();
+    unsetenv("WP_TEST_UNSET_SECRET");
+    setenv("WP_TEST_SOCKDIR", "/run/wp", 1);
+    char *path = write_file(dir, "waypoint.toml",
+                            "[admin]\nsocket = \"${WP_TEST_SOCKDIR}/admin.sock\"\n"
+                            "[[listeners]]\nname = \"pg\"\nlisten = \"127.0.0.1:5432\"\n"
+                            "mode = \"postgres\"\nbackend = \"127.0.0.1:5433\"\n"
+                            "[listeners.postgres]\nadmin_user = \"wp_admin\"\n"
+                            "admin_password = \"${WP_TEST_UNSET_SECRET}\"\n"
+                            "admin_database = \"appdb\"\n");
+    cfg_diag d = {0};
+    assert_null(cfg_load(path, &d)); /* the daemon needs the secret */
+    assert_true(has_msg(d.errors, d.nerrors, "", "WP_TEST_UNSET_SECRET"));
+    cfg_diag_free(&d);
+    char *sock = NULL;
+    assert_int_equal(cfg_admin_socket(path, &sock, &d), 0);
+    assert_int_equal(d.nerrors, 0);
+    assert_string_equal(sock, "/run/wp/admin.sock");
+    free(sock);
+
+    /* No [admin] socket: 0 and NULL; no listener needed either. */
+    char *none = write_file(dir, "none.toml", "[server]\nlog_level = \"nope\"\n");
+    assert_int_equal(cfg_admin_socket(none, &sock, &d), 0);
+    assert_null(sock);
+    /* The socket's own checks and the file's syntax still count. */
+    char *empty = write_file(dir, "empty.toml", "[admin]\nsocket = \"\"\n");
+    assert_int_equal(cfg_admin_socket(empty, &sock, &d), -1);
+    assert_true(has_msg(d.errors, d.nerrors, "", "must not be empty"));
+    cfg_diag_free(&d);
+    char *broken = write_file(dir, "broken.toml", "[admin]\nsocket = \"/x\n");
+    assert_int_equal(cfg_admin_socket(broken, &sock, &d), -1);
+    assert_null(sock);
+    cfg_diag_free(&d);
+    char *unset = write_file(dir, "unset.toml", "[admin]\nsocket = \"${WP_TEST_UNSET_SECRET}\"\n");
+    assert_int_equal(cfg_admin_socket(unset, &sock, &d), -1);
+    assert_true(has_msg(d.errors, d.nerrors, "", "WP_TEST_UNSET_SECRET"));
+    cfg_diag_free(&d);
+
+    char *files[] = {path, none, empty, broken, unset};
+    for (size_t i = 0; i < 5; i++) {
+        unlink(files[i]);
+        free(files[i]);
+    }
+    assert_int_equal(rmdir(dir), 0);
+    free(dir);
+    unsetenv("WP_TEST_SOCKDIR");
+}
+
 static void test_example_file(void **state)
 {
     (void)state;
@@ -1257,11 +1396,13 @@ int main(void)
         cmocka_unit_test(test_strings),
         cmocka_unit_test(test_env_interpolation),
         cmocka_unit_test(test_tsnet_keys_warn),
+        cmocka_unit_test(test_redis_section),
         cmocka_unit_test(test_all_errors_collected),
         cmocka_unit_test(test_observability_keys),
         cmocka_unit_test(test_refcount),
         cmocka_unit_test(test_print),
         cmocka_unit_test(test_load_file),
+        cmocka_unit_test(test_admin_socket_only),
         cmocka_unit_test(test_example_file),
         cmocka_unit_test(test_cli),
     };

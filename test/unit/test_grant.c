@@ -366,6 +366,39 @@ static void test_sql_templates(void **state)
     grant_free(g);
 }
 
+/* What a live grant change takes away (revalidation ends a session on 14/15 for it). */
+static int narrows(const char *from_db, const char *to_db)
+{
+    grant_effective *a, *b;
+    wp_error err;
+    char ra[512], rb[512];
+    snprintf(ra, sizeof(ra), "[" RULE("%s") "]", from_db);
+    snprintf(rb, sizeof(rb), "[" RULE("%s") "]", to_db);
+    assert_int_equal(resolve(ra, "appdb", GRANT_PRESET_NONE, &a, &err), WP_OK);
+    assert_int_equal(resolve(rb, "appdb", GRANT_PRESET_NONE, &b, &err), WP_OK);
+    int n = grant_narrows(a, b);
+    grant_free(a);
+    grant_free(b);
+    return n;
+}
+
+static void test_narrows(void **state)
+{
+    (void)state;
+    const char *rw = "{\"appdb\":{\"permissions\":[\"readwrite\"]}}";
+    const char *ro = "{\"appdb\":{\"permissions\":[\"readonly\"]}}";
+    const char *rw2 = "{\"appdb\":{\"permissions\":[\"readwrite\"],\"schemas\":[\"public\","
+                      "\"app\"]}}";
+    const char *sql = "{\"appdb\":{\"permissions\":[\"readwrite\"],\"sql\":[\"A\"]}}";
+    assert_true(narrows(rw, ro));   /* a weaker preset */
+    assert_false(narrows(ro, rw));  /* a wider one */
+    assert_false(narrows(rw, rw));  /* the same */
+    assert_true(narrows(rw2, rw));  /* a schema gone */
+    assert_false(narrows(rw, rw2)); /* a schema added */
+    assert_true(narrows(sql, rw));  /* a raw SQL grant gone */
+    assert_false(narrows(rw, sql));
+}
+
 static void test_parse_downgrade(void **state)
 {
     (void)state;
@@ -519,6 +552,7 @@ int main(void)
         cmocka_unit_test(test_malformed_rules),
         cmocka_unit_test(test_downgrade_resolve),
         cmocka_unit_test(test_sql_templates),
+        cmocka_unit_test(test_narrows),
         cmocka_unit_test(test_parse_downgrade),
         cmocka_unit_test(test_extract_downgrade),
         cmocka_unit_test(test_extract_invalid),

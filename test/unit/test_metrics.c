@@ -251,6 +251,38 @@ static void test_audit_record(void **state)
     json_decref(r);
 }
 
+static void bytes_are(const char *in, const char *want)
+{
+    json_t *j = obs_json_bytes(in);
+    assert_non_null(j);
+    assert_string_equal(json_string_value(j), want);
+    json_decref(j);
+}
+
+/* Any bytes make a JSON string: those not in a well-formed UTF-8 sequence become \xNN. */
+static void test_json_bytes(void **state)
+{
+    (void)state;
+    bytes_are("appdb", "appdb");
+    bytes_are("caf\xc3\xa9 \xe2\x82\xac \xf0\x9f\x90\x98",
+              "caf\xc3\xa9 \xe2\x82\xac \xf0\x9f\x90\x98");
+    bytes_are("nosuchdb_\xff", "nosuchdb_\\xff");
+    bytes_are("nosuchdb_\xe2\x82", "nosuchdb_\\xe2\\x82"); /* cut short at the end */
+    bytes_are("a\xe2\x82z", "a\\xe2\\x82z");               /* cut short in the middle */
+    bytes_are("\xc0\xaf", "\\xc0\\xaf");                   /* overlong '/' */
+    bytes_are("\xed\xa0\x80", "\\xed\\xa0\\x80");          /* a surrogate */
+    bytes_are("\xf4\x90\x80\x80", "\\xf4\\x90\\x80\\x80"); /* above U+10FFFF */
+    bytes_are("\x80\xc3\xa9\xfe", "\\x80\xc3\xa9\\xfe");   /* valid kept between */
+    bytes_are("", "");
+    /* A whole record with such a name encodes (it used to be "out of memory"). */
+    obs_conn c = {.event = "conn_refused", .database = "nosuchdb_\xff", .node = "n\xe2\x82"};
+    json_t *r = obs_audit_record(&c);
+    assert_non_null(r);
+    assert_string_equal(json_string_value(json_object_get(r, "database")), "nosuchdb_\\xff");
+    assert_string_equal(json_string_value(json_object_get(r, "node")), "n\\xe2\\x82");
+    json_decref(r);
+}
+
 static char *slurp(const char *path)
 {
     FILE *f = fopen(path, "r");
@@ -412,17 +444,12 @@ static void test_presets_str(void **state)
 int main(void)
 {
     const struct CMUnitTest tests[] = {
-        cmocka_unit_test(test_names),
-        cmocka_unit_test(test_format_double),
-        cmocka_unit_test(test_render_exact),
-        cmocka_unit_test(test_bounded_series),
-        cmocka_unit_test(test_gauge_add_zero),
-        cmocka_unit_test(test_promtool),
-        cmocka_unit_test(test_audit_record),
-        cmocka_unit_test(test_audit_file),
-        cmocka_unit_test(test_audit_error_metric),
-        cmocka_unit_test(test_sessreg_kill),
-        cmocka_unit_test(test_presets_str),
+        cmocka_unit_test(test_names),          cmocka_unit_test(test_format_double),
+        cmocka_unit_test(test_render_exact),   cmocka_unit_test(test_bounded_series),
+        cmocka_unit_test(test_gauge_add_zero), cmocka_unit_test(test_promtool),
+        cmocka_unit_test(test_audit_record),   cmocka_unit_test(test_json_bytes),
+        cmocka_unit_test(test_audit_file),     cmocka_unit_test(test_audit_error_metric),
+        cmocka_unit_test(test_sessreg_kill),   cmocka_unit_test(test_presets_str),
         cmocka_unit_test(test_refusal_reason),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);

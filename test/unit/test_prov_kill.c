@@ -71,6 +71,15 @@ static void test_nologin(void **state)
     free(sql);
 }
 
+static void test_password_null(void **state)
+{
+    (void)state;
+    char *sql = prov_sql_password_null("\"wp_alice_laptop_appdb\"");
+    assert_non_null(sql);
+    assert_string_equal(sql, "ALTER ROLE \"wp_alice_laptop_appdb\" PASSWORD NULL");
+    free(sql);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -78,6 +87,7 @@ int main(void)
         cmocka_unit_test(test_postgres_13_is_polled),
         cmocka_unit_test(test_cockroach_by_client_address),
         cmocka_unit_test(test_nologin),
+        cmocka_unit_test(test_password_null),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

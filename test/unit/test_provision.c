@@ -173,7 +173,8 @@ static void test_role_state_sql(void **state)
     char *pg = prov_sql_role_state(PROV_DIALECT_POSTGRES, NULL, false);
     assert_non_null(pg);
     /* The record read as a subquery the planner folds in, not through shobj_description. */
-    assert_non_null(strstr(pg, "d.objoid = r.oid AND d.classoid = 'pg_catalog.pg_authid'::regclass"));
+    assert_non_null(
+        strstr(pg, "d.objoid = r.oid AND d.classoid = 'pg_catalog.pg_authid'::regclass"));
     assert_null(strstr(pg, "shobj_description"));
     assert_non_null(strstr(pg, "c.oid > s.w::oid")); /* watermark: no per-table scan */
     assert_non_null(strstr(pg, "FROM pg_shdepend d"));

@@ -391,12 +391,73 @@ static void test_relay_linger_after_client_eof(void **state)
     rig r;
     rig_init(&r);
     r.opts.linger_ms = 50;
+    r.opts.backend_ready = 'I'; /* idle backend: it is given the EOF and waited for */
     rig_start(&r);
     shutdown(r.client_app, SHUT_WR); /* client vanishes without Terminate */
     expect_eof(r.backend_app);       /* the backend is told... */
     rig_finish(&r);                  /* ...and the relay gives up waiting for it */
     assert_int_equal(r.res.end, RELAY_CLIENT_CLOSED);
     assert_false(r.res.client_terminated);
+}
+
+/* A client that leaves while its backend is busy: the relay does not linger (60 s here,
+ * past ctest's timeout) waiting for a backend that would only notice when it next
+ * writes; it ends at once and says the backend was not idle, so the session stops it. */
+static void vanish_while(const unsigned char *msgs, size_t n, int want_idle)
+{
+    rig r;
+    rig_init(&r);
+    r.opts.linger_ms = want_idle ? 50 : 60000;
+    r.opts.backend_ready = 'I';
+    rig_start(&r);
+    unsigned char got[256];
+    write_all(r.client_app, msgs, n);
+    read_exact(r.backend_app, got, n);
+    shutdown(r.client_app, SHUT_WR);
+    rig_finish(&r);
+    assert_int_equal(r.res.end, RELAY_CLIENT_CLOSED);
+    assert_int_equal(r.res.backend_idle, want_idle);
+    assert_false(r.res.backend_eof);
+}
+
+static void test_relay_client_leaves_busy_backend(void **state)
+{
+    (void)state;
+    unsigned char m[256];
+    static const char sleep60[] = "select pg_sleep(60)";
+    size_t n = put_msg(m, 'Q', sleep60, sizeof(sleep60)); /* a running statement */
+    vanish_while(m, n, 0);
+    static const char parse[] = "\0select 1\0\0\0", bind[] = "\0\0\0\0\0\0\0\0",
+                      exec[] = "\0\0\0\0\0";
+    n = put_msg(m, 'P', parse, sizeof(parse) - 1); /* Parse, Bind, Execute, no Sync */
+    n += put_msg(m + n, 'B', bind, sizeof(bind) - 1);
+    n += put_msg(m + n, 'E', exec, sizeof(exec) - 1);
+    vanish_while(m, n, 0);
+    n = put_msg(m, 'X', "", 0); /* idle: only a Terminate after the ReadyForQuery */
+    vanish_while(m, n, 1);
+}
+
+/* ReadyForQuery followed by a notification in the same read: still idle. */
+static void test_relay_idle_after_async(void **state)
+{
+    (void)state;
+    rig r;
+    rig_init(&r);
+    r.opts.linger_ms = 50;
+    rig_start(&r);
+    unsigned char q[64], b[64], got[64];
+    size_t qn = put_msg(q, 'Q', "listen x", 9);
+    write_all(r.client_app, q, qn);
+    read_exact(r.backend_app, got, qn);
+    size_t bn = put_msg(b, 'Z', "I", 1);
+    static const char notify[] = "\0\0\0\1x\0\0";
+    bn += put_msg(b + bn, 'A', notify, sizeof(notify) - 1);
+    write_all(r.backend_app, b, bn);
+    read_exact(r.client_app, got, bn);
+    shutdown(r.client_app, SHUT_WR);
+    expect_eof(r.backend_app); /* idle: given the EOF, not abandoned */
+    rig_finish(&r);
+    assert_true(r.res.backend_idle);
 }
 
 typedef struct bulk {
@@ -474,6 +535,8 @@ int main(void)
         cmocka_unit_test(test_relay_authority_end_stops_backend_first),
         cmocka_unit_test(test_relay_client_end_no_hook),
         cmocka_unit_test(test_relay_linger_after_client_eof),
+        cmocka_unit_test(test_relay_client_leaves_busy_backend),
+        cmocka_unit_test(test_relay_idle_after_async),
         cmocka_unit_test(test_relay_bulk_both_directions),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);

@@ -203,17 +203,41 @@ def check_big(c):
 
 
 def check_pool():
-    with ConnectionPool(conninfo(), min_size=20, max_size=20, open=True, timeout=30) as pool:
+    # The pool's own health check (check_connection on every getconn) through Waypoint:
+    # the driver's backend_pid is the server's pg_backend_pid(), pg_terminate_backend()
+    # on it ends that pooled connection, and the next getconn notices and replaces it.
+    with ConnectionPool(conninfo(), min_size=20, max_size=20, open=True, timeout=30,
+                        check=ConnectionPool.check_connection) as pool:
         pool.wait(timeout=30)
         conns = [pool.getconn() for _ in range(20)]
         try:
             pids = set()
             for conn in conns:
                 want(scalar(conn, "SELECT current_user") == ROLE, "pool connection has the wrong role")
+                real = scalar(conn, "SELECT pg_backend_pid()")
+                want(conn.info.backend_pid == real, f"backend_pid {conn.info.backend_pid} != pg_backend_pid() {real}")
                 pids.add(conn.info.backend_pid)
                 conn.rollback()
             want(len(pids) == 20, f"{len(pids)} distinct backend keys")
             want(pool.get_stats()["pool_size"] == 20, f"pool size {pool.get_stats()['pool_size']}")
+        finally:
+            for conn in conns:
+                pool.putconn(conn)
+        victim = next(iter(pids))
+        with connect() as other:
+            want(scalar(other, f"SELECT pg_terminate_backend({victim})") is True,
+                 f"pg_terminate_backend({victim}) found no backend")
+            deadline = time.monotonic() + 10
+            while scalar(other, f"SELECT count(*) FROM pg_stat_activity WHERE pid = {victim}") != 0:
+                want(time.monotonic() < deadline, f"backend {victim} still there")
+                time.sleep(0.05)
+        conns = [pool.getconn() for _ in range(20)]
+        try:
+            for conn in conns:
+                want(scalar(conn, "SELECT 1") == 1, "a pooled connection failed after the check")
+            want(victim not in {c.info.backend_pid for c in conns}, "the terminated backend was handed out")
+            lost = pool.get_stats().get("connections_lost", 0)
+            want(lost >= 1, f"the health check found {lost} lost connections")
         finally:
             for conn in conns:
                 pool.putconn(conn)
@@ -255,7 +279,7 @@ def main():
     run("cancel", lambda: check_cancel(c), "cancel_safe(): 57014, session usable after")
     run("listen_notify", lambda: check_notify(c), "notifies(timeout=5), unicode payload")
     run("result_20mb", lambda: check_big(c), "20480 rows x 1 KiB, every row verified")
-    run("pool_20", check_pool, "psycopg_pool min_size=max_size=20, 20 held at once, 20 backend pids")
+    run("pool_20", check_pool, "psycopg_pool min_size=max_size=20, 20 held at once, 20 backend pids = pg_backend_pid(); check_connection replaces one ended by pg_terminate_backend(info.backend_pid)")
     run("readonly", check_readonly, "options='-c waypoint_presets=readonly': role *_readonly, INSERT 42501")
     run("direct_tls", check_direct, "sslnegotiation=direct (libpq 17+)")
     c.close()
