@@ -70,6 +70,13 @@ check: build
 compat: build
 	WP_BINARY_DIR=$(abspath $(BUILD)) ./test/compat/run.sh
 
+# The unit, integration and e2e suites inside Debian 13 (a debootstrapped trixie cached in
+# $(WP_CACHE)/debian13, with its own mbedTLS 3.6 and PostgreSQL 17), built in
+# build-debian13/: scripts/debian13.sh, docs/testing.md.
+.PHONY: check-debian13
+check-debian13:
+	JOBS=$(JOBS) CTEST_ARGS="$(CTEST_ARGS)" ./scripts/debian13.sh check
+
 demo: build
 	./scripts/demo.sh $(BUILD)
 
