@@ -243,6 +243,17 @@ e2e_redis_stop() {
     { kill -KILL "$REDIS_PID" && wait "$REDIS_PID"; } 2>/dev/null || true
 }
 
+# Starts waypoint with an audit file ($AUDIT) and metrics (on $METRICS_PORT) on.
+e2e_waypoint_audited() {
+    AUDIT="$T/audit.jsonl"
+    METRICS_PORT=$(free_port)
+    E2E_TOP="[audit]
+file = \"$AUDIT\"
+[metrics]
+listen = \"127.0.0.1:$METRICS_PORT\"" e2e_config
+    e2e_waypoint
+}
+
 # The conninfo for a client of the proxy. Extra "key=value" words are appended.
 wp_conninfo() {
     echo "host=127.0.0.1 port=$WP_PORT dbname=appdb user=ignored sslmode=${E2E_SSLMODE:-disable} connect_timeout=10 $*"

@@ -9,13 +9,7 @@ e2e_init
 e2e_cluster
 e2e_identity '{"appdb": {"permissions": ["readwrite"]}, "*": {"permissions": ["readonly"], "schemas": ["public"]}}'
 e2e_standin
-AUDIT="$T/audit.jsonl"
-METRICS_PORT=$(free_port)
-E2E_TOP="[audit]
-file = \"$AUDIT\"
-[metrics]
-listen = \"127.0.0.1:$METRICS_PORT\"" e2e_config
-e2e_waypoint
+e2e_waypoint_audited
 assert_eq 600 "$(stat -c %a "$AUDIT")" "audit file created mode 0600"
 
 # rec EVENT FIELD [N]: FIELD of the Nth-from-last record of EVENT (JSON-encoded value).

@@ -10,13 +10,7 @@ RAW="$E2E_BIN/test/wp_rawclient"
 e2e_cluster
 e2e_identity '{"appdb": {"permissions": ["readonly"]}}'
 e2e_standin
-AUDIT="$T/audit.jsonl"
-METRICS_PORT=$(free_port)
-E2E_TOP="[audit]
-file = \"$AUDIT\"
-[metrics]
-listen = \"127.0.0.1:$METRICS_PORT\"" e2e_config
-e2e_waypoint
+e2e_waypoint_audited
 
 # refused_dbs: the database field of every conn_refused record, one JSON value a line.
 refused_dbs() {
