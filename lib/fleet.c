@@ -664,16 +664,30 @@ static int answered(const json_t *answers, const char *id)
     return 0;
 }
 
-/* Marks each live instance with whether it answered; answers from instances without a
- * record (just started) are listed too. */
+/* Marks each live instance with whether it answered. An instance that answered without
+ * a live heartbeat record (just started, or its record lapsed while Redis refused its
+ * writes) is alive all the same: it is listed too, marked as such. */
 static json_t *fleet_mark(json_t *instances, const json_t *answers)
 {
     size_t i;
-    json_t *rec;
+    json_t *rec, *a;
     json_array_foreach(instances, i, rec)
     {
         const char *id = json_string_value(json_object_get(rec, "instance"));
         json_object_set_new(rec, "answered", json_boolean(id && answered(answers, id)));
+    }
+    json_array_foreach(answers, i, a)
+    {
+        json_t *id = json_object_get(a, "instance");
+        int known = 0;
+        size_t k;
+        json_array_foreach(instances, k, rec)
+        {
+            known |= json_equal(json_object_get(rec, "instance"), id);
+        }
+        if (!known && json_is_string(id))
+            json_array_append_new(instances, json_pack("{s:O,s:b,s:b}", "instance", id, "answered",
+                                                       1, "no_heartbeat", 1));
     }
     return instances;
 }
