@@ -50,6 +50,23 @@ static json_t *admin_error(const char *msg)
     return json_pack("{s:b,s:s}", "ok", 0, "error", msg);
 }
 
+json_t *admin_kill_local(obs *o, const char *login, uint64_t id, size_t *left)
+{
+    uint64_t *ids = calloc(ADMIN_KILL_IDS_MAX, sizeof(*ids));
+    if (!ids)
+        return NULL;
+    sessreg *r = obs_sessions(o);
+    size_t n = sessreg_kill(r, login, id, ADMIN_KILL_MESSAGE, ids, ADMIN_KILL_IDS_MAX);
+    size_t kept = n < ADMIN_KILL_IDS_MAX ? n : ADMIN_KILL_IDS_MAX;
+    *left = sessreg_wait_gone(r, ids, kept, wp_now_ms() + ADMIN_KILL_WAIT_MS);
+    json_t *killed = json_array();
+    for (size_t i = 0; killed && i < kept; i++)
+        json_array_append_new(killed, json_integer((json_int_t)ids[i]));
+    free(ids);
+    log_fmt(WP_LOG_INFO, "admin_kill", "matched=%zu still_open=%zu", n, *left);
+    return killed;
+}
+
 static json_t *admin_kill(obs *o, const json_t *req)
 {
     const char *login = json_string_value(json_object_get(req, "login"));
@@ -60,19 +77,8 @@ static json_t *admin_kill(obs *o, const json_t *req)
         return admin_error("kill: \"login\" must not be empty");
     if (jid && (!json_is_integer(jid) || json_integer_value(jid) <= 0))
         return admin_error("kill: \"session\" must be a positive integer");
-    uint64_t *ids = calloc(ADMIN_KILL_IDS_MAX, sizeof(*ids));
-    if (!ids)
-        return admin_error("out of memory");
-    sessreg *r = obs_sessions(o);
-    size_t n = sessreg_kill(r, login, jid ? (uint64_t)json_integer_value(jid) : 0,
-                            ADMIN_KILL_MESSAGE, ids, ADMIN_KILL_IDS_MAX);
-    size_t kept = n < ADMIN_KILL_IDS_MAX ? n : ADMIN_KILL_IDS_MAX;
-    size_t left = sessreg_wait_gone(r, ids, kept, wp_now_ms() + ADMIN_KILL_WAIT_MS);
-    json_t *killed = json_array();
-    for (size_t i = 0; killed && i < kept; i++)
-        json_array_append_new(killed, json_integer((json_int_t)ids[i]));
-    free(ids);
-    log_fmt(WP_LOG_INFO, "admin_kill", "matched=%zu still_open=%zu", n, left);
+    size_t left = 0;
+    json_t *killed = admin_kill_local(o, login, jid ? (uint64_t)json_integer_value(jid) : 0, &left);
     if (!killed)
         return admin_error("out of memory");
     return json_pack("{s:b,s:o,s:I}", "ok", 1, "killed", killed, "still_open", (json_int_t)left);

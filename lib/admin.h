@@ -37,6 +37,11 @@ void admin_set_fleet(admin_server *a, fleet *f);
 
 /* Handles one decoded request; returns the reply (new reference). Exposed for tests. */
 json_t *admin_handle(obs *o, const json_t *req);
+/* Kills this instance's sessions of login (or the one session id when login is NULL) the
+ * way `waypoint kill` does, waits up to ADMIN_KILL_WAIT_MS for them to be gone, and
+ * returns the killed ids as a JSON array (NULL: out of memory); *left gets how many were
+ * still open at the deadline. The local request and the fleet's both come here. */
+json_t *admin_kill_local(obs *o, const char *login, uint64_t id, size_t *left);
 
 /* Client side: sends req to the socket at path and returns the decoded reply. */
 wp_status admin_call(const char *path, const json_t *req, json_t **reply, char *err, size_t errsz);

@@ -59,8 +59,6 @@
 #define FLEET_REPLY_TTL_MS "60000"
 #define FLEET_SESSIONS_WAIT_MS 3000
 #define FLEET_KILL_WAIT_MS 12000 /* each instance waits up to 10 s for its sessions */
-#define FLEET_LOCAL_KILL_WAIT_MS 10000
-#define FLEET_KILL_IDS_MAX 1024
 #define FLEET_HB_USERS_PER_CALL 400
 #define FLEET_RECONNECT_MS 500
 
@@ -483,18 +481,8 @@ static void fleet_push_reply(fleet *f, const char *replykey, json_t *answer)
 
 static json_t *fleet_local_kill(fleet *f, const char *login)
 {
-    uint64_t *ids = calloc(FLEET_KILL_IDS_MAX, sizeof(*ids));
-    if (!ids)
-        return NULL;
-    sessreg *reg = obs_sessions(f->o);
-    size_t n = sessreg_kill(reg, login, 0, ADMIN_KILL_MESSAGE, ids, FLEET_KILL_IDS_MAX);
-    size_t kept = n < FLEET_KILL_IDS_MAX ? n : FLEET_KILL_IDS_MAX;
-    size_t left = sessreg_wait_gone(reg, ids, kept, wp_now_ms() + FLEET_LOCAL_KILL_WAIT_MS);
-    json_t *killed = json_array();
-    for (size_t i = 0; killed && i < kept; i++)
-        json_array_append_new(killed, json_integer((json_int_t)ids[i]));
-    free(ids);
-    log_fmt(WP_LOG_INFO, "admin_kill", "fleet=1 matched=%zu still_open=%zu", n, left);
+    size_t left = 0;
+    json_t *killed = admin_kill_local(f->o, login, 0, &left);
     return killed ? json_pack("{s:s,s:o,s:I}", "instance", f->id, "killed", killed, "still_open",
                               (json_int_t)left)
                   : NULL;

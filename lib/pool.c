@@ -73,9 +73,7 @@ void pool_session_clear(pool_session *s)
 void pool_session_close(pool_session *s)
 {
     if (s->open) {
-        static const unsigned char x[5] = {'X', 0, 0, 0, 4};
-        (void)io_write_all(&s->up.io, x, sizeof(x), wp_now_ms() + POOL_CLOSE_WAIT_MS);
-        up_close(&s->up);
+        up_terminate(&s->up, wp_now_ms() + POOL_CLOSE_WAIT_MS);
         s->open = 0;
     }
     pool_session_clear(s);

@@ -1028,11 +1028,10 @@ static void sess_settle_backend(sess *s)
     } else if (!r->backend_eof && (!r->backend_idle || s->reset_failed)) {
         sess_stop_until_gone(s, r->end, SESS_STOP_TRIES);
     }
-    if (r->end == RELAY_CLIENT_TERMINATE && !s->reset_failed) {
-        static const unsigned char x[5] = {PGW_MSG_TERMINATE, 0, 0, 0, 4};
-        (void)io_write_all(&s->up.io, x, sizeof(x), wp_now_ms() + SESS_FINISH_WAIT_MS);
-    }
-    up_close(&s->up);
+    if (r->end == RELAY_CLIENT_TERMINATE && !s->reset_failed)
+        up_terminate(&s->up, wp_now_ms() + SESS_FINISH_WAIT_MS); /* the held Terminate */
+    else
+        up_close(&s->up);
     s->up_open = 0;
 }
 

@@ -170,6 +170,14 @@ void up_close(up_conn *c)
     c->cb_len = 0;
 }
 
+void up_terminate(up_conn *c, int64_t deadline_ms)
+{
+    static const unsigned char x[5] = {PGW_MSG_TERMINATE, 0, 0, 0, 4};
+    if (c && c->fd >= 0)
+        (void)io_write_all(&c->io, x, sizeof(x), deadline_ms);
+    up_close(c);
+}
+
 wp_status up_send_cancel(const char *host, int port, uint32_t pid, const unsigned char *key,
                          size_t key_len, int64_t deadline_ms)
 {

@@ -34,6 +34,9 @@ typedef struct up_conn {
 wp_status up_connect(up_conn *c, const char *host, int port, cfg_backend_tls mode,
                      const char *ca_file, int64_t deadline_ms, wp_error *err);
 void up_close(up_conn *c);
+/* Sends Terminate (bounded by deadline_ms, best effort) and closes: a polite end that an
+ * idle backend answers by exiting. */
+void up_terminate(up_conn *c, int64_t deadline_ms);
 
 /* Sends StartupMessage(version, params) and authenticates as user/password.
  * A backend ErrorResponse gives WP_ERR_BACKEND with the backend's SQLSTATE (e.g. 28P01)

@@ -122,6 +122,12 @@ admin_sql() {
         "host=127.0.0.1 port=$PG_PORT dbname=appdb user=wp_admin" "$@"
 }
 
+# e2e_mkcert NAME CN: a self-signed P-256 certificate for CN in $T/NAME.crt / $T/NAME.key.
+e2e_mkcert() {
+    openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes -days 2 -subj "/CN=$2" \
+        -addext "subjectAltName=DNS:$2" -keyout "$T/$1.key" -out "$T/$1.crt" 2>/dev/null
+}
+
 # ------------------------------------------------------------------ stand-in ----
 
 # e2e_state FILE-CONTENT: writes the stand-in state atomically.

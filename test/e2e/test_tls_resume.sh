@@ -10,12 +10,8 @@
 . "$(dirname "$0")/lib.sh"
 e2e_init
 
-mkcert() { # name CN
-    openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes -days 2 -subj "/CN=$2" \
-        -addext "subjectAltName=DNS:$2" -keyout "$T/$1.key" -out "$T/$1.crt" 2>/dev/null
-}
-mkcert file db.example.com
-mkcert ts waypoint.tail1234.ts.net
+e2e_mkcert file db.example.com
+e2e_mkcert ts waypoint.tail1234.ts.net
 
 e2e_cluster
 E2E_CERTS="{\"waypoint.tail1234.ts.net\": {\"key\": \"$T/ts.key\", \"cert\": \"$T/ts.crt\"}}"
