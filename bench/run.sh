@@ -141,8 +141,9 @@ cat >"$T/wp/state.json" <<JSON
   "Node": {"ID": 1, "StableID": "nBENCH", "Name": "bench-host.tail1234.ts.net.",
            "Addresses": ["100.64.0.9/32"], "Tags": []},
   "UserProfile": {"ID": 9, "LoginName": "bench@example.com", "DisplayName": "Bench"},
-  "CapMap": {"redo.com/cap/waypoint": [{"backends": {"bench": {"pg": {"databases": {
-      "appdb": {"permissions": ["readwrite"], "schemas": ["public"]}}}}}}]}}}],
+  "CapMap": {"redo.com/cap/waypoint": [{"backends": {
+      "bench": {"pg": {"databases": {"appdb": {"permissions": ["readwrite"], "schemas": ["public"]}}}},
+      "bench-tls12": {"pg": {"databases": {"appdb": {"permissions": ["readwrite"], "schemas": ["public"]}}}}}}]}}}],
  "certs": {}}
 JSON
 python3 "$SRC/test/support/localapi_standin.py" --socket "$T/wp/ts.sock" \
@@ -231,7 +232,14 @@ if [ -n "$WP36" ] && [ -x "$WP36" ]; then
     sed -e "s/127.0.0.1:$WP_PORT/127.0.0.1:$WP36_PORT/" \
         -e 's/^admin_database = "postgres"$/admin_database = "postgres"\nuser_prefix = "wp36_"/' \
         "$T/wp/waypoint.toml" >"$T/wp/waypoint36.toml"
-    say "starting Waypoint ($("$WP36" -version)) on $WP36_PORT"
+    # A second listener of the same instance capped at TLS 1.2 (tls_max_version): the
+    # pgx rows through it show what a TLS 1.2 resumption (no key exchange) buys on 3.6.
+    WP36C_PORT=$(free_port)
+    sed -n '/^\[\[listeners\]\]$/,$p' "$T/wp/waypoint36.toml" |
+        sed -e 's/^name = "bench"$/name = "bench-tls12"\ntls_max_version = "1.2"/' \
+            -e "s/127.0.0.1:$WP36_PORT/127.0.0.1:$WP36C_PORT/" -e 's/^user_prefix = "wp36_"$/user_prefix = "wp36c_"/' \
+            >>"$T/wp/waypoint36.toml"
+    say "starting Waypoint ($("$WP36" -version)) on $WP36_PORT and $WP36C_PORT (TLS 1.2 at most)"
     $BENCH_WRAP "$WP36" -config "$T/wp/waypoint36.toml" 2>"$T/wp/waypoint36.log" &
     WP36_PID=$!
     PIDS+=("$WP36_PID")
@@ -274,6 +282,10 @@ median() { sort -g | awk '{v[NR]=$1} END {if (NR==0) print "nan"; else if (NR%2)
 
 cpu_ticks() { awk '{print $14+$15}' "/proc/$1/stat"; }
 cpu_ms() { awk -v t="$1" -v n="$2" -v hz="$(getconf CLK_TCK)" 'BEGIN{printf "%.2f", n ? t/hz*1000/n : 0}'; } # ticks, count
+# The whole machine's busy ticks (all CPUs), and PostgreSQL's: every postgres process
+# alive, with what the postmaster has reaped (cutime), so ended backends still count.
+machine_ticks() { awk '/^cpu /{print $2+$3+$4+$7+$8}' /proc/stat; }
+pg_ticks() { cat /proc/[0-9]*/stat 2>/dev/null | awk '$2 == "(postgres)" {s += $14+$15+$16+$17} END {print s+0}'; }
 
 R=$T/results
 mkdir -p "$R"
@@ -365,7 +377,7 @@ tls_proxy_pid() {
     case $1 in
     pgbouncer) cat "$T/pgbt/pgbouncer.pid" ;;
     waypoint) echo "$WP_PID" ;;
-    wp36) echo "$WP36_PID" ;;
+    wp36 | wp36c) echo "$WP36_PID" ;;
     esac
 }
 tls_rows() {
@@ -395,20 +407,27 @@ tls_rows() {
         for c in 1 4; do
             w="tls-pgx-$mode-c$c"
             [[ $w =~ $ONLY ]] || continue
-            for p in pgbouncer $paths; do
+            for p in pgbouncer $paths $([ -n "$WP36_PORT" ] && echo wp36c); do
                 case $p in
                 pgbouncer) url="postgres://bench:benchpw@127.0.0.1:$PGBT_PORT/appdb?sslmode=require" ;;
                 waypoint) url="postgres://anyone:ignored@127.0.0.1:$WP_PORT/appdb?sslmode=require" ;;
                 wp36) url="postgres://anyone:ignored@127.0.0.1:$WP36_PORT/appdb?sslmode=require" ;;
+                wp36c) url="postgres://anyone:ignored@127.0.0.1:$WP36C_PORT/appdb?sslmode=require" ;;
                 esac
                 pid=$(tls_proxy_pid "$p")
                 t0=$(cpu_ticks "$pid")
+                local m0 pg0 si0
+                m0=$(machine_ticks) pg0=$(pg_ticks) si0=$(cpu_ticks "$STANDIN_PID")
                 out=$("$TLSCONNECT" -url "$url" -seconds "$SECS" -clients "$c" $([ $mode = resume ] && echo -resume)) ||
                     die "tlsconnect failed on $p ($w)"
                 read -r _ n _ secs _ res <<<"$out"
                 record "$w" "$p" "$(awk -v n="$n" -v s="$secs" 'BEGIN{printf "%.1f", n/s}')"
                 record "$w.resumed" "$p" "$(awk -v n="$n" -v r="$res" 'BEGIN{printf "%.3f", n ? r/n : 0}')"
                 record "$w.cpu" "$p" "$(cpu_ms "$(($(cpu_ticks "$pid") - t0))" "$n")"
+                # where the machine's CPU went: the cap on connects/s once both cores are busy
+                record "$w.machine" "$p" "$(cpu_ms "$(($(machine_ticks) - m0))" "$n")"
+                record "$w.pg" "$p" "$(cpu_ms "$(($(pg_ticks) - pg0))" "$n")"
+                record "$w.standin" "$p" "$(cpu_ms "$(($(cpu_ticks "$STANDIN_PID") - si0))" "$n")"
             done
         done
     done
@@ -586,8 +605,10 @@ if ls "$R"/tls-*.waypoint >/dev/null 2>&1; then
     echo
     echo "TLS connects (issue 18): libpq through Waypoint built with mbedTLS 2.28 and with 3.6; a pgx connect loop (bench/tlsconnect, one SELECT per connect) with full handshakes and resuming with ClientSessionCache, against the trust PgBouncer with client TLS. connects/s, median of rounds; in brackets the proxy's CPU ms per connect (and the share of resumed handshakes the client saw)."
     echo
-    echo "| workload | PgBouncer | Waypoint 2.28 | Waypoint 3.6 | 3.6/2.28 | Waypoint 2.28/PgBouncer | Waypoint 3.6/PgBouncer |"
-    echo "|---|---|---|---|---|---|---|"
+    echo "The column \"3.6, TLS 1.2\" is a listener of the 3.6 Waypoint with tls_max_version = \"1.2\" (pgx rows only)."
+    echo
+    echo "| workload | PgBouncer | Waypoint 2.28 | Waypoint 3.6 | 3.6, TLS 1.2 | 3.6/2.28 | Waypoint 2.28/PgBouncer | Waypoint 3.6/PgBouncer | 3.6, TLS 1.2/PgBouncer |"
+    echo "|---|---|---|---|---|---|---|---|---|"
     tcell() { # tcell W P: "connects/s (cpu ms[, resumed share])"
         local v
         v=$(med "$R/$1.$2")
@@ -603,7 +624,23 @@ if ls "$R"/tls-*.waypoint >/dev/null 2>&1; then
         g=$(med "$R/$w.pgbouncer")
         a=$(med "$R/$w.waypoint")
         b=$(med "$R/$w.wp36")
-        echo "| $w | $(tcell "$w" pgbouncer) | $(tcell "$w" waypoint) | $(tcell "$w" wp36) | $(fmt_ratio "$b" "$a") | $(fmt_ratio "$a" "$g") | $(fmt_ratio "$b" "$g") |"
+        cc=$(med "$R/$w.wp36c")
+        echo "| $w | $(tcell "$w" pgbouncer) | $(tcell "$w" waypoint) | $(tcell "$w" wp36) | $(tcell "$w" wp36c) | $(fmt_ratio "$b" "$a") | $(fmt_ratio "$a" "$g") | $(fmt_ratio "$b" "$g") | $(fmt_ratio "$cc" "$g") |"
+    done
+fi
+if ls "$R"/tls-pgx-*.machine.* >/dev/null 2>&1; then
+    echo
+    echo "Where the machine's CPU goes in the pgx rows: ms per connect on both cores together (all processes), and its parts: the proxy, the LocalAPI stand-in answering WhoIs (tailscaled's work in a deployment), PostgreSQL (all backends: the client's SELECT, DISCARD ALL, Waypoint's role check), and the rest (the pgx client, the kernel). Once both cores are busy, connects/s is about 2000 / the machine's ms."
+    echo
+    echo "| workload | path | connects/s | machine | proxy | stand-in | PostgreSQL | rest |"
+    echo "|---|---|---|---|---|---|---|---|"
+    for w in tls-pgx-full-c1 tls-pgx-full-c4 tls-pgx-resume-c1 tls-pgx-resume-c4; do
+        for p in pgbouncer waypoint wp36 wp36c; do
+            [ -s "$R/$w.machine.$p" ] || continue
+            mm=$(med "$R/$w.machine.$p") pc=$(med "$R/$w.cpu.$p") sc=$(med "$R/$w.standin.$p") gc=$(med "$R/$w.pg.$p")
+            rest=$(awk -v m="$mm" -v a="$pc" -v b="$sc" -v c="$gc" 'BEGIN{printf "%.2f", m-a-b-c}')
+            echo "| $w | $p | $(fmt_num "$(med "$R/$w.$p")") | $(fmt_num "$mm") | $(fmt_num "$pc") | $(fmt_num "$sc") | $(fmt_num "$gc") | $(fmt_num "$rest") |"
+        done
     done
 fi
 if ls "$R"/*.wpbase >/dev/null 2>&1; then

@@ -102,6 +102,7 @@ typedef enum {
     V_MODE,
     V_TLSMODE,
     V_BTLS,
+    V_TLSVER,
     V_LOGLEVEL,
     V_METRICS_LISTEN, /* metrics_listen_host + metrics_listen_port */
     V_IGNORED,        /* tsnet-edition key: warn, keep nothing */
@@ -167,6 +168,7 @@ static const key_spec keys[] = {
     {SEC_LISTENER, "key_file", V_STR, L(key_file), 0},
     {SEC_LISTENER, "tls_ticket_lifetime", V_DUR, L(tls_ticket_lifetime_ms), 0},
     {SEC_LISTENER, "tls_session_cache_size", V_INT, L(tls_session_cache_size), 0},
+    {SEC_LISTENER, "tls_max_version", V_TLSVER, L(tls_max_version), 0},
     {SEC_LISTENER, "backend_tls", V_BTLS, L(backend_tls), 0},
     {SEC_LISTENER, "backend_ca_file", V_STR, L(backend_ca_file), 0},
     {SEC_LISTENER, "max_connections", V_INT, L(max_connections), 1},
@@ -952,6 +954,7 @@ static int store_enum(loader *ld, const val_rec *v, const char *key, const char 
 
 static const char *const tls_names[] = {"off", "optional", "require"};
 static const char *const btls_names[] = {"disable", "prefer", "require", "verify-full"};
+static const char *const tlsver_names[] = {"1.3", "1.2"}; /* cfg_tls_version order */
 static const char *const level_names[] = {"debug", "info", "warn", "error"};
 static const char *const mode_names[] = {"postgres"};
 
@@ -1033,6 +1036,10 @@ static void store(loader *ld, const val_rec *v, const key_spec *k, char *s, void
     case V_BTLS:
         if ((i = store_enum(ld, v, k->name, s, btls_names, 4)) >= 0)
             *(cfg_backend_tls *)f = (cfg_backend_tls)i;
+        break;
+    case V_TLSVER:
+        if ((i = store_enum(ld, v, k->name, s, tlsver_names, 2)) >= 0)
+            *(cfg_tls_version *)f = (cfg_tls_version)i;
         break;
     case V_LOGLEVEL:
         if (store_enum(ld, v, k->name, s, level_names, 4) >= 0) {
@@ -1594,6 +1601,11 @@ const char *cfg_tls_mode_str(cfg_tls_mode m)
     return (unsigned)m < 3 ? tls_names[m] : "?";
 }
 
+const char *cfg_tls_version_str(cfg_tls_version v)
+{
+    return (unsigned)v < 2 ? tlsver_names[v] : "?";
+}
+
 const char *cfg_backend_tls_str(cfg_backend_tls m)
 {
     return (unsigned)m < 4 ? btls_names[m] : "?";
@@ -1683,6 +1695,7 @@ static void print_listener(const wp_config *cfg, const cfg_listener *l, FILE *ou
     print_opt_str(out, "key_file", l->key_file);
     print_duration(out, "tls_ticket_lifetime", l->tls_ticket_lifetime_ms);
     fprintf(out, "tls_session_cache_size = %" PRId64 "\n", l->tls_session_cache_size);
+    print_str(out, "tls_max_version", cfg_tls_version_str(l->tls_max_version));
     print_str(out, "backend_tls", cfg_backend_tls_str(l->backend_tls));
     print_opt_str(out, "backend_ca_file", l->backend_ca_file);
     fprintf(out, "max_connections = %" PRId64 "\n", l->max_connections);

@@ -22,6 +22,10 @@ typedef enum {
     CFG_BTLS_REQUIRE,
     CFG_BTLS_VERIFY_FULL
 } cfg_backend_tls;
+/* The highest TLS version offered to clients: a cap, never a requirement (TLS 1.2 is
+ * always accepted). 1.3 is the default; a build whose library has no TLS 1.3 speaks 1.2
+ * whatever the cap. */
+typedef enum { CFG_TLSV_1_3 = 0, CFG_TLSV_1_2 } cfg_tls_version;
 
 typedef struct cfg_limits {
     int64_t max_conns_per_user;   /* 0 = unlimited */
@@ -40,12 +44,13 @@ typedef struct cfg_listener {
     bool use_tailscale_tls; /* default true */
     char *cert_file;        /* NULL when unset; set together with key_file */
     char *key_file;
-    int64_t tls_ticket_lifetime_ms; /* session ticket key rotation; default 1h, 0 = no tickets */
-    int64_t tls_session_cache_size; /* resumable sessions by ID; default 1000, 0 = no cache */
-    cfg_backend_tls backend_tls;    /* default prefer */
-    char *backend_ca_file;          /* NULL when unset */
-    int64_t max_connections;        /* concurrent client connections; default 1000 */
-    int64_t max_unstarted_per_peer; /* per node (or address) before startup; 0 = off */
+    int64_t tls_ticket_lifetime_ms;  /* session ticket key rotation; default 1h, 0 = no tickets */
+    int64_t tls_session_cache_size;  /* resumable sessions by ID; default 1000, 0 = no cache */
+    cfg_tls_version tls_max_version; /* toward clients; default 1.3 */
+    cfg_backend_tls backend_tls;     /* default prefer */
+    char *backend_ca_file;           /* NULL when unset */
+    int64_t max_connections;         /* concurrent client connections; default 1000 */
+    int64_t max_unstarted_per_peer;  /* per node (or address) before startup; 0 = off */
 
     /* [listeners.postgres] */
     char *admin_user;
@@ -160,5 +165,6 @@ int cfg_host_is_loopback(const char *host);
 
 const char *cfg_tls_mode_str(cfg_tls_mode m);
 const char *cfg_backend_tls_str(cfg_backend_tls m);
+const char *cfg_tls_version_str(cfg_tls_version v);
 
 #endif

@@ -94,6 +94,7 @@ struct tls_server_ctx {
     int cache_on;
     mbedtls_ssl_cache_context cache;
     unsigned char bind_key[32]; /* random per context: binds sessions to a certificate */
+    int max_tls12;              /* tls_max_version = "1.2": TLS 1.3 is not offered */
 };
 
 typedef struct tls_conn {
@@ -135,18 +136,23 @@ static const mbedtls_ecp_group_id tls_curves[] = {
     MBEDTLS_ECP_DP_SECP521R1, MBEDTLS_ECP_DP_NONE};
 #endif
 
-/* TLS 1.2 and, where the library has it, 1.3 (negotiated: the highest both speak). */
-static void conf_versions(mbedtls_ssl_config *c)
+/* TLS 1.2 and, where the library has it and max_tls12 is not set, 1.3 (negotiated: the
+ * highest both speak). A listener may cap clients at 1.2 (tls_max_version): TLS 1.3
+ * resumption still runs ECDHE, a TLS 1.2 one does not (docs/tls.md). */
+static void conf_versions(mbedtls_ssl_config *c, int max_tls12)
 {
 #if TLS_MBEDTLS3
     mbedtls_ssl_conf_min_tls_version(c, MBEDTLS_SSL_VERSION_TLS1_2);
 #if defined(MBEDTLS_SSL_PROTO_TLS1_3)
-    mbedtls_ssl_conf_max_tls_version(c, MBEDTLS_SSL_VERSION_TLS1_3);
+    mbedtls_ssl_conf_max_tls_version(c, max_tls12 ? MBEDTLS_SSL_VERSION_TLS1_2
+                                                  : MBEDTLS_SSL_VERSION_TLS1_3);
 #else
+    (void)max_tls12;
     mbedtls_ssl_conf_max_tls_version(c, MBEDTLS_SSL_VERSION_TLS1_2);
 #endif
     mbedtls_ssl_conf_groups(c, tls_groups);
 #else
+    (void)max_tls12; /* 2.28 speaks TLS 1.2 only */
     mbedtls_ssl_conf_min_version(c, MBEDTLS_SSL_MAJOR_VERSION_3, MBEDTLS_SSL_MINOR_VERSION_3);
     mbedtls_ssl_conf_curves(c, tls_curves);
 #endif
@@ -534,7 +540,7 @@ static wp_status conf_setup(mbedtls_ssl_config *c, tls_server_ctx *s, const cert
         wp_error_set(err, WP_SQLSTATE_INTERNAL, "TLS: cannot set up server configuration");
         return WP_ERR_INTERNAL;
     }
-    conf_versions(c);
+    conf_versions(c, s->max_tls12);
     mbedtls_ssl_conf_renegotiation(c, MBEDTLS_SSL_RENEGOTIATION_DISABLED);
     mbedtls_ssl_conf_rng(c, mbedtls_ctr_drbg_random, &s->drbg);
     mbedtls_ssl_conf_sni(c, sni_callback, s);
@@ -577,6 +583,7 @@ wp_status tls_server_new_srcs(const cfg_listener *l, certs_fetch_fn fetch, certs
     atomic_init(&s->refs, 1);
     atomic_init(&s->can_serve, -1);
     snprintf(s->listener, sizeof(s->listener), "%s", l->name ? l->name : "");
+    s->max_tls12 = l->tls_max_version == CFG_TLSV_1_2;
     mbedtls_ssl_config_init(&s->conf);
     mbedtls_entropy_init(&s->entropy);
     mbedtls_ctr_drbg_init(&s->drbg);
@@ -781,7 +788,7 @@ static wp_status client_conf(tls_conn *c, const char *server_name, cfg_backend_t
         wp_error_set(err, WP_SQLSTATE_CONN_FAILURE, "TLS: cannot set up client configuration");
         return WP_ERR_INTERNAL;
     }
-    conf_versions(cf);
+    conf_versions(cf, 0);
     mbedtls_ssl_conf_rng(cf, mbedtls_ctr_drbg_random, &client_drbg);
     mbedtls_ssl_conf_session_tickets(cf, MBEDTLS_SSL_SESSION_TICKETS_DISABLED);
     if (mode == CFG_BTLS_VERIFY_FULL) {

@@ -107,3 +107,20 @@ e2e_reload
 rm -f "$T/sess.off"
 SESS_OUT="$T/sess.off" connect "$WP_PORT" db.example.com tls1_2 >/dev/null
 assert_eq "New" "$(connect "$WP_PORT" db.example.com tls1_2 -sess_in "$T/sess.off")" "tickets and cache off: no resumption"
+
+# tls_max_version = "1.2" on listener B: a client that offers TLS 1.3 gets TLS 1.2 there
+# and resumes by a TLS 1.2 ticket (no key exchange: why a deployment on the 3.6 build
+# whose clients resume would cap); listener A still negotiates the highest version.
+sed -i '/^name = "pg-b"$/a tls_max_version = "1.2"' "$T/waypoint.toml"
+e2e_reload
+proto() { # PORT [s_client args...]: "New TLSv1.x" or "Reused TLSv1.x", or "" when refused
+    timeout 20 openssl s_client -connect "127.0.0.1:$1" -starttls postgres -servername db.example.com \
+        "${@:2}" </dev/null 2>/dev/null | sed -n 's/^\(New\|Reused\), \(TLSv1\.[23]\).*/\1 \2/p' | head -n 1
+}
+rm -f "$T/sess.capped"
+assert_eq "New TLSv1.2" "$(proto "$PORT_B" -sess_out "$T/sess.capped")" "tls_max_version 1.2: a client offering TLS 1.3 gets TLS 1.2"
+assert_eq "Reused TLSv1.2" "$(proto "$PORT_B" -sess_in "$T/sess.capped")" "tls_max_version 1.2: it resumes by a TLS 1.2 ticket"
+if "$WAYPOINT" -version | grep -q "TLS 1.3"; then
+    assert_eq "" "$(proto "$PORT_B" -tls1_3)" "tls_max_version 1.2: a client that speaks only TLS 1.3 is refused"
+    assert_eq "New TLSv1.3" "$(proto "$WP_PORT")" "without tls_max_version the same client gets TLS 1.3"
+fi

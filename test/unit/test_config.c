@@ -272,6 +272,7 @@ static void test_defaults(void **state)
     assert_int_equal(l->max_connections, 1000);
     assert_int_equal(l->tls_ticket_lifetime_ms, 3600 * 1000);
     assert_int_equal(l->tls_session_cache_size, 1000);
+    assert_int_equal(l->tls_max_version, CFG_TLSV_1_3);
     assert_int_equal(l->max_unstarted_per_peer, 64);
     assert_string_equal(l->admin_database, "postgres");
     assert_string_equal(l->user_prefix, "wp_");
@@ -297,7 +298,7 @@ static void test_every_key_set(void **state)
                  "tls_mode = \"require\"\nuse_tailscale_tls = false\n"
                  "cert_file = \"/c.pem\"\nkey_file = \"/k.pem\"\n"
                  "backend_tls = \"verify-full\"\nbackend_ca_file = \"/ca.pem\"\n"
-                 "max_connections = 42\n",
+                 "max_connections = 42\ntls_max_version = \"1.2\"\n",
                  "admin_database = \"appdb\"\nuser_prefix = \"_x1\"\nuser_ttl = \"1h30m\"\n"
                  "allow_raw_sql = false\n");
     wp_config *c = load_ok(t);
@@ -317,6 +318,7 @@ static void test_every_key_set(void **state)
     assert_string_equal(c->log_level, "debug");
     cfg_listener *l = &c->listeners[0];
     assert_int_equal(l->tls_mode, CFG_TLS_REQUIRE);
+    assert_int_equal(l->tls_max_version, CFG_TLSV_1_2);
     assert_false(l->use_tailscale_tls);
     assert_string_equal(l->cert_file, "/c.pem");
     assert_string_equal(l->key_file, "/k.pem");
@@ -545,6 +547,8 @@ static void test_listener_rules(void **state)
     expect_lkey_err("tls_session_cache_size = 2000000\n", "tls_session_cache_size",
                     "must be at most 1000000");
     expect_lkey_err("tls_session_cache_size = -1\n", "tls_session_cache_size", "must be 0 or more");
+    expect_lkey_err("tls_max_version = \"1.1\"\n", "tls_max_version",
+                    "must be one of 1.3, 1.2 (got '1.1')");
     const char *twice = "[[listeners]]\nname = \"pg\"\nlisten = \":5432\"\nname = \"pg2\"\n";
     expect_err(twice, 4, "name", "set twice in one section (first on line 2)");
     expect_lkey_err("bogus = 1\n", "bogus", "unknown key in [[listeners]]");

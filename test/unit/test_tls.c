@@ -200,6 +200,7 @@ typedef struct cli {
     mbedtls_ssl_session *save;        /* set: keep the session here after the handshake */
     const mbedtls_ssl_session *offer; /* set: try to resume this session */
     int srv_resumed;                  /* serve_one: what tls_io_resumed said */
+    char version[16];                 /* the negotiated version, "TLSv1.2" or "TLSv1.3" */
 } cli;
 
 static int cli_send(void *ctx, const unsigned char *b, size_t n)
@@ -262,6 +263,7 @@ static void *client_main(void *arg)
         goto out;
     if (c->save && mbedtls_ssl_get_session(&ssl, c->save) != 0)
         c->hs_rc = -2;
+    snprintf(c->version, sizeof(c->version), "%s", mbedtls_ssl_get_version(&ssl));
     const char *a = mbedtls_ssl_get_alpn_protocol(&ssl);
     snprintf(c->alpn_got, sizeof(c->alpn_got), "%s", a ? a : "");
     const mbedtls_x509_crt *peer = mbedtls_ssl_get_peer_cert(&ssl);
@@ -462,8 +464,9 @@ static int serve_quiet(tls_server_ctx *s, cli *c)
     return rc == 0 && c->hs_rc == 0 ? 0 : -1;
 }
 
-/* A listener context with tickets and a session cache (the file certificate srv). */
-static tls_server_ctx *new_resuming_server(const char *name)
+/* A listener context with tickets and a session cache (the file certificate srv) that
+ * offers clients at most version v. */
+static tls_server_ctx *new_resuming_server_v(const char *name, cfg_tls_version v)
 {
     char crt[160], key[160];
     snprintf(crt, sizeof(crt), "%s", fixture("srv", "crt"));
@@ -472,12 +475,18 @@ static tls_server_ctx *new_resuming_server(const char *name)
                       .cert_file = crt,
                       .key_file = key,
                       .tls_ticket_lifetime_ms = 3600 * 1000,
-                      .tls_session_cache_size = 64};
+                      .tls_session_cache_size = 64,
+                      .tls_max_version = v};
     tls_server_ctx *s = NULL;
     wp_error err;
     wp_error_clear(&err);
     assert_int_equal(tls_server_new_src(&l, NULL, NULL, &s, &err), WP_OK);
     return s;
+}
+
+static tls_server_ctx *new_resuming_server(const char *name)
+{
+    return new_resuming_server_v(name, CFG_TLSV_1_3);
 }
 
 /* One full handshake that saves the session, then one that offers it: 0 when the first
@@ -513,6 +522,36 @@ static void test_resumption_ticket_and_cache(void **state)
     }
     tls_server_free(a);
     tls_server_free(b);
+}
+
+/* tls_max_version: by default a client that offers TLS 1.3 gets it where the library
+ * has it; a listener capped at "1.2" gives it TLS 1.2, and resumes it by a TLS 1.2
+ * ticket (no key exchange), which is what the cap is for. */
+static void test_max_version(void **state)
+{
+    (void)state;
+    tls_server_ctx *def = new_resuming_server("a"),
+                   *capped = new_resuming_server_v("b", CFG_TLSV_1_2);
+    cli a = {.sni = "db.example.com"};
+    assert_int_equal(serve_quiet(def, &a), 0);
+#if defined(MBEDTLS_SSL_PROTO_TLS1_3)
+    assert_string_equal(a.version, "TLSv1.3");
+#else
+    assert_string_equal(a.version, "TLSv1.2");
+#endif
+    mbedtls_ssl_session sess;
+    mbedtls_ssl_session_init(&sess);
+    cli b = {.sni = "db.example.com", .save = &sess};
+    assert_int_equal(serve_quiet(capped, &b), 0);
+    assert_string_equal(b.version, "TLSv1.2");
+    assert_int_equal(b.srv_resumed, 0);
+    cli c = {.sni = "db.example.com", .offer = &sess};
+    assert_int_equal(serve_quiet(capped, &c), 0);
+    assert_string_equal(c.version, "TLSv1.2");
+    assert_int_equal(c.srv_resumed, 1);
+    mbedtls_ssl_session_free(&sess);
+    tls_server_free(def);
+    tls_server_free(capped);
 }
 
 /* Resumption off (the defaults of a zeroed cfg_listener): every handshake is full. */
@@ -850,6 +889,7 @@ int main(void)
         cmocka_unit_test(test_context_outlives_free),
         cmocka_unit_test(test_resumption_ticket_and_cache),
         cmocka_unit_test(test_resumption_off),
+        cmocka_unit_test(test_max_version),
         cmocka_unit_test(test_resumption_shared_by_threads),
         cmocka_unit_test(test_tailscale_source_via_localapi),
         cmocka_unit_test(test_backend_require_and_channel_binding),
