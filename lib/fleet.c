@@ -133,7 +133,8 @@ static const rds_script fleet_view_lua = {
 
 typedef struct fleet_user {
     struct fleet_user *next;
-    int64_t count; /* 0: released, its Redis field not yet deleted by a heartbeat */
+    int64_t count;    /* 0: released, its Redis field not yet deleted by a heartbeat */
+    int64_t inflight; /* acquires sent and not yet answered: the heartbeat skips the user */
     char key[];
 } fleet_user;
 
@@ -215,8 +216,9 @@ static void fleet_saw(fleet *f, int ok, const char *what, const char *err)
 
 /* ------------------------------------------------------------ local table ---- */
 
-/* Adds delta to user's local count; creates the entry. -1 without memory. */
-static int fleet_users_add(fleet *f, const char *user, int64_t delta)
+/* Adds delta to user's local count and dflight to its acquires in flight; creates the
+ * entry. -1 without memory. */
+static int fleet_users_add(fleet *f, const char *user, int64_t delta, int64_t dflight)
 {
     pthread_mutex_lock(&f->umu);
     fleet_user *u = f->users;
@@ -231,6 +233,7 @@ static int fleet_users_add(fleet *f, const char *user, int64_t delta)
         u->count += delta;
         if (u->count < 0)
             u->count = 0;
+        u->inflight += dflight;
     }
     pthread_mutex_unlock(&f->umu);
     return u ? 0 : -1;
@@ -267,50 +270,88 @@ static int fleet_release_remote(fleet *f, const char *ukey)
     return r ? 0 : -1;
 }
 
-fleet_verdict fleet_acquire(fleet *f, const char *user, int64_t max, int64_t *count)
+/* The script's keys and args for a, which holds their strings until recv. */
+static void acq_argv(const fleet *f, const fleet_acq *a, const char *keys[2], const char *args[3])
+{
+    keys[0] = a->ukey;
+    keys[1] = f->k_instances;
+    args[0] = f->id;
+    args[1] = a->maxs;
+    args[2] = a->ttls;
+}
+
+/* The acquire is sent without waiting for Redis's answer; until fleet_acquire_recv the
+ * user is marked in flight, so a heartbeat in between leaves its count alone (Redis may
+ * or may not have counted this connection yet), and no lock is held across the gap. */
+void fleet_acquire_send(fleet *f, const char *user, int64_t max, fleet_acq *a)
+{
+    memset(a, 0, sizeof(*a));
+    a->kind = RDS_ERR_NOMEM;
+    snprintf(a->err, sizeof(a->err), "out of memory");
+    a->max = max;
+    snprintf(a->maxs, sizeof(a->maxs), "%lld", (long long)(max > 0 ? max : 0));
+    snprintf(a->ttls, sizeof(a->ttls), "%lld", (long long)f->ttl_ms);
+    a->user = strdup(user);
+    a->ukey = fleet_key_alloc(f, "user", user);
+    pthread_rwlock_rdlock(&f->rw);
+    a->marked = a->user && a->ukey && fleet_users_add(f, user, 0, 1) == 0;
+    if (a->marked) {
+        const char *keys[2], *args[3];
+        acq_argv(f, a, keys, args);
+        a->sent = rds_eval_send(f->rds, &f->acquire_sc, 2, keys, 3, args, &a->call, &a->kind,
+                                a->err, sizeof(a->err)) == 0;
+    }
+    pthread_rwlock_unlock(&f->rw);
+}
+
+fleet_verdict fleet_acquire_recv(fleet *f, fleet_acq *a, int64_t *count)
 {
     *count = -1;
-    char *ukey = fleet_key_alloc(f, "user", user);
-    char maxs[24], ttls[24], err[256] = "";
-    snprintf(maxs, sizeof(maxs), "%lld", (long long)(max > 0 ? max : 0));
-    snprintf(ttls, sizeof(ttls), "%lld", (long long)f->ttl_ms);
-    const char *keys[2] = {ukey, f->k_instances};
-    const char *args[3] = {f->id, maxs, ttls};
-    rds_err kind = RDS_ERR_NOMEM;
+    const char *keys[2], *args[3];
+    acq_argv(f, a, keys, args);
     pthread_rwlock_rdlock(&f->rw);
-    redisReply *r =
-        ukey ? rds_eval(f->rds, &f->acquire_sc, 2, keys, 3, args, &kind, err, sizeof(err)) : NULL;
+    redisReply *r = a->marked ? rds_eval_recv(f->rds, &f->acquire_sc, 2, keys, 3, args, &a->call,
+                                              &a->kind, a->err, sizeof(a->err))
+                              : NULL;
     fleet_verdict v = FLEET_UNAVAILABLE;
     if (r && r->type == REDIS_REPLY_ARRAY && r->elements == 2) {
         *count = reply_int(r->element[1]);
         v = reply_int(r->element[0]) == 1 ? FLEET_OK : FLEET_OVER;
-        if (v == FLEET_OK && fleet_users_add(f, user, 1) != 0) {
-            (void)fleet_release_remote(f, ukey);
-            v = FLEET_UNAVAILABLE;
-        }
-    } else if (max <= 0 && fleet_users_add(f, user, 1) == 0) {
+    } else if (a->max <= 0 && a->marked) {
         v = FLEET_OK; /* no limit to decide: the next heartbeat registers it */
     }
+    if (a->marked) /* the entry exists since send: this cannot run out of memory */
+        (void)fleet_users_add(f, a->user, v == FLEET_OK, -1);
     pthread_rwlock_unlock(&f->rw);
-    if (ukey && !r)
-        fleet_saw(f, kind == RDS_ERR_REPLY, "acquire", err);
+    if (a->marked && !r)
+        fleet_saw(f, a->kind == RDS_ERR_REPLY, "acquire", a->err);
     else if (r)
         fleet_saw(f, 1, "acquire", "");
-    if (!r && max > 0)
-        log_kv(WP_LOG_DEBUG, "fleet_limit_unavailable", "instance", f->id, "error", err,
+    if (!r && a->max > 0)
+        log_kv(WP_LOG_DEBUG, "fleet_limit_unavailable", "instance", f->id, "error", a->err,
                (char *)NULL);
     freeReplyObject(r);
-    free(ukey);
+    free(a->user);
+    free(a->ukey);
+    a->user = a->ukey = NULL;
+    a->marked = a->sent = 0;
     if (v != FLEET_OK)
         fleet_refused(f, v);
     return v;
+}
+
+fleet_verdict fleet_acquire(fleet *f, const char *user, int64_t max, int64_t *count)
+{
+    fleet_acq a;
+    fleet_acquire_send(f, user, max, &a);
+    return fleet_acquire_recv(f, &a, count);
 }
 
 void fleet_release(fleet *f, const char *user)
 {
     char *ukey = fleet_key_alloc(f, "user", user);
     pthread_rwlock_rdlock(&f->rw);
-    (void)fleet_users_add(f, user, -1);
+    (void)fleet_users_add(f, user, -1, 0);
     if (ukey)
         (void)fleet_release_remote(f, ukey); /* on failure the heartbeat corrects it */
     pthread_rwlock_unlock(&f->rw);
@@ -380,7 +421,9 @@ static int fleet_heartbeat_locked(fleet *f, const char *record, char *err, size_
         args[0] = f->id;
         args[1] = ttls;
         args[2] = first ? record : "";
-        for (; u && k < cap; u = u->next, k++) {
+        for (; u && k < cap; u = u->next) {
+            if (u->inflight > 0)
+                continue; /* Redis may have counted an acquire not yet counted here: next time */
             char *key = fleet_key_alloc(f, "user", u->key);
             char *cnt = malloc(24);
             owned[nown++] = key;
@@ -392,6 +435,7 @@ static int fleet_heartbeat_locked(fleet *f, const char *record, char *err, size_
             snprintf(cnt, 24, "%lld", (long long)u->count);
             keys[2 + k] = key;
             args[3 + k] = cnt;
+            k++;
         }
         if (rc != 0)
             break;
@@ -404,7 +448,7 @@ static int fleet_heartbeat_locked(fleet *f, const char *record, char *err, size_
     if (rc == 0) { /* Redis has no field for the zero entries now: forget them */
         for (fleet_user **pp = &f->users; *pp;) {
             fleet_user *x = *pp;
-            if (x->count == 0) {
+            if (x->count == 0 && x->inflight == 0) {
                 *pp = x->next;
                 free(x);
             } else {

@@ -17,6 +17,7 @@
 
 #include "config.h"
 #include "obs.h"
+#include "redis.h"
 
 typedef struct fleet fleet;
 
@@ -46,6 +47,22 @@ void fleet_free(fleet *f);
  * fleet-wide count has reached max (0 = unlimited: counted, and admitted even while
  * Redis is unreachable). *count: the fleet-wide count seen (after counting when OK). */
 fleet_verdict fleet_acquire(fleet *f, const char *user, int64_t max, int64_t *count);
+
+/* fleet_acquire in two halves, so that a connect can do other work (its reuse check)
+ * while Redis answers: fleet_acquire_send writes the script and returns; exactly one
+ * fleet_acquire_recv must follow, which gives the verdict as fleet_acquire does. */
+typedef struct fleet_acq {
+    char *user, *ukey;
+    int64_t max;
+    char maxs[24], ttls[24];
+    int marked; /* the user is marked in flight (recv clears it) */
+    int sent;   /* the script is on its way */
+    rds_call call;
+    rds_err kind;
+    char err[256];
+} fleet_acq;
+void fleet_acquire_send(fleet *f, const char *user, int64_t max, fleet_acq *a);
+fleet_verdict fleet_acquire_recv(fleet *f, fleet_acq *a, int64_t *count);
 void fleet_release(fleet *f, const char *user);
 
 /* The admin socket's fleet-wide requests ({"cmd":"sessions"|"kill", "fleet":true, ...}):

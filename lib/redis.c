@@ -299,8 +299,8 @@ redisContext *rds_connect(rds_pool *p, int no_timeout, rds_err *kind, char *err,
 }
 
 /* An idle connection, or a new one while fewer than size exist; waits up to the command
- * timeout for one to come back otherwise. */
-static redisContext *rds_borrow(rds_pool *p, rds_err *kind, char *err, size_t errsz)
+ * timeout for one to come back otherwise, unless !wait: then NULL with *kind RDS_OK. */
+static redisContext *rds_borrow(rds_pool *p, int wait, rds_err *kind, char *err, size_t errsz)
 {
     struct timespec until;
     clock_gettime(CLOCK_REALTIME, &until);
@@ -311,6 +311,11 @@ static redisContext *rds_borrow(rds_pool *p, rds_err *kind, char *err, size_t er
         until.tv_nsec -= 1000000000L;
     }
     pthread_mutex_lock(&p->mu);
+    if (!wait && !p->idle && p->open >= p->size) {
+        pthread_mutex_unlock(&p->mu);
+        *kind = RDS_OK;
+        return NULL;
+    }
     while (!p->idle && p->open >= p->size)
         if (pthread_cond_timedwait(&p->cv, &p->mu, &until) == ETIMEDOUT && !p->idle &&
             p->open >= p->size) {
@@ -369,22 +374,58 @@ static int rds_unusable(const redisReply *r)
     return 0;
 }
 
-redisReply *rds_command(rds_pool *p, const char *what, int argc, const char **argv,
-                        const size_t *lens, rds_err *kind, char *err, size_t errsz)
+static void rds_failed(const redisContext *c, const char *what, rds_err *kind, char *err,
+                       size_t errsz)
 {
-    int64_t t0 = mono_us();
+    *kind = classify(c);
+    snprintf(err, errsz, "Redis %s failed: %s", what,
+             *kind == RDS_ERR_TIMEOUT ? "no answer within command_timeout" : c->errstr);
+}
+
+/* The first half of a round trip: borrow a connection and write the command on it. The
+ * answer is read by rds_recv, which gives the connection back; in between, the caller
+ * may do other work while Redis answers (rds_eval_send). */
+static int rds_send(rds_pool *p, const char *what, int argc, const char **argv, const size_t *lens,
+                    int wait, rds_call *call, rds_err *kind, char *err, size_t errsz)
+{
+    call->t0 = mono_us();
+    call->deferred = 0;
     err[0] = '\0';
     *kind = RDS_OK;
-    redisContext *c = rds_borrow(p, kind, err, errsz);
+    call->c = rds_borrow(p, wait, kind, err, errsz);
+    if (!call->c && *kind == RDS_OK) {
+        call->deferred = 1; /* every connection is out: rds_eval_recv runs it then */
+        return 0;
+    }
+    if (!call->c)
+        return -1;
+    int done = 0;
+    if (redisAppendCommandArgv(call->c, argc, argv, lens) == REDIS_OK)
+        while (!done && redisBufferWrite(call->c, &done) == REDIS_OK)
+            ;
+    if (done)
+        return 0;
+    rds_failed(call->c, what, kind, err, errsz);
+    rds_return(p, call->c, 0);
+    call->c = NULL;
+    return -1;
+}
+
+/* The second half: the answer of the command rds_send wrote (or, when that failed, the
+ * bookkeeping of the failure it recorded in kind and err). */
+static redisReply *rds_recv(rds_pool *p, const char *what, rds_call *call, rds_err *kind, char *err,
+                            size_t errsz)
+{
+    redisContext *c = call->c;
+    call->c = NULL;
     redisReply *r = NULL;
     int unusable = 0;
     if (c) {
-        r = redisCommandArgv(c, argc, argv, lens);
-        if (!r) {
-            *kind = classify(c);
-            snprintf(err, errsz, "Redis %s failed: %s", what,
-                     *kind == RDS_ERR_TIMEOUT ? "no answer within command_timeout" : c->errstr);
-        }
+        void *reply = NULL;
+        if (redisGetReply(c, &reply) == REDIS_OK)
+            r = reply;
+        if (!r)
+            rds_failed(c, what, kind, err, errsz);
         unusable = r && rds_unusable(r);
         /* A server that became a replica stays one: reconnect, so that an address that
          * follows the primary (Sentinel-aware DNS or proxy) reaches the new one. */
@@ -399,12 +440,21 @@ redisReply *rds_command(rds_pool *p, const char *what, int argc, const char **ar
         freeReplyObject(r);
         r = NULL;
     }
-    metrics_observe(metrics_series_get(p->latency, LBL(what)), (double)(mono_us() - t0) / 1e6);
+    metrics_observe(metrics_series_get(p->latency, LBL(what)),
+                    (double)(mono_us() - call->t0) / 1e6);
     if (!noscript)
         rds_count_error(p, *kind);
     /* An error reply came from a Redis that answered: it is up. */
     rds_set_up(p, *kind == RDS_OK || *kind == RDS_ERR_REPLY);
     return r;
+}
+
+redisReply *rds_command(rds_pool *p, const char *what, int argc, const char **argv,
+                        const size_t *lens, rds_err *kind, char *err, size_t errsz)
+{
+    rds_call call;
+    (void)rds_send(p, what, argc, argv, lens, 1, &call, kind, err, errsz);
+    return rds_recv(p, what, &call, kind, err, errsz);
 }
 
 /* ---------------------------------------------------------------- scripts ---- */
@@ -421,36 +471,90 @@ int rds_script_init(rds_script *sc)
 
 #define RDS_EVAL_ARGS_MAX 1024
 
-redisReply *rds_eval(rds_pool *p, const rds_script *sc, int nkeys, const char *const *keys,
-                     int nargs, const char *const *args, rds_err *kind, char *err, size_t errsz)
+/* EVALSHA's argv, or EVAL's with the body (nk holds the key count's digits); NULL with
+ * *kind set. */
+static const char **eval_argv(const rds_script *sc, int nkeys, const char *const *keys, int nargs,
+                              const char *const *args, int body, char nk[16], rds_err *kind,
+                              char *err, size_t errsz)
 {
     if (nkeys < 0 || nargs < 0 || nkeys + nargs > RDS_EVAL_ARGS_MAX) {
         *kind = RDS_ERR_PROTOCOL;
         snprintf(err, errsz, "too many script arguments");
         return NULL;
     }
-    int argc = 3 + nkeys + nargs;
-    const char **argv = calloc((size_t)argc, sizeof(*argv));
+    const char **argv = calloc((size_t)(3 + nkeys + nargs), sizeof(*argv));
     if (!argv) {
         *kind = RDS_ERR_NOMEM;
         snprintf(err, errsz, "out of memory");
         return NULL;
     }
-    char nk[16];
-    snprintf(nk, sizeof(nk), "%d", nkeys);
-    argv[0] = "EVALSHA";
-    argv[1] = sc->sha;
+    snprintf(nk, 16, "%d", nkeys);
+    argv[0] = body ? "EVAL" : "EVALSHA";
+    argv[1] = body ? sc->body : sc->sha;
     argv[2] = nk;
     for (int i = 0; i < nkeys; i++)
         argv[3 + i] = keys[i];
     for (int i = 0; i < nargs; i++)
         argv[3 + nkeys + i] = args[i];
-    redisReply *r = rds_command(p, sc->name, argc, argv, NULL, kind, err, errsz);
-    if (!r && *kind == RDS_ERR_REPLY && strncmp(err, "NOSCRIPT", 8) == 0) {
-        argv[0] = "EVAL";
-        argv[1] = sc->body;
-        r = rds_command(p, sc->name, argc, argv, NULL, kind, err, errsz);
-    }
+    return argv;
+}
+
+/* One EVALSHA (body 0) or EVAL (body 1) round trip. */
+static redisReply *eval_once(rds_pool *p, const rds_script *sc, int nkeys, const char *const *keys,
+                             int nargs, const char *const *args, int body, rds_err *kind, char *err,
+                             size_t errsz)
+{
+    char nk[16];
+    const char **argv = eval_argv(sc, nkeys, keys, nargs, args, body, nk, kind, err, errsz);
+    if (!argv)
+        return NULL;
+    redisReply *r = rds_command(p, sc->name, 3 + nkeys + nargs, argv, NULL, kind, err, errsz);
     free(argv);
+    return r;
+}
+
+/* Redis answered NOSCRIPT: a restart or a flush made it forget the script. */
+static int noscript(const redisReply *r, rds_err kind, const char *err)
+{
+    return !r && kind == RDS_ERR_REPLY && strncmp(err, "NOSCRIPT", 8) == 0;
+}
+
+int rds_eval_send(rds_pool *p, const rds_script *sc, int nkeys, const char *const *keys, int nargs,
+                  const char *const *args, rds_call *call, rds_err *kind, char *err, size_t errsz)
+{
+    call->c = NULL;
+    call->deferred = 0;
+    call->t0 = mono_us();
+    char nk[16];
+    const char **argv = eval_argv(sc, nkeys, keys, nargs, args, 0, nk, kind, err, errsz);
+    if (!argv)
+        return -1;
+    /* Never waits for a connection: a borrowed one is held until rds_eval_recv, so a
+     * send that waited could queue behind other callers' work between their halves. */
+    int rc = rds_send(p, sc->name, 3 + nkeys + nargs, argv, NULL, 0, call, kind, err, errsz);
+    free(argv);
+    return rc;
+}
+
+redisReply *rds_eval_recv(rds_pool *p, const rds_script *sc, int nkeys, const char *const *keys,
+                          int nargs, const char *const *args, rds_call *call, rds_err *kind,
+                          char *err, size_t errsz)
+{
+    if (call->deferred) {
+        call->deferred = 0;
+        return rds_eval(p, sc, nkeys, keys, nargs, args, kind, err, errsz);
+    }
+    redisReply *r = rds_recv(p, sc->name, call, kind, err, errsz);
+    if (noscript(r, *kind, err))
+        r = eval_once(p, sc, nkeys, keys, nargs, args, 1, kind, err, errsz);
+    return r;
+}
+
+redisReply *rds_eval(rds_pool *p, const rds_script *sc, int nkeys, const char *const *keys,
+                     int nargs, const char *const *args, rds_err *kind, char *err, size_t errsz)
+{
+    redisReply *r = eval_once(p, sc, nkeys, keys, nargs, args, 0, kind, err, errsz);
+    if (noscript(r, *kind, err))
+        r = eval_once(p, sc, nkeys, keys, nargs, args, 1, kind, err, errsz);
     return r;
 }

@@ -79,6 +79,22 @@ int rds_script_init(rds_script *sc);
 redisReply *rds_eval(rds_pool *p, const rds_script *sc, int nkeys, const char *const *keys,
                      int nargs, const char *const *args, rds_err *kind, char *err, size_t errsz);
 
+/* rds_eval in two halves, for a caller with other work to do while Redis answers:
+ * rds_eval_send borrows a connection and writes the script on it (0), or fails (-1,
+ * *kind and err set, nothing borrowed); rds_eval_recv must follow either way, with the
+ * same script, keys and args: it reads the answer (or reports the send's failure, with
+ * its metrics), gives the connection back and returns as rds_eval does. */
+typedef struct rds_call {
+    redisContext *c; /* borrowed while a command is in flight */
+    int64_t t0;      /* when it was sent (the latency metric) */
+    int deferred;    /* no connection was free: rds_eval_recv runs it whole (rds_eval) */
+} rds_call;
+int rds_eval_send(rds_pool *p, const rds_script *sc, int nkeys, const char *const *keys, int nargs,
+                  const char *const *args, rds_call *call, rds_err *kind, char *err, size_t errsz);
+redisReply *rds_eval_recv(rds_pool *p, const rds_script *sc, int nkeys, const char *const *keys,
+                          int nargs, const char *const *args, rds_call *call, rds_err *kind,
+                          char *err, size_t errsz);
+
 /* Records a failure of kind seen outside rds_command (the subscriber connection). */
 void rds_count_error(rds_pool *p, rds_err kind);
 /* 1 after a successful round trip, 0 after a failed one: the waypoint_redis_up gauge. */

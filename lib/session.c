@@ -85,6 +85,8 @@ typedef struct sess {
     id_identity *id;
     grant_effective *grant;
     int user_counted;
+    fleet_acq facq;   /* [redis]: the acquire sent at authorization ... */
+    int facq_pending; /* ... whose verdict sess_fleet_gate has not read yet */
     char role[ID_ROLE_MAX + 1];
     up_conn up;
     int up_open;
@@ -659,12 +661,19 @@ static wp_status sess_downgrade(sess *s, wp_error *e)
     return WP_OK;
 }
 
-/* [redis]: the count is fleet-wide (lib/fleet.c). Redis unreachable: refused with
- * FLEET_UNAVAILABLE_SQLSTATE (fail closed) under its own reason word. */
-static int sess_fleet_acquire(sess *s, int64_t max)
+/* [redis]: the count is fleet-wide (lib/fleet.c). The acquire goes out at authorization
+ * and its verdict is read by sess_fleet_gate before any backend session is used (before
+ * the connect to the backend, or before a parked session is announced), so Redis answers
+ * while a reused connect runs its reuse check: the round trip is off the connect's path.
+ * Redis unreachable: refused with FLEET_UNAVAILABLE_SQLSTATE (fail closed) under its own
+ * reason word. */
+static int sess_fleet_gate(sess *s)
 {
-    int64_t count = 0;
-    fleet_verdict v = fleet_acquire(s->env->fleet, sess_user_key(s->id), max, &count);
+    if (!s->facq_pending)
+        return 1;
+    s->facq_pending = 0;
+    int64_t count = 0, max = s->facq.max;
+    fleet_verdict v = fleet_acquire_recv(s->env->fleet, &s->facq, &count);
     char msg[512];
     if (v == FLEET_OVER) {
         snprintf(msg, sizeof(msg),
@@ -701,8 +710,11 @@ static int sess_authorize(sess *s)
         return sess_refuse_private(s, &e);
     }
     int64_t max = s->grant->limits.max_conns_per_user;
-    if (s->env->fleet)
-        return sess_fleet_acquire(s, max);
+    if (s->env->fleet) {
+        fleet_acquire_send(s->env->fleet, sess_user_key(s->id), max, &s->facq);
+        s->facq_pending = 1;
+        return 1;
+    }
     if (!sess_users_acquire(s->env->users, sess_user_key(s->id), max)) {
         char msg[512];
         snprintf(msg, sizeof(msg), "too many connections for user %s", s->id->login_name);
@@ -741,6 +753,8 @@ static pgw_param *sess_forward_params(sess *s, size_t *n)
  * for it, so only the work that depends on the password belongs inside it. */
 static int sess_provision_and_login(sess *s)
 {
+    if (!sess_fleet_gate(s))
+        return 0;
     wp_error e;
     wp_error_clear(&e);
     s->stage = "backend_unreachable";
@@ -944,6 +958,11 @@ static int sess_reuse(sess *s)
         pool_session_close(&s->ps);
         memset(&s->ps, 0, sizeof(s->ps));
         return -1;
+    }
+    if (!sess_fleet_gate(s)) { /* over the limit: the parked session is not announced */
+        pool_session_close(&s->ps);
+        memset(&s->ps, 0, sizeof(s->ps));
+        return 0;
     }
     snprintf(s->role, sizeof(s->role), "%s", s->ps.role);
     sess_touch_if_due(s, wp_now_ms());
@@ -1321,6 +1340,12 @@ static void sess_end(sess *s, int relayed)
     sessreg_remove(obs_sessions(s->env->obs), s->reg);
     adm_release(s->env->admit, s->lc->name, s->adm_key, s->adm);
     id_free(s->early_id);
+    if (s->facq_pending) { /* a path that ended before its gate: still one recv per send */
+        int64_t count;
+        s->facq_pending = 0;
+        if (fleet_acquire_recv(s->env->fleet, &s->facq, &count) == FLEET_OK)
+            s->user_counted = 2;
+    }
     if (s->user_counted == 2)
         fleet_release(s->env->fleet, sess_user_key(s->id));
     else if (s->user_counted)

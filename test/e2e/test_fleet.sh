@@ -102,6 +102,13 @@ assert_eq "fleet-ok" "$(on b "" -c "SELECT 'fleet-ok'")" "after one closed, B ad
 on_bg a "$T/a3.out" -c "SELECT pg_sleep(60)"
 e2e_wait 20 "two sessions on A again" '[ "$(sleepers)" = 2 ]'
 expect_refused c 53300 "max_conns_per_user is 2" "A full again: C refuses"
+# B parked alice's backend after 'fleet-ok'. A connect there takes it and runs the reuse
+# check while Redis answers the acquire; over the limit, the parked backend is closed,
+# never announced.
+idle_alice() { super_sql -c "SELECT count(*) FROM pg_stat_activity WHERE usename LIKE 'wp_alice%' AND state = 'idle'"; }
+e2e_wait 10 "B's parked session of alice" '[ "$(idle_alice)" = 1 ]'
+expect_refused b 53300 "max_conns_per_user is 2" "A full again: B, holding a parked session, refuses"
+e2e_wait 10 "the refused connect to close B's parked session" '[ "$(idle_alice)" = 0 ]'
 a_id=$(grep -o 'event=fleet_started instance=[^ ]*' "$T/waypoint.log" | sed 's/.*instance=//')
 [ -n "$a_id" ] || fail "A logged no fleet_started line with its instance id"
 kill -KILL "$PID_a"
