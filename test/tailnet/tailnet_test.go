@@ -10,6 +10,7 @@ import (
 	"bytes"
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"io"
 	"net"
@@ -456,7 +457,12 @@ func (n *tailnet) expectRefused(t *testing.T, addr string, local *net.TCPAddr, m
 	t.Helper()
 	start := time.Now()
 	res, err := pgStartup(addr, local, max+5*time.Second)
-	took := time.Since(start)
+	return checkRefused(t, addr, res, err, time.Since(start), max)
+}
+
+// checkRefused: the startup through addr was refused with 28000 within max.
+func checkRefused(t *testing.T, addr string, res startupResult, err error, took, max time.Duration) (startupResult, time.Duration) {
+	t.Helper()
 	if err != nil {
 		t.Fatalf("connect through %s: %v", addr, err)
 	}
@@ -669,9 +675,43 @@ func (n *tailnet) testGrantChanges(t *testing.T) {
 }
 
 // A local process that connects from the port of a tailnet peer's UDP flow must not be
-// taken for that peer (WhoIs asks proto=tcp).
+// taken for that peer (WhoIs asks proto=tcp). The flow's port number may be bound for
+// TCP on 127.0.0.1 already (another test's connection: ports are shared): then the check
+// runs again on a fresh flow.
 func (n *tailnet) testUDPFlowPort(t *testing.T) {
 	n.setGrant("readonly")
+	seen := map[string]bool{}
+	for _, s := range n.tailscaledSockets("udp") {
+		seen[s] = true
+	}
+	for attempt := 1; ; attempt++ {
+		flow := n.newUDPFlow(t, seen)
+		// The hazard is real with this tailscaled: without proto, the UDP flow answers.
+		code, body, err := n.localAPI("/localapi/v0/whois?addr=" + flow)
+		if err != nil || code != 200 || !strings.Contains(string(body), n.lap.up.Login) {
+			t.Fatalf("whois %s without proto: %d %v %s", flow, code, err, body)
+		}
+		if code, body, _ := n.localAPI("/localapi/v0/whois?proto=tcp&addr=" + flow); code != 404 {
+			t.Fatalf("whois %s proto=tcp: %d %s", flow, code, body)
+		}
+		ap, err := netip.ParseAddrPort(flow)
+		if err != nil {
+			t.Fatal(err)
+		}
+		start := time.Now()
+		res, err := pgStartup(n.wpAddr, net.TCPAddrFromAddrPort(ap), whoisTimeout+5*time.Second)
+		if errors.Is(err, syscall.EADDRINUSE) && attempt < 5 {
+			t.Logf("TCP port %d on 127.0.0.1 is in use elsewhere: again with a new flow", ap.Port())
+			continue
+		}
+		checkRefused(t, n.wpAddr, res, err, time.Since(start), whoisTimeout)
+		return
+	}
+}
+
+// newUDPFlow has the laptop send a datagram to waypoint-db and returns the local address
+// of the UDP socket tailscaled opened to relay it (one not in seen, which it joins).
+func (n *tailnet) newUDPFlow(t *testing.T, seen map[string]bool) string {
 	l, err := net.ListenPacket("udp", "127.0.0.1:0")
 	if err != nil {
 		t.Fatal(err)
@@ -680,30 +720,22 @@ func (n *tailnet) testUDPFlowPort(t *testing.T) {
 	l.Close() // nothing needs to listen: tailscaled keeps the flow either way
 	sent := n.lap.do(t, "udp", net.JoinHostPort(n.dbIPv4, strconv.Itoa(udpPort)))
 	var flow string
-	waitFor(t, 15*time.Second, "tailscaled's UDP proxymap socket in ss", func() error {
-		if l := n.tailscaledSockets("udp"); len(l) == 1 {
-			flow = l[0]
-			return nil
-		} else {
-			return fmt.Errorf("tailscaled has %d UDP sockets on 127.0.0.1: %v", len(l), l)
+	waitFor(t, 15*time.Second, "tailscaled's new UDP proxymap socket in ss", func() error {
+		var fresh []string
+		for _, s := range n.tailscaledSockets("udp") {
+			if !seen[s] {
+				fresh = append(fresh, s)
+			}
 		}
+		if len(fresh) != 1 {
+			return fmt.Errorf("tailscaled has %d new UDP sockets on 127.0.0.1: %v", len(fresh), fresh)
+		}
+		flow = fresh[0]
+		return nil
 	})
+	seen[flow] = true
 	t.Logf("laptop %s -> %s:%d: tailscaled relays it from %s", sent.Local, n.dbIPv4, udpPort, flow)
-
-	// The hazard is real with this tailscaled: without proto, the UDP flow answers.
-	code, body, err := n.localAPI("/localapi/v0/whois?addr=" + flow)
-	if err != nil || code != 200 || !strings.Contains(string(body), n.lap.up.Login) {
-		t.Fatalf("whois %s without proto: %d %v %s", flow, code, err, body)
-	}
-	if code, body, _ := n.localAPI("/localapi/v0/whois?proto=tcp&addr=" + flow); code != 404 {
-		t.Fatalf("whois %s proto=tcp: %d %s", flow, code, body)
-	}
-
-	ap, err := netip.ParseAddrPort(flow)
-	if err != nil {
-		t.Fatal(err)
-	}
-	n.expectRefused(t, n.wpAddr, net.TCPAddrFromAddrPort(ap), whoisTimeout)
+	return flow
 }
 
 // tailscaled's LocalAPI socket gone: a genuine tailnet caller is refused, fast.
