@@ -562,13 +562,14 @@ for sslm in prefer disable; do
         echo "| proxy CPU ms per connect, $c clients, sslmode=$sslm: PgBouncer; Waypoint (LocalAPI stand-in) | - | $(fmt_num "$g") | $(awk '{print $1}' "$f" | median) ($(awk '{print $2}' "$f" | median)) | - | - |"
     done
 done
-mrow() { # mrow LABEL FILEBASE: Waypoint with metrics off / on
+onoff_row() { # onoff_row PATH LABEL FILEBASE: Waypoint (off) against the PATH instance (on)
     local off on
-    off=$(med "$R/$2.waypoint")
-    on=$(med "$R/$2.wpmetrics")
+    off=$(med "$R/$3.waypoint")
+    on=$(med "$R/$3.$1")
     [ "$on" = nan ] && return 0
-    echo "| $1 | $(fmt_num "$off") | $(fmt_num "$on") | $(fmt_ratio "$on" "$off") |"
+    echo "| $2 | $(fmt_num "$off") | $(fmt_num "$on") | $(fmt_ratio "$on" "$off") |"
 }
+mrow() { onoff_row wpmetrics "$@"; } # metrics off / on
 if ls "$R"/*.wpmetrics >/dev/null 2>&1; then
     echo
     echo "Metrics endpoint: the same workloads through a second Waypoint with [metrics] on, scraped every 100 ms while its rows ran ($(wc -l <"$T/wp/scrapes") scrapes)."
@@ -581,13 +582,7 @@ if ls "$R"/*.wpmetrics >/dev/null 2>&1; then
     mrow "select-only simple, 8 clients: TPS" select-simple-c8
 fi
 # --- [redis] on vs off (its own section: other tables above are per path) ------------
-rrow() { # rrow LABEL FILEBASE: Waypoint with [redis] off / on
-    local off on
-    off=$(med "$R/$2.waypoint")
-    on=$(med "$R/$2.wpredis")
-    [ "$on" = nan ] && return 0
-    echo "| $1 | $(fmt_num "$off") | $(fmt_num "$on") | $(fmt_ratio "$on" "$off") |"
-}
+rrow() { onoff_row wpredis "$@"; } # [redis] off / on
 if ls "$R"/*.wpredis >/dev/null 2>&1; then
     echo
     echo "Fleet: the connect rows through a third Waypoint with [redis] on (a local redis-server; one Lua acquire at connect, one release at the end; target on/off >= 0.9)."

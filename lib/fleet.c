@@ -19,10 +19,13 @@
  * increments), which is what re-registers the open sessions after Redis lost its data
  * (restart without persistence, failover to an empty replica) and corrects a count whose
  * release could not be sent. For the absolute values to be right, no acquire or release
- * may be between its local update and its Redis update while the heartbeat snapshots:
- * they hold a read lock across both, the heartbeat the write lock (writer-preferring, so
- * a steady stream of connects cannot starve it). Users whose local count dropped to zero
- * stay in the table until a heartbeat has deleted their field.
+ * may be between its local update and its Redis update while the heartbeat snapshots. A
+ * release holds a read lock across both, the heartbeat the write lock (writer-preferring,
+ * so a steady stream of connects cannot starve it). An acquire, whose two halves a
+ * connect's reuse check may separate, instead marks its user in flight from before the
+ * script is sent until its answer is counted, and the heartbeat leaves users in flight
+ * for the next round. Users whose local count dropped to zero stay in the table until a
+ * heartbeat has deleted their field.
  *
  * Fail closed. When a script cannot run (Redis down, timeout), a connect that has a limit
  * is refused with FLEET_UNAVAILABLE; one without a limit is admitted and counted locally
@@ -149,7 +152,7 @@ struct fleet {
     int64_t ttl_ms, interval_ms, command_ms;
     char *k_instances, *k_record, *k_channel;
 
-    pthread_rwlock_t rw; /* read: acquire/release; write: heartbeat (file comment) */
+    pthread_rwlock_t rw; /* read: release; write: heartbeat (file comment) */
     pthread_mutex_t umu; /* guards users */
     fleet_user *users;
 
@@ -282,7 +285,8 @@ static void acq_argv(const fleet *f, const fleet_acq *a, const char *keys[2], co
 
 /* The acquire is sent without waiting for Redis's answer; until fleet_acquire_recv the
  * user is marked in flight, so a heartbeat in between leaves its count alone (Redis may
- * or may not have counted this connection yet), and no lock is held across the gap. */
+ * or may not have counted this connection yet). The mark and the count change under
+ * umu, which the heartbeat's snapshot takes too, so the acquire needs no read lock. */
 void fleet_acquire_send(fleet *f, const char *user, int64_t max, fleet_acq *a)
 {
     memset(a, 0, sizeof(*a));
@@ -293,15 +297,14 @@ void fleet_acquire_send(fleet *f, const char *user, int64_t max, fleet_acq *a)
     snprintf(a->ttls, sizeof(a->ttls), "%lld", (long long)f->ttl_ms);
     a->user = strdup(user);
     a->ukey = fleet_key_alloc(f, "user", user);
-    pthread_rwlock_rdlock(&f->rw);
     a->marked = a->user && a->ukey && fleet_users_add(f, user, 0, 1) == 0;
     if (a->marked) {
         const char *keys[2], *args[3];
         acq_argv(f, a, keys, args);
-        a->sent = rds_eval_send(f->rds, &f->acquire_sc, 2, keys, 3, args, &a->call, &a->kind,
-                                a->err, sizeof(a->err)) == 0;
+        /* a failed send leaves its reason in a->kind and a->err for the recv */
+        (void)rds_eval_send(f->rds, &f->acquire_sc, 2, keys, 3, args, &a->call, &a->kind, a->err,
+                            sizeof(a->err));
     }
-    pthread_rwlock_unlock(&f->rw);
 }
 
 fleet_verdict fleet_acquire_recv(fleet *f, fleet_acq *a, int64_t *count)
@@ -309,7 +312,6 @@ fleet_verdict fleet_acquire_recv(fleet *f, fleet_acq *a, int64_t *count)
     *count = -1;
     const char *keys[2], *args[3];
     acq_argv(f, a, keys, args);
-    pthread_rwlock_rdlock(&f->rw);
     redisReply *r = a->marked ? rds_eval_recv(f->rds, &f->acquire_sc, 2, keys, 3, args, &a->call,
                                               &a->kind, a->err, sizeof(a->err))
                               : NULL;
@@ -322,7 +324,6 @@ fleet_verdict fleet_acquire_recv(fleet *f, fleet_acq *a, int64_t *count)
     }
     if (a->marked) /* the entry exists since send: this cannot run out of memory */
         (void)fleet_users_add(f, a->user, v == FLEET_OK, -1);
-    pthread_rwlock_unlock(&f->rw);
     if (a->marked && !r)
         fleet_saw(f, a->kind == RDS_ERR_REPLY, "acquire", a->err);
     else if (r)
@@ -334,17 +335,10 @@ fleet_verdict fleet_acquire_recv(fleet *f, fleet_acq *a, int64_t *count)
     free(a->user);
     free(a->ukey);
     a->user = a->ukey = NULL;
-    a->marked = a->sent = 0;
+    a->marked = 0;
     if (v != FLEET_OK)
         fleet_refused(f, v);
     return v;
-}
-
-fleet_verdict fleet_acquire(fleet *f, const char *user, int64_t max, int64_t *count)
-{
-    fleet_acq a;
-    fleet_acquire_send(f, user, max, &a);
-    return fleet_acquire_recv(f, &a, count);
 }
 
 void fleet_release(fleet *f, const char *user)

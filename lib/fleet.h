@@ -4,7 +4,7 @@
  * per live instance, and the fleet-wide `waypoint sessions -fleet` / `kill -fleet`.
  *
  * One fleet per process (NULL without [redis]: everything stays per instance). Workers
- * call fleet_acquire/fleet_release around a session; the heartbeat thread keeps this
+ * call fleet_acquire_send/_recv and fleet_release around a session; the heartbeat thread keeps this
  * instance's record and counts alive in Redis; the control thread answers fleet-wide
  * admin requests published by any instance. See lib/fleet.c for the key layout.
  */
@@ -45,18 +45,15 @@ void fleet_free(fleet *f);
 
 /* Counts one more connection of user (a login, or a tagged node's stable id) unless the
  * fleet-wide count has reached max (0 = unlimited: counted, and admitted even while
- * Redis is unreachable). *count: the fleet-wide count seen (after counting when OK). */
-fleet_verdict fleet_acquire(fleet *f, const char *user, int64_t max, int64_t *count);
-
-/* fleet_acquire in two halves, so that a connect can do other work (its reuse check)
- * while Redis answers: fleet_acquire_send writes the script and returns; exactly one
- * fleet_acquire_recv must follow, which gives the verdict as fleet_acquire does. */
+ * Redis is unreachable), in two halves so that a connect can do other work (its reuse
+ * check) while Redis answers: fleet_acquire_send writes the script and returns; exactly
+ * one fleet_acquire_recv must follow, which gives the verdict. *count: the fleet-wide
+ * count seen (after counting when OK). */
 typedef struct fleet_acq {
     char *user, *ukey;
     int64_t max;
     char maxs[24], ttls[24];
     int marked; /* the user is marked in flight (recv clears it) */
-    int sent;   /* the script is on its way */
     rds_call call;
     rds_err kind;
     char err[256];
